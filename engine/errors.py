@@ -1,0 +1,58 @@
+"""Every error minibroker raises on purpose, as one tree.
+
+::
+
+    MinibrokerError                 root: catch this to catch everything below
+    ├── ConfigError                 bad setting, flag or environment variable
+    ├── SchemaError                 unknown or unusable alert schema version
+    ├── SourceError                 a night file or Kafka topic cannot be read
+    ├── DecodeError                 one message body is corrupt or truncated
+    ├── PublishError                Redis refused or lost a write
+    ├── ServerError                 the embedded Redis-compatible server failed to start
+    └── FilterError                 (defined in ``sandbox.errors``) a user's filter failed
+        ├── FilterRejected          compile-time: the file breaks the policy; lists all problems
+        └── FilterFault             run-time: crash, timeout, memory, bad result
+
+Messages say what went wrong, where (file:line, visit, message offset) and what to do next.
+This module imports nothing so that both packages can share the root without cycles.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DecodeError",
+    "MinibrokerError",
+    "PublishError",
+    "SchemaError",
+    "ServerError",
+    "SourceError",
+]
+
+
+class MinibrokerError(Exception):
+    """Root of every error minibroker raises deliberately."""
+
+
+class ConfigError(MinibrokerError):
+    """A setting, flag or environment variable has an unusable value."""
+
+
+class SchemaError(MinibrokerError):
+    """An alert schema version is unknown or cannot be mapped to Arrow."""
+
+
+class SourceError(MinibrokerError):
+    """A night file, directory or Kafka topic cannot be read."""
+
+
+class DecodeError(MinibrokerError):
+    """One alert message body is corrupt, truncated or of an unknown schema id."""
+
+
+class PublishError(MinibrokerError):
+    """Writing matches to Redis failed."""
+
+
+class ServerError(MinibrokerError):
+    """A private Redis-compatible server could not be started."""

@@ -1,0 +1,206 @@
+"""Alert schemas: every version ``lsst-alert-packet`` ships, and its Arrow equivalent.
+
+The Avro → Arrow mapping is fixed here, once, so every decoder (fastavro reference, the fast
+decoder) and every consumer of a visit batch agrees on it:
+
+=====================  ==========================================================
+Avro                   Arrow
+=====================  ==========================================================
+record                 struct (a ``["null", record]`` union makes the struct nullable)
+array                  list
+``["null", T]``        T, nullable
+long / int             int64 / int32
+float / double         float32 / float64
+boolean                bool
+string                 string (utf8)
+bytes                  large_binary (a 40,000-alert visit's cutouts pass 2 GiB)
+long timestamp-micros  timestamp[us, tz=UTC]
+=====================  ==========================================================
+
+Top-level alert fields become the columns of a visit's ``pyarrow.RecordBatch``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from engine.errors import SchemaError
+
+__all__ = [
+    "DEFAULT_VERSION",
+    "AlertSchema",
+    "available_versions",
+    "leaf_paths",
+    "load_schema",
+    "parse_version",
+]
+
+DEFAULT_VERSION = "11.1"
+
+_PRIMITIVES: dict[str, pa.DataType] = {
+    "long": pa.int64(),
+    "int": pa.int32(),
+    "float": pa.float32(),
+    "double": pa.float64(),
+    "boolean": pa.bool_(),
+    "string": pa.string(),
+    "bytes": pa.large_binary(),
+}
+
+
+@dataclass(frozen=True)
+class AlertSchema:
+    """One alert schema version: its Avro definition and its Arrow equivalent.
+
+    Attributes
+    ----------
+    version : tuple[int, int]
+        ``(major, minor)``, e.g. ``(11, 1)``.
+    schema_id : int
+        The Confluent wire-header id Rubin uses for it: ``major * 100 + minor``.
+    avro : dict
+        The fastavro-parsed schema (named types resolved), usable by fastavro readers.
+    arrow : pyarrow.Schema
+        The schema of a visit's record batch.
+    """
+
+    version: tuple[int, int]
+    schema_id: int
+    avro: dict[str, Any]
+    arrow: pa.Schema
+
+    @property
+    def name(self) -> str:
+        """``"11.1"``-style version string."""
+        return f"{self.version[0]}.{self.version[1]}"
+
+
+def parse_version(version: str | int | tuple[int, int]) -> tuple[int, int]:
+    """Return ``(major, minor)`` for ``"11.1"``, ``"v11_1"``, ``(11, 1)`` or a wire id ``1101``."""
+    if isinstance(version, tuple):
+        return int(version[0]), int(version[1])
+    if isinstance(version, int):
+        return divmod(version, 100)
+    text = str(version).strip().lstrip("v").replace("_", ".")
+    major, _, minor = text.partition(".")
+    if not (major.isdigit() and (minor or "0").isdigit()):
+        raise SchemaError(
+            f"schema version {version!r} is not of the form MAJOR.MINOR (e.g. 11.1); "
+            f"available: {', '.join(available_versions())}"
+        )
+    return int(major), int(minor or 0)
+
+
+def available_versions() -> list[str]:
+    """Every alert schema version that the installed ``lsst-alert-packet`` ships, oldest first."""
+    import lsst.alert.packet as packet
+
+    root = packet.get_schema_root()
+    found = []
+    for major in os.listdir(root):
+        if not major.isdigit():
+            continue
+        for minor in os.listdir(os.path.join(root, major)):
+            if minor.isdigit() and _alert_file(int(major), int(minor)):
+                found.append((int(major), int(minor)))
+    return [f"{a}.{b}" for a, b in sorted(found)]
+
+
+def _alert_file(major: int, minor: int) -> str | None:
+    import lsst.alert.packet as packet
+
+    path = os.path.join(packet.get_schema_root(), str(major), str(minor))
+    name = f"lsst.v{major}_{minor}.alert.avsc"
+    full = os.path.join(path, name)
+    return full if os.path.exists(full) else None
+
+
+@functools.cache
+def _load(major: int, minor: int) -> AlertSchema:
+    import lsst.alert.packet as packet
+
+    path = _alert_file(major, minor)
+    if path is None:
+        raise SchemaError(
+            f"alert schema {major}.{minor} is not shipped by the installed lsst-alert-packet; "
+            f"available: {', '.join(available_versions())} (upgrade lsst-alert-packet for newer ones)"
+        )
+    avro = packet.Schema.from_file(path).definition
+    return AlertSchema(
+        version=(major, minor),
+        schema_id=major * 100 + minor,
+        avro=avro,
+        arrow=arrow_schema(avro),
+    )
+
+
+def load_schema(version: str | int | tuple[int, int] = DEFAULT_VERSION) -> AlertSchema:
+    """Load one alert schema version (cached): ``"11.1"``, ``(11, 1)`` or wire id ``1101``."""
+    return _load(*parse_version(version))
+
+
+def arrow_schema(avro: dict[str, Any]) -> pa.Schema:
+    """Map a parsed Avro alert record to the Arrow schema of a visit batch (see module doc)."""
+    named: dict[str, pa.DataType] = {}
+    fields = [_field(f["name"], f["type"], named) for f in avro["fields"]]
+    return pa.schema(fields)
+
+
+def _field(name: str, avro_type: Any, named: dict[str, pa.DataType]) -> pa.Field:
+    nullable = False
+    if isinstance(avro_type, list):
+        branches = [t for t in avro_type if t != "null"]
+        if len(branches) != 1:
+            raise SchemaError(f"field {name!r}: unions other than [null, T] are not supported")
+        nullable = len(branches) < len(avro_type)
+        avro_type = branches[0]
+    # Arrow's nullability mirrors Avro's exactly: a non-nullable child of a null struct is fine.
+    return pa.field(name, _type(avro_type, named), nullable=nullable)
+
+
+def _type(avro_type: Any, named: dict[str, pa.DataType]) -> pa.DataType:
+    if isinstance(avro_type, str):
+        if avro_type in _PRIMITIVES:
+            return _PRIMITIVES[avro_type]
+        if avro_type in named:
+            return named[avro_type]
+        raise SchemaError(f"unknown Avro type {avro_type!r}")
+    kind = avro_type["type"]
+    if kind == "record":
+        struct = pa.struct([_field(f["name"], f["type"], named) for f in avro_type["fields"]])
+        named[avro_type["name"]] = struct
+        return struct
+    if kind == "array":
+        return pa.list_(pa.field("item", _type(avro_type["items"], named)))
+    if kind == "long" and avro_type.get("logicalType") == "timestamp-micros":
+        return pa.timestamp("us", tz="UTC")
+    if isinstance(kind, str) and kind in _PRIMITIVES:
+        return _PRIMITIVES[kind]
+    raise SchemaError(f"Avro type {kind!r} is not supported by the Arrow mapping")
+
+
+def leaf_paths(schema: pa.Schema, *, lists: bool = True) -> list[str]:
+    """Dotted paths of every scalar leaf: ``diaSource.snr``, ``prvDiaSources.psfFlux``, ...
+
+    With ``lists=False`` only paths that do not pass through a list are returned.
+    """
+    out: list[str] = []
+
+    def walk(prefix: str, typ: pa.DataType, in_list: bool) -> None:
+        if pa.types.is_struct(typ):
+            for child in typ:
+                walk(f"{prefix}.{child.name}", child.type, in_list)
+        elif pa.types.is_list(typ):
+            if lists:
+                walk(prefix, typ.value_type, True)
+        else:
+            out.append(prefix)
+
+    for f in schema:
+        walk(f.name, f.type, False)
+    return out
