@@ -1,0 +1,149 @@
+"""Compile a filter file: check it against the policy, list every problem at once, and find the
+columns it can read (so the engine decodes only those)."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import CodeType
+
+from RestrictedPython import compile_restricted_exec
+
+from sandbox.errors import FilterRejected, Problem
+from sandbox.policy import POLICY, Policy, check_tree
+
+__all__ = ["CompiledFilter", "compile_filter", "load_filter"]
+
+_RP_LINE = re.compile(r"^Line (\d+): (.*)$", re.S)
+
+
+@dataclass(frozen=True)
+class CompiledFilter:
+    """A filter that passed the policy.
+
+    Attributes
+    ----------
+    name : str
+        The file's stem (``young_sn`` for ``young_sn.py``).
+    filename : str
+        Where it came from, as shown in error messages.
+    source : str
+        The source text (workers compile it again in their own process).
+    description : str
+        The module docstring.
+    version : str
+        A short hash of the source: a resubmitted file is a new version.
+    columns : frozenset[str] | None
+        Names the code mentions (attributes and string constants), from which the engine works
+        out the columns to decode; None when it reaches columns dynamically (decode all).
+    code : types.CodeType
+        The restricted code object, to be executed only by :mod:`sandbox.run`.
+    """
+
+    name: str
+    filename: str
+    source: str
+    description: str
+    version: str
+    columns: frozenset[str] | None
+    code: CodeType
+
+    def reads(self, paths: frozenset[str] | set[str]) -> set[str] | None:
+        """The subset of ``paths`` (dotted column paths) that this filter may read."""
+        if self.columns is None:
+            return None
+        tokens = self.columns
+        return {p for p in paths if all(part in tokens for part in p.split("."))}
+
+
+def load_filter(path: str | os.PathLike[str], policy: Policy = POLICY) -> CompiledFilter:
+    """Read and compile a filter file; raise :class:`FilterRejected` listing every problem."""
+    path = Path(path)
+    name = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FilterRejected([Problem(name, None, "file", "no such file; check the path")]) from None
+    except OSError as exc:
+        raise FilterRejected([Problem(name, None, "file", f"cannot read the file: {exc.strerror}")]) from None
+    if len(raw) > policy.max_source_bytes:
+        raise FilterRejected([Problem(name, None, "too-large", f"the file is {len(raw)} bytes; filters are limited to {policy.max_source_bytes}")])
+    try:
+        source = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FilterRejected([Problem(name, None, "encoding", f"the file is not UTF-8 text (byte {exc.start}); save it as UTF-8")]) from None
+    return compile_filter(source, name, policy=policy)
+
+
+def compile_filter(source: str, filename: str = "<filter>", policy: Policy = POLICY) -> CompiledFilter:
+    """Compile filter source text; raise :class:`FilterRejected` listing every problem.
+
+    Any exception while parsing or compiling (deep nesting, huge literals) becomes a rejection,
+    never a crash of the caller.
+    """
+    if len(source.encode("utf-8", "replace")) > policy.max_source_bytes:
+        raise FilterRejected([Problem(filename, None, "too-large", f"filters are limited to {policy.max_source_bytes} bytes")])
+    try:
+        tree = ast.parse(source, filename=filename)
+    except SyntaxError as exc:
+        raise FilterRejected([Problem(filename, exc.lineno, "syntax", f"{exc.msg}" + (f": {exc.text.strip()}" if exc.text else ""))]) from None
+    except (RecursionError, MemoryError, ValueError, OverflowError) as exc:
+        raise FilterRejected([Problem(filename, None, "too-complex", f"the file cannot be parsed ({type(exc).__name__}); simplify it")]) from None
+
+    problems = check_tree(tree, filename, policy)
+    try:
+        result = compile_restricted_exec(source, filename=filename)
+    except Exception as exc:  # RestrictedPython raises more than SyntaxError on hostile input
+        problems.append(Problem(filename, None, "too-complex", f"the file cannot be compiled ({type(exc).__name__}); simplify it"))
+        result = None
+    if result is not None:
+        for message in result.errors:
+            m = _RP_LINE.match(message)
+            line, text = (int(m.group(1)), m.group(2)) if m else (None, message)
+            problem = Problem(filename, line, "restricted", text.rstrip("."))
+            if problem not in problems:
+                problems.append(problem)
+    if problems or result is None or result.code is None:
+        problems.sort(key=lambda p: (p.line or 0, p.rule))
+        raise FilterRejected(problems or [Problem(filename, None, "restricted", "the file could not be compiled")])
+
+    return CompiledFilter(
+        name=Path(filename).stem,
+        filename=filename,
+        source=source,
+        description=(ast.get_docstring(tree) or "").strip(),
+        version=hashlib.sha256(source.encode()).hexdigest()[:12],
+        columns=_mentioned_names(tree),
+        code=result.code,
+    )
+
+
+def _mentioned_names(tree: ast.Module) -> frozenset[str] | None:
+    """Every attribute name and every part of every string constant in the file.
+
+    A column path is readable by the filter only if all its parts are mentioned: a conservative
+    superset that survives aliasing (``ds = alerts.diaSource; ds.snr``). Strings built at run
+    time (f-strings, ``+``/``%`` on strings, ``join``) could name any column, so they yield
+    None: decode everything.
+    """
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            names.add(node.attr)
+            if node.attr in _STRING_BUILDERS:
+                return None
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names.update(node.value.split("."))
+        elif isinstance(node, ast.JoinedStr):
+            return None
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Mod):
+            if any(isinstance(side, ast.Constant) and isinstance(side.value, str) for side in (node.left, node.right)):
+                return None
+    return frozenset(names)
+
+
+_STRING_BUILDERS = frozenset({"join", "replace", "upper", "lower", "capitalize", "title", "strip", "lstrip", "rstrip"})

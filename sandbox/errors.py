@@ -1,0 +1,53 @@
+"""Errors a user's filter can cause, rooted in :class:`engine.errors.MinibrokerError`.
+
+::
+
+    FilterError                 a filter failed; the message is for its owner
+    ├── FilterRejected          the file breaks the policy (all problems listed, each with its line)
+    └── FilterFault             the filter failed while running on a visit
+                                (``reason``: "error", "timeout", "memory", "killed", "bad-result")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.errors import MinibrokerError
+
+__all__ = ["FilterError", "FilterFault", "FilterRejected", "Problem"]
+
+
+class FilterError(MinibrokerError):
+    """A user's filter failed; the message is written for its owner."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a filter file was rejected: where, which rule, and what to do."""
+
+    filename: str
+    line: int | None
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.filename}:{self.line}" if self.line else self.filename
+        return f"{where}: {self.message} [{self.rule}]"
+
+
+class FilterRejected(FilterError):
+    """The filter file breaks the policy; ``problems`` lists every problem at once."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(f"filter rejected ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class FilterFault(FilterError):
+    """The filter failed on a visit. ``reason`` is one of ``error``, ``timeout``, ``memory``,
+    ``killed`` or ``bad-result``; the message names the file:line when the filter raised."""
+
+    def __init__(self, message: str, *, reason: str = "error"):
+        self.reason = reason
+        super().__init__(message)

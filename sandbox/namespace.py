@@ -1,0 +1,108 @@
+"""The restricted globals a filter runs with: fresh for every run, built by one factory.
+
+Filters reach only the batch view, the helper library and a short list of harmless builtins.
+Attribute access is allow-listed per type: everything not listed here (frames, code objects,
+exceptions' internals, ``str.format``, numpy internals) is unreachable even when its name has
+no underscore.
+"""
+
+from __future__ import annotations
+
+import operator
+import types
+from typing import Any
+
+from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
+
+from sandbox import helpers
+from sandbox.columns import AlertsView, Column, ListColumn, _Group
+
+__all__ = ["make_globals"]
+
+_SAFE_BUILTINS: dict[str, Any] = {
+    name: getattr(__import__("builtins"), name)
+    for name in (
+        "abs", "all", "any", "bool", "dict", "divmod", "enumerate", "float", "int", "isinstance",
+        "len", "list", "max", "min", "range", "reversed", "round", "set", "sorted", "str", "sum",
+        "tuple", "zip", "frozenset", "ValueError", "TypeError",
+    )
+}
+_SAFE_BUILTINS.update({"True": True, "False": False, "None": None})
+
+# Public attributes that restricted code may read, per type. Our view types expose only
+# methods that return new read-only columns.
+_ALLOWED_ATTRS: dict[type, frozenset[str]] = {
+    Column: Column._public,
+    ListColumn: ListColumn._public,
+    str: frozenset({"startswith", "endswith", "lower", "upper", "strip", "split", "replace", "join", "isdigit"}),
+    list: frozenset({"append", "extend", "index", "count", "sort"}),
+    dict: frozenset({"get", "keys", "values", "items"}),
+    tuple: frozenset({"index", "count"}),
+    set: frozenset({"add"}),
+    float: frozenset({"is_integer"}),
+}
+_VIEW_TYPES = (AlertsView, _Group)
+_WRITABLE = (list, dict, set)
+
+
+def _getattr(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, _VIEW_TYPES):
+        return getattr(obj, name)
+    if isinstance(obj, helpers.Namespace):
+        return obj.lookup(name)
+    allowed = _ALLOWED_ATTRS.get(type(obj))
+    if allowed is None or name not in allowed:
+        raise AttributeError(f"`.{name}` of a {type(obj).__name__} is not available in filters")
+    return getattr(obj, name)
+
+
+def _getitem(obj: Any, key: Any) -> Any:
+    if isinstance(obj, (*_VIEW_TYPES, list, tuple, dict, str, range)):
+        return obj[key]
+    raise TypeError(f"a {type(obj).__name__} cannot be indexed in filters")
+
+
+def _getiter(obj: Any) -> Any:
+    if isinstance(obj, list | tuple | dict | set | frozenset | str | range | Column | enumerate | zip | reversed):
+        return iter(obj)
+    if isinstance(obj, types.GeneratorType):
+        return obj
+    raise TypeError(f"a {type(obj).__name__} cannot be iterated in filters")
+
+
+def _write(obj: Any) -> Any:
+    if isinstance(obj, _WRITABLE):
+        return obj
+    raise TypeError(f"a {type(obj).__name__} is read-only in filters")
+
+
+_INPLACE = {
+    "+=": operator.iadd, "-=": operator.isub, "*=": operator.imul, "/=": operator.itruediv,
+    "//=": operator.ifloordiv, "%=": operator.imod, "**=": operator.ipow,
+    "&=": operator.iand, "|=": operator.ior, "^=": operator.ixor,
+}
+
+
+def _inplacevar(op: str, x: Any, y: Any) -> Any:
+    fn = _INPLACE.get(op)
+    if fn is None:
+        raise TypeError(f"`{op}` is not available in filters")
+    return fn(x, y)
+
+
+def make_globals() -> dict[str, Any]:
+    """A fresh namespace for one run of one filter: nothing in it outlives the run."""
+    ns: dict[str, Any] = {
+        "__builtins__": dict(_SAFE_BUILTINS),
+        "__name__": "filter",
+        "__metaclass__": type,
+        "_getattr_": _getattr,
+        "_getitem_": _getitem,
+        "_getiter_": _getiter,
+        "_write_": _write,
+        "_inplacevar_": _inplacevar,
+        "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
+        "_unpack_sequence_": guarded_unpack_sequence,
+    }
+    ns.update(helpers.exported())
+    return ns

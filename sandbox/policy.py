@@ -1,0 +1,116 @@
+"""What a filter file may contain: the policy as data, and the AST check that enforces it.
+
+This is the one place the rules live; ``docs/filters.md`` quotes them for filter authors.
+RestrictedPython runs after these checks and adds its own (no names or attributes starting
+with an underscore, no ``exec``/``eval``, guarded attribute and item access).
+
+A filter file is a module docstring (its description, shown to other users), optional
+constants and helper functions, and one entry point: ``def filter(alerts)`` returning one
+boolean per alert.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+from sandbox.errors import Problem
+
+__all__ = ["POLICY", "Policy", "check_tree"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The rules, as plain data. Each forbidden construct maps to a rule name and the advice
+    shown to the author."""
+
+    entry_points: tuple[str, ...] = ("filter",)
+    allowed_imports: frozenset[str] = frozenset()
+    max_source_bytes: int = 100_000
+    max_nesting: int = 40
+    forbidden_nodes: tuple[tuple[type[ast.AST], str, str], ...] = (
+        (ast.Import, "no-import", "imports are not allowed; everything a filter may use is already in scope (see docs/filters.md)"),
+        (ast.ImportFrom, "no-import", "imports are not allowed; everything a filter may use is already in scope (see docs/filters.md)"),
+        (ast.Global, "no-global", "`global` is not allowed: a filter keeps no state between visits"),
+        (ast.Nonlocal, "no-nonlocal", "`nonlocal` is not allowed: return values instead of rebinding outer names"),
+        (ast.ClassDef, "no-class", "classes are not allowed in filters; use functions"),
+        (ast.Yield, "no-generator", "`yield` is not allowed: return a column (generator expressions inside calls are fine)"),
+        (ast.YieldFrom, "no-generator", "`yield from` is not allowed"),
+        (ast.AsyncFunctionDef, "no-async", "async functions are not allowed"),
+        (ast.Await, "no-async", "`await` is not allowed"),
+        (ast.AsyncFor, "no-async", "`async for` is not allowed"),
+        (ast.AsyncWith, "no-async", "`async with` is not allowed"),
+        (ast.With, "no-with", "`with` is not allowed: filters open nothing"),
+        (ast.Try, "no-try", "`try` is not allowed: a failing filter is reported to you, catching errors would hide them"),
+        (ast.Delete, "no-del", "`del` is not allowed"),
+    )
+    forbidden_names: frozenset[str] = frozenset(
+        {
+            "exec", "eval", "compile", "open", "getattr", "setattr", "delattr", "hasattr",
+            "globals", "locals", "vars", "dir", "type", "id", "object", "super", "memoryview",
+            "breakpoint", "input", "help", "exit", "quit", "classmethod", "staticmethod",
+            "property", "bytearray", "bytes", "print",
+        }
+    )
+    forbidden_attributes: frozenset[str] = frozenset(
+        {"format", "format_map", "mro", "gi_frame", "gi_code", "f_back", "f_globals", "f_locals",
+         "f_builtins", "tb_frame", "tb_next", "cr_frame", "ag_frame", "func_globals"}
+    )
+
+
+POLICY = Policy()
+
+
+def check_tree(tree: ast.Module, filename: str, policy: Policy = POLICY) -> list[Problem]:
+    """Every policy problem in a parsed filter file (empty list: the file is acceptable here)."""
+    problems: list[Problem] = []
+
+    def add(node: ast.AST | None, rule: str, message: str) -> None:
+        problems.append(Problem(filename, getattr(node, "lineno", None), rule, message))
+
+    has_doc = ast.get_docstring(tree) is not None
+    if not has_doc:
+        add(tree.body[0] if tree.body else None, "docstring",
+            'a filter starts with a docstring that says what it selects, e.g. """Bright young transients."""')
+
+    entries = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in policy.entry_points]
+    if not entries:
+        add(None, "entry-point", "define `def filter(alerts):` returning one boolean per alert")
+    for fn in entries:
+        args = fn.args
+        if len(args.args) != 1 or args.vararg or args.kwarg or args.kwonlyargs or args.posonlyargs:
+            add(fn, "entry-point", f"`{fn.name}` takes exactly one argument, e.g. `def {fn.name}(alerts):`")
+
+    for node in tree.body[1 if has_doc else 0 :]:
+        if not isinstance(node, ast.FunctionDef | ast.Assign | ast.AnnAssign):
+            add(node, "top-level", "at the top level only constants and function definitions are allowed; put logic inside `filter`")
+
+    for node in ast.walk(tree):
+        for kind, rule, message in policy.forbidden_nodes:
+            if isinstance(node, kind):
+                if isinstance(node, ast.Import | ast.ImportFrom):
+                    names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                    if all(n in policy.allowed_imports for n in names):
+                        continue
+                add(node, rule, message)
+        if isinstance(node, ast.Name) and node.id in policy.forbidden_names:
+            add(node, "forbidden-name", f"`{node.id}` is not available in filters")
+        elif isinstance(node, ast.Attribute) and node.attr in policy.forbidden_attributes:
+            add(node, "forbidden-attribute", f"attribute `.{node.attr}` is not available in filters")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, bytes):
+            add(node, "no-bytes", "bytes literals are not needed in filters")
+
+    depth = _max_depth(tree)
+    if depth > policy.max_nesting:
+        add(None, "too-deep", f"the code nests {depth} levels deep (limit {policy.max_nesting}); simplify the expressions")
+    return problems
+
+
+def _max_depth(tree: ast.AST) -> int:
+    deepest = 0
+    stack = [(tree, 0)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        stack.extend((c, d + 1) for c in ast.iter_child_nodes(node))
+    return deepest

@@ -1,0 +1,117 @@
+"""Run compiled filters over a visit and return one validated boolean mask per filter.
+
+:class:`InProcessRunner` executes filters in the calling process, each with a fresh namespace.
+It is what ``minibroker test`` and the unit tests use; in-process restriction is not a security
+boundary, so the service runs filters in the worker pool instead (same :class:`Outcome`s).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from sandbox.columns import AlertsView, Column, ColumnStore
+from sandbox.compile import CompiledFilter
+from sandbox.errors import FilterFault
+from sandbox.namespace import make_globals
+
+__all__ = ["InProcessRunner", "Outcome", "run_filter", "validate_result"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one filter did on one visit: a mask, or a fault for its owner."""
+
+    key: str
+    mask: np.ndarray | None
+    seconds: float
+    fault: FilterFault | None = None
+
+    @property
+    def passed(self) -> int:
+        """How many alerts passed (0 on a fault)."""
+        return 0 if self.mask is None else int(self.mask.sum())
+
+
+def validate_result(result: object, n: int, filename: str) -> np.ndarray:
+    """Turn what ``filter`` returned into a bool array of length ``n``, or raise FilterFault.
+
+    Accepted: a boolean column of length ``n`` (nulls count as False) or a single ``True``/``False``.
+    """
+    if type(result) is bool:
+        return np.full(n, result)
+    if type(result) is Column:
+        if result._v.dtype != np.bool_:
+            raise FilterFault(
+                f"{filename}: filter returned a column of {result.dtype}, expected booleans; "
+                "compare it, e.g. `alerts.diaSource.snr > 10`",
+                reason="bad-result",
+            )
+        if len(result) != n:
+            raise FilterFault(
+                f"{filename}: filter returned {len(result)} values for {n} alerts; return one boolean per alert",
+                reason="bad-result",
+            )
+        return np.array(result._flags(), dtype=bool)
+    raise FilterFault(
+        f"{filename}: filter returned a {type(result).__name__}, expected a boolean column with one "
+        f"value per alert ({n}), e.g. `return alerts.diaSource.snr > 10`",
+        reason="bad-result",
+    )
+
+
+def _where(exc: BaseException, filename: str) -> str:
+    line = None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        if frame.f_code.co_filename == filename:
+            line = lineno
+    return f"{filename}:{line}" if line else filename
+
+
+def run_filter(compiled: CompiledFilter, store: ColumnStore) -> np.ndarray:
+    """Execute one filter over one visit in this process; raise FilterFault on any failure."""
+    ns = make_globals()
+    try:
+        exec(compiled.code, ns)  # noqa: S102 - restricted code, restricted namespace
+        entry = ns.get("filter")
+        if not callable(entry):
+            raise FilterFault(f"{compiled.filename}: defines no `filter(alerts)` function")
+        result = entry(AlertsView(store))
+    except FilterFault:
+        raise
+    except RecursionError:
+        raise FilterFault(f"{compiled.filename}: recursion too deep", reason="error") from None
+    except MemoryError:
+        raise FilterFault(f"{compiled.filename}: ran out of memory", reason="memory") from None
+    except Exception as exc:
+        where = _where(exc, compiled.filename)
+        raise FilterFault(f"{where}: {type(exc).__name__}: {exc}", reason="error") from None
+    return validate_result(result, len(store), compiled.filename)
+
+
+class InProcessRunner:
+    """Runs filters one after another in this process (no isolation; see module doc)."""
+
+    def __init__(self, filters: Sequence[tuple[str, CompiledFilter]]):
+        self.filters = list(filters)
+
+    def run(self, batch: pa.RecordBatch) -> list[Outcome]:
+        """Every filter over one visit batch; a failing filter yields a fault, never an exception."""
+        store = ColumnStore(batch)
+        outcomes = []
+        for key, compiled in self.filters:
+            start = time.perf_counter()
+            try:
+                mask = run_filter(compiled, store)
+                outcomes.append(Outcome(key, mask, time.perf_counter() - start))
+            except FilterFault as fault:
+                outcomes.append(Outcome(key, None, time.perf_counter() - start, fault))
+        return outcomes
+
+    def close(self) -> None:
+        """Nothing to release in-process; present so runners are interchangeable."""
