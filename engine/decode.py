@@ -210,8 +210,11 @@ def decode_messages(
 
 
 def _visit_of(batch: pa.RecordBatch) -> int:
+    """The visit of the first alert, or -1 when the projection left ``diaSource.visit`` out."""
     if "diaSource" in batch.schema.names and batch.num_rows:
-        return int(batch.column("diaSource").field("visit")[0].as_py())
+        struct = batch.column("diaSource")
+        if struct.type.get_field_index("visit") >= 0:
+            return int(struct.field("visit")[0].as_py())
     return -1
 
 

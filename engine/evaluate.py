@@ -1,0 +1,81 @@
+"""Evaluate: one visit batch and the active filters → one boolean mask per filter.
+
+The engine never runs user code itself: it hands the batch to a sandbox runner (the worker pool
+in service, in-process for ``minibroker test``) and receives validated masks back. This module
+also works out which columns the active filters can read, so decoding can skip the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyarrow as pa
+
+from engine.config import Config
+from engine.registry import ActiveFilter
+from engine.schema import AlertSchema
+from sandbox import InProcessRunner, Outcome
+
+__all__ = ["DELIVERY_COLUMNS", "Evaluator", "columns_needed"]
+
+# What publishing needs whatever the filters read: the headline fields of every stream entry.
+DELIVERY_COLUMNS = frozenset(
+    {
+        "diaSourceId",
+        "diaSource.diaSourceId",
+        "diaSource.visit",
+        "diaSource.diaObjectId",
+        "diaSource.ssObjectId",
+        "diaSource.ra",
+        "diaSource.dec",
+        "diaSource.band",
+        "diaSource.midpointMjdTai",
+        "diaSource.snr",
+        "diaSource.reliability",
+    }
+)
+
+
+def columns_needed(filters: Sequence[ActiveFilter], schema: AlertSchema) -> set[str] | None:
+    """Dotted column paths the filters can read plus the delivery columns; None means all."""
+    from engine.schema import leaf_paths
+
+    paths = frozenset(leaf_paths(schema.arrow))
+    needed = {p for p in DELIVERY_COLUMNS if p in paths or p in schema.arrow.names}
+    for f in filters:
+        reads = f.compiled.reads(paths)
+        if reads is None:
+            return None
+        needed |= reads
+    return needed
+
+
+class Evaluator:
+    """Runs the active filters over each visit through a sandbox runner chosen by ``config``."""
+
+    def __init__(self, filters: Sequence[ActiveFilter], config: Config):
+        self.filters = list(filters)
+        pairs = [(f.key, f.compiled) for f in self.filters]
+        if config.isolation == "pool":
+            try:
+                from sandbox.pool import WorkerPool
+            except ImportError:  # the pool lands with the isolation work
+                self.runner = InProcessRunner(pairs)
+            else:
+                self.runner = WorkerPool(pairs, budget_s=config.budget_s, workers=config.workers)
+        else:
+            self.runner = InProcessRunner(pairs)
+
+    def evaluate(self, batch: pa.RecordBatch) -> list[Outcome]:
+        """One outcome per active filter, in order; faults are outcomes, not exceptions."""
+        return self.runner.run(batch)
+
+    def close(self) -> None:
+        """Stop worker processes, if any."""
+        self.runner.close()
+
+    def __enter__(self) -> Evaluator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,116 @@
+"""``minibroker test``: run one filter over a sample night on a laptop, no servers needed.
+
+The same pipeline as the service (:func:`engine.pipeline.run_visits`), without publishing.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from engine.config import Config
+from engine.decode import VisitBatch
+from engine.evaluate import Evaluator
+from engine.night import night_info, read_night
+from engine.pipeline import NightReport, VisitReport, progress_line, run_visits
+from engine.registry import ActiveFilter
+from sandbox import Outcome, load_filter
+
+__all__ = ["TestResult", "default_night", "test_filter"]
+
+DEFAULT_NIGHT = {"visits": 10, "alerts_per_visit": 1000, "seed": 0}
+
+
+def default_night(config: Config, *, progress: bool = True) -> Path:
+    """The cached default sample night, generated on first use."""
+    from engine.simulate import simulate_night
+
+    path = config.cache_dir / "nights" / "default-v11.1-10x1000-seed0.avro"
+    if not path.exists():
+        if progress:
+            print(f"generating the default sample night into {path} (once)", file=sys.stderr)
+        simulate_night(path, progress=progress, **DEFAULT_NIGHT)
+    return path
+
+
+@dataclass
+class TestResult:
+    """A filter's run over a night: the pipeline report and the first matching rows."""
+
+    report: NightReport
+    matches: list[dict[str, object]] = field(default_factory=list)
+
+
+_SHOWN = ("diaSourceId", "visit", "band", "ra", "dec", "snr", "reliability")
+
+
+def test_filter(
+    filter_path: str | Path,
+    night: str | Path,
+    config: Config,
+    *,
+    out: TextIO | None = None,
+    progress: bool = True,
+    show: int = 10,
+) -> TestResult:
+    """Run one filter over a night and print per-visit counts, totals and the first matches.
+
+    Raises :class:`sandbox.FilterRejected` (with every problem) if the file breaks the policy.
+    """
+    out = out or sys.stdout
+    compiled = load_filter(filter_path)
+    active = [ActiveFilter("you", compiled)]
+    schema, visits = night_info(night)
+    result = TestResult(NightReport())
+    total = len(visits) if visits else None
+    done = 0
+
+    def on_visit(vr: VisitReport, visit: VisitBatch, outcomes: list[Outcome]) -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress_line(done, total, vr)
+        mask = outcomes[0].mask
+        if mask is None or len(result.matches) >= show:
+            return
+        for row in np.flatnonzero(mask)[: show - len(result.matches)]:
+            ds = visit.batch.column("diaSource")
+            entry = {"diaSourceId": visit.batch.column("diaSourceId")[int(row)].as_py(), "visit": vr.visit}
+            for name in _SHOWN[2:]:
+                entry[name] = ds.field(name)[int(row)].as_py()
+            result.matches.append(entry)
+
+    with Evaluator(active, config) as evaluator:
+        result.report = run_visits(read_night(night), schema, active, evaluator, None, on_visit=on_visit)
+    if progress:
+        sys.stderr.write("\n")
+    _print_report(compiled.name, result, out)
+    return result
+
+
+def _print_report(name: str, result: TestResult, out: TextIO) -> None:
+    rep = result.report
+    print(f"filter {name}: {rep.alerts} alerts in {len(rep.visits)} visits", file=out)
+    print(f"{'visit':>15} {'alerts':>7} {'passed':>7} {'eval ms':>8}", file=out)
+    for v in rep.visits:
+        passed = sum(v.passed.values())
+        fault = "  FAULT: " + next(iter(v.faults.values())) if v.faults else ""
+        print(f"{v.visit:>15} {v.alerts:>7} {passed:>7} {v.evaluate_s * 1000:>8.1f}{fault}", file=out)
+    total = sum(sum(v.passed.values()) for v in rep.visits)
+    eval_ms = sum(v.evaluate_s for v in rep.visits) * 1000
+    frac = f" ({100 * total / rep.alerts:.2f}%)" if rep.alerts else ""
+    print(f"total: {total} of {rep.alerts} alerts passed{frac}; evaluation {eval_ms:.1f} ms", file=out)
+    if result.matches:
+        print(f"\nfirst {len(result.matches)} matches:", file=out)
+        print("  ".join(f"{c:>19}" if c == "diaSourceId" else f"{c:>14}" for c in _SHOWN), file=out)
+        for m in result.matches:
+            cells = []
+            for c in _SHOWN:
+                v = m.get(c)
+                text = f"{v:.5f}" if isinstance(v, float) else str(v)
+                cells.append(f"{text:>19}" if c == "diaSourceId" else f"{text:>14}")
+            print("  ".join(cells), file=out)

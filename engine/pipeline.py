@@ -1,0 +1,103 @@
+"""Orchestration: source → decode → evaluate → publish, one visit at a time."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from engine.decode import VisitBatch, decode_block
+from engine.evaluate import Evaluator, columns_needed
+from engine.night import NightBlock
+from engine.publish import Publisher, PublishReport
+from engine.registry import ActiveFilter
+from engine.schema import AlertSchema
+from sandbox import Outcome
+
+__all__ = ["NightReport", "VisitReport", "run_visits"]
+
+
+@dataclass(frozen=True)
+class VisitReport:
+    """Timings (seconds) and results of one visit."""
+
+    visit: int
+    alerts: int
+    decode_s: float
+    evaluate_s: float
+    publish_s: float
+    passed: dict[str, int]
+    faults: dict[str, str]
+    published: int
+
+    @property
+    def total_s(self) -> float:
+        """Decode + evaluate + publish."""
+        return self.decode_s + self.evaluate_s + self.publish_s
+
+
+@dataclass
+class NightReport:
+    """Every visit's report, in order."""
+
+    visits: list[VisitReport] = field(default_factory=list)
+
+    @property
+    def alerts(self) -> int:
+        """Alerts processed."""
+        return sum(v.alerts for v in self.visits)
+
+    @property
+    def published(self) -> int:
+        """Entries written to streams."""
+        return sum(v.published for v in self.visits)
+
+
+def run_visits(
+    blocks: Iterable[NightBlock],
+    schema: AlertSchema,
+    filters: list[ActiveFilter],
+    evaluator: Evaluator,
+    publisher: Publisher | None,
+    *,
+    on_visit: Callable[[VisitReport, VisitBatch, list[Outcome]], None] | None = None,
+) -> NightReport:
+    """Run every visit through the pipeline; ``publisher=None`` evaluates without publishing."""
+    columns = columns_needed(filters, schema)
+    report = NightReport()
+    for block in blocks:
+        t0 = time.perf_counter()
+        visit = decode_block(block, schema, columns)
+        t1 = time.perf_counter()
+        outcomes = evaluator.evaluate(visit.batch)
+        t2 = time.perf_counter()
+        published = publisher.publish(visit, filters, outcomes) if publisher else PublishReport()
+        t3 = time.perf_counter()
+        vr = VisitReport(
+            visit=visit.visit,
+            alerts=len(visit),
+            decode_s=t1 - t0,
+            evaluate_s=t2 - t1,
+            publish_s=t3 - t2,
+            passed={o.key: o.passed for o in outcomes},
+            faults={o.key: str(o.fault) for o in outcomes if o.fault is not None},
+            published=published.total,
+        )
+        report.visits.append(vr)
+        if on_visit is not None:
+            on_visit(vr, visit, outcomes)
+    return report
+
+
+def progress_line(done: int, total: int | None, vr: VisitReport) -> None:
+    """One overwriting progress line on stderr."""
+    bar = ""
+    if total:
+        filled = int(20 * done / total)
+        bar = f"[{'#' * filled}{' ' * (20 - filled)}] {done}/{total} visits  "
+    sys.stderr.write(
+        f"\r{bar}visit {vr.visit}: {vr.alerts} alerts, {sum(vr.passed.values())} passed, "
+        f"{vr.total_s * 1000:.0f} ms   "
+    )
+    sys.stderr.flush()

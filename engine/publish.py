@@ -1,0 +1,153 @@
+"""Publish: masks → entries on each user's Redis stream, exactly once per filter and alert.
+
+Stream ``minibroker:user:<user>:stream`` holds two kinds of entry:
+
+- ``kind=match``: ``filter``, ``filter_version``, ``visit``, ``diaSourceId``, ``diaObjectId``,
+  ``ssObjectId``, ``ra``, ``dec``, ``band``, ``midpointMjdTai``, ``snr``, ``reliability``,
+  ``schema_id`` and ``alert`` (the full packet, Confluent wire header + Avro datum);
+- ``kind=fault``: ``filter``, ``filter_version``, ``visit``, ``reason``, ``message``.
+
+Idempotence: each write is one server-side script that adds the alert id to a per-filter "seen"
+set and appends only if it was new, so replays and crash recovery never duplicate an entry.
+Retention: streams are trimmed to ``stream_maxlen`` (approximately, as Redis does cheaply).
+Caps: at most ``max_matches_per_visit`` matches per filter per visit; the rest are counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import redis
+
+from engine.config import Config
+from engine.decode import VisitBatch
+from engine.errors import PublishError
+from engine.registry import ActiveFilter
+from sandbox import Outcome
+
+__all__ = ["PublishReport", "Publisher", "stream_key"]
+
+SEEN_TTL_S = 14 * 24 * 3600  # as long as a user may want to replay
+
+_ADD_ONCE = """
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return false end
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+local args = {'XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*'}
+for i = 4, #ARGV do args[#args + 1] = ARGV[i] end
+return redis.call(unpack(args))
+"""
+
+_HEADLINE = (
+    ("diaObjectId", "diaSource", "diaObjectId"),
+    ("ssObjectId", "diaSource", "ssObjectId"),
+    ("ra", "diaSource", "ra"),
+    ("dec", "diaSource", "dec"),
+    ("band", "diaSource", "band"),
+    ("midpointMjdTai", "diaSource", "midpointMjdTai"),
+    ("snr", "diaSource", "snr"),
+    ("reliability", "diaSource", "reliability"),
+)
+
+
+def stream_key(user: str) -> str:
+    """The Redis stream a user reads."""
+    return f"minibroker:user:{user}:stream"
+
+
+def _seen_key(user: str, filter_name: str) -> str:
+    return f"minibroker:user:{user}:seen:{filter_name}"
+
+
+@dataclass
+class PublishReport:
+    """What one visit's publishing did, per filter key."""
+
+    published: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)
+    capped: dict[str, int] = field(default_factory=dict)
+    faults: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        """Entries written in this visit."""
+        return sum(self.published.values())
+
+
+def _headline(visit: VisitBatch, rows: np.ndarray) -> list[dict[str, object]]:
+    batch = visit.batch.take(rows) if len(rows) else visit.batch.slice(0, 0)
+    out: list[dict[str, object]] = [{} for _ in rows]
+    names = batch.schema.names
+    ids = batch.column("diaSourceId").to_pylist() if "diaSourceId" in names else [None] * len(rows)
+    for i, v in enumerate(ids):
+        out[i]["diaSourceId"] = v
+    if "diaSource" in names:
+        struct = batch.column("diaSource")
+        present = {f.name for f in struct.type}
+        for key, _group, child in _HEADLINE:
+            if child in present:
+                for i, v in enumerate(struct.field(child).to_pylist()):
+                    out[i][key] = v
+    return out
+
+
+class Publisher:
+    """Writes one visit's matches and faults to the owners' streams."""
+
+    def __init__(self, client: redis.Redis, config: Config):
+        self.client = client
+        self.config = config
+        self._add_once = client.register_script(_ADD_ONCE)
+
+    def publish(
+        self, visit: VisitBatch, filters: Sequence[ActiveFilter], outcomes: Sequence[Outcome]
+    ) -> PublishReport:
+        """Write every match (capped per filter) and every fault of one visit."""
+        report = PublishReport()
+        by_key = {f.key: f for f in filters}
+        pipe = self.client.pipeline(transaction=False)
+        pending: list[tuple[str, str]] = []
+        maxlen = str(self.config.stream_maxlen)
+        ttl = str(SEEN_TTL_S)
+        for outcome in outcomes:
+            f = by_key[outcome.key]
+            stream = stream_key(f.user)
+            seen = _seen_key(f.user, f.compiled.name)
+            if outcome.fault is not None:
+                report.faults[f.key] = str(outcome.fault)
+                fields = ["kind", "fault", "filter", f.compiled.name, "filter_version", f.compiled.version,
+                          "visit", str(visit.visit), "reason", outcome.fault.reason, "message", str(outcome.fault)]
+                self._add_once(keys=[stream, seen], args=[f"fault:{visit.visit}", maxlen, ttl, *fields], client=pipe)
+                pending.append((f.key, "fault"))
+                continue
+            assert outcome.mask is not None
+            rows = np.flatnonzero(outcome.mask)
+            cap = self.config.max_matches_per_visit
+            if len(rows) > cap:
+                report.capped[f.key] = len(rows) - cap
+                rows = rows[:cap]
+            report.published.setdefault(f.key, 0)
+            for row, head in zip(rows, _headline(visit, rows), strict=True):
+                fields = ["kind", "match", "filter", f.compiled.name, "filter_version", f.compiled.version,
+                          "visit", str(visit.visit), "schema_id", str(visit.schema.schema_id)]
+                for k, v in head.items():
+                    fields += [k, "" if v is None else str(v)]
+                fields += ["alert", visit.wire(int(row))]
+                self._add_once(keys=[stream, seen], args=[f"alert:{head['diaSourceId']}", maxlen, ttl, *fields], client=pipe)
+                pending.append((f.key, "match"))
+        try:
+            results = pipe.execute()
+        except redis.RedisError as exc:
+            raise PublishError(
+                f"visit {visit.visit}: writing {len(pending)} entries to Redis failed ({exc}); "
+                "nothing is lost: the visit is retried and already-written entries are skipped"
+            ) from exc
+        for (key, kind), result in zip(pending, results, strict=True):
+            if kind != "match":
+                continue
+            if result is None:
+                report.duplicates[key] = report.duplicates.get(key, 0) + 1
+            else:
+                report.published[key] += 1
+        return report

@@ -1,0 +1,64 @@
+"""The active filters: who owns which filter file.
+
+For now filters come from a directory: ``DIR/<user>/<name>.py`` belongs to ``<user>``; files
+directly in ``DIR`` belong to the ``owner`` given (``sample_filters/*.py`` run as ``demo``).
+Each filter's key is ``"<user>/<name>"``. Every file is compiled through the sandbox; a rejected
+file is reported and left out, never fatal to the others.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import ConfigError
+from sandbox import CompiledFilter, FilterRejected, load_filter
+
+__all__ = ["ActiveFilter", "FilterSet", "discover"]
+
+
+@dataclass(frozen=True)
+class ActiveFilter:
+    """A compiled filter and its owner."""
+
+    user: str
+    compiled: CompiledFilter
+
+    @property
+    def key(self) -> str:
+        """``"user/name"``, unique across the service."""
+        return f"{self.user}/{self.compiled.name}"
+
+
+@dataclass(frozen=True)
+class FilterSet:
+    """The filters that loaded, and the rejections of those that did not."""
+
+    active: list[ActiveFilter]
+    rejected: dict[str, FilterRejected]
+
+
+def _user_ok(name: str) -> bool:
+    return bool(name) and all(c.isalnum() or c in "-_." for c in name) and not name.startswith(".")
+
+
+def discover(directory: str | os.PathLike[str], owner: str = "demo") -> FilterSet:
+    """Compile every filter under ``directory`` (see module doc for the layout)."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: no such filter directory; give --filters DIR with DIR/<user>/<name>.py files")
+    found: list[tuple[str, Path]] = [(owner, p) for p in sorted(root.glob("*.py"))]
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        if not _user_ok(sub.name):
+            raise ConfigError(f"{sub}: user names use letters, digits, '-', '_' and '.'")
+        found.extend((sub.name, p) for p in sorted(sub.glob("*.py")))
+    active, rejected = [], {}
+    for user, path in found:
+        if path.name.startswith("_"):
+            continue
+        try:
+            active.append(ActiveFilter(user, load_filter(path)))
+        except FilterRejected as exc:
+            rejected[f"{user}/{path.stem}"] = exc
+    return FilterSet(active, rejected)
