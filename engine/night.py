@@ -129,8 +129,11 @@ def _read_header(buf: memoryview) -> tuple[dict[str, bytes], bytes, int]:
 
 def night_info(path: str | os.PathLike[str]) -> tuple[AlertSchema, list[int] | None]:
     """The schema of a night file and its visit list (None for a foreign OCF)."""
-    with open(path, "rb") as fo:
-        head = fo.read(1 << 20)
+    try:
+        with open(path, "rb") as fo:
+            head = fo.read(1 << 20)
+    except FileNotFoundError:
+        raise SourceError(f"{path}: no such night file; make one with `minibroker simulate --out {path}`") from None
     meta, _, _ = _read_header(memoryview(head))
     visits = json.loads(meta[_VISITS_KEY]) if _VISITS_KEY in meta else None
     return _schema_of(meta, path), visits
