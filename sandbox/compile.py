@@ -94,12 +94,18 @@ def compile_filter(source: str, filename: str = "<filter>", policy: Policy = POL
     except (RecursionError, MemoryError, ValueError, OverflowError) as exc:
         raise FilterRejected([Problem(filename, None, "too-complex", f"the file cannot be parsed ({type(exc).__name__}); simplify it")]) from None
 
-    problems = check_tree(tree, filename, policy)
     try:
-        result = compile_restricted_exec(source, filename=filename)
-    except Exception as exc:  # RestrictedPython raises more than SyntaxError on hostile input
-        problems.append(Problem(filename, None, "too-complex", f"the file cannot be compiled ({type(exc).__name__}); simplify it"))
-        result = None
+        problems = check_tree(tree, filename, policy)
+    except Exception as exc:  # every failure at submit is a rejection, never a crash
+        raise FilterRejected([Problem(filename, None, "too-complex", f"the file cannot be checked ({type(exc).__name__}); simplify it")]) from None
+    result = None
+    if not any(p.rule == "too-deep" for p in problems):
+        # RestrictedPython's transformer recurses per nesting level: past the limit it raises
+        # RecursionError, and on other hostile input ValueError or MemoryError, not SyntaxError.
+        try:
+            result = compile_restricted_exec(source, filename=filename)
+        except Exception as exc:
+            problems.append(Problem(filename, None, "too-complex", f"the file cannot be compiled ({type(exc).__name__}); simplify it"))
     if result is not None:
         for message in result.errors:
             m = _RP_LINE.match(message)
@@ -117,9 +123,19 @@ def compile_filter(source: str, filename: str = "<filter>", policy: Policy = POL
         source=source,
         description=(ast.get_docstring(tree) or "").strip(),
         version=hashlib.sha256(source.encode()).hexdigest()[:12],
-        columns=_mentioned_names(tree),
+        columns=_columns(tree),
         code=result.code,
     )
+
+
+def _columns(tree: ast.Module) -> frozenset[str] | None:
+    """Names the filter may read: those it mentions plus those its helpers read for it."""
+    names = _mentioned_names(tree)
+    if names is None:
+        return None
+    from sandbox.helpers import implied_names  # numpy-heavy; only needed once compiled
+
+    return names | implied_names(names)
 
 
 def _mentioned_names(tree: ast.Module) -> frozenset[str] | None:

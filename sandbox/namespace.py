@@ -15,6 +15,8 @@ from typing import Any
 from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
 
 from sandbox import helpers
+from sandbox.alert import PUBLIC_ATTRS as _ALERT_ATTRS
+from sandbox.alert import AlertRecord
 from sandbox.columns import AlertsView, Column, ListColumn, _Group
 
 __all__ = ["make_globals"]
@@ -40,15 +42,21 @@ _ALLOWED_ATTRS: dict[type, frozenset[str]] = {
     tuple: frozenset({"index", "count"}),
     set: frozenset({"add"}),
     float: frozenset({"is_integer"}),
+    **_ALERT_ATTRS,
 }
+# Everything else (functions, generators, exceptions, types, helper results that are not
+# listed) has no readable attribute at all: a generator's ``gi_frame``, a function's
+# ``__globals__`` or an exception's ``__traceback__`` are out of reach even without underscores.
 _VIEW_TYPES = (AlertsView, _Group)
 _WRITABLE = (list, dict, set)
 
 
 def _getattr(obj: Any, name: str, default: Any = None) -> Any:
-    if isinstance(obj, _VIEW_TYPES):
+    if name.startswith("_"):  # RestrictedPython rejects these at compile time; never rely on it alone
+        raise AttributeError(f"`.{name}` is not available in filters")
+    if type(obj) in _VIEW_TYPES:
         return getattr(obj, name)
-    if isinstance(obj, helpers.Namespace):
+    if type(obj) is helpers.Namespace:
         return obj.lookup(name)
     allowed = _ALLOWED_ATTRS.get(type(obj))
     if allowed is None or name not in allowed:
@@ -56,18 +64,31 @@ def _getattr(obj: Any, name: str, default: Any = None) -> Any:
     return getattr(obj, name)
 
 
+# Exact types only (``type(obj) in``): a subclass could override ``__getitem__``/``__iter__``.
+_INDEXABLE = frozenset({list, tuple, dict, str, range, AlertsView, _Group, AlertRecord})
+_ITERABLE = frozenset({
+    list, tuple, dict, set, frozenset, str, range, Column, AlertRecord, enumerate, zip, reversed,
+    type({}.keys()), type({}.values()), type({}.items()),
+})
+
+
 def _getitem(obj: Any, key: Any) -> Any:
-    if isinstance(obj, (*_VIEW_TYPES, list, tuple, dict, str, range)):
+    if type(obj) in _INDEXABLE:
         return obj[key]
     raise TypeError(f"a {type(obj).__name__} cannot be indexed in filters")
 
 
 def _getiter(obj: Any) -> Any:
-    if isinstance(obj, list | tuple | dict | set | frozenset | str | range | Column | enumerate | zip | reversed):
+    if type(obj) in _ITERABLE:
         return iter(obj)
-    if isinstance(obj, types.GeneratorType):
-        return obj
+    if type(obj) is types.GeneratorType:
+        return obj  # its frame stays out of reach: generators have no allowed attributes
     raise TypeError(f"a {type(obj).__name__} cannot be iterated in filters")
+
+
+def _apply(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``f(*args, **kwargs)`` in restricted code; the arguments are already guarded values."""
+    return fn(*args, **kwargs)
 
 
 def _write(obj: Any) -> Any:
@@ -95,12 +116,12 @@ def make_globals() -> dict[str, Any]:
     ns: dict[str, Any] = {
         "__builtins__": dict(_SAFE_BUILTINS),
         "__name__": "filter",
-        "__metaclass__": type,
         "_getattr_": _getattr,
         "_getitem_": _getitem,
         "_getiter_": _getiter,
         "_write_": _write,
         "_inplacevar_": _inplacevar,
+        "_apply_": _apply,
         "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
         "_unpack_sequence_": guarded_unpack_sequence,
     }

@@ -1,0 +1,229 @@
+"""The child side of :class:`sandbox.pool.WorkerPool`: a zygote and the workers it forks.
+
+The **zygote** is a fresh interpreter started by the pool with a scrubbed environment
+(:func:`sandbox.limits.clean_environment`). It imports numpy, pyarrow and this package, moves
+into an empty network namespace, and then only forks: it never sees user code, credentials or
+visit data. Each fork is a **worker** for one user and one visit. A worker closes everything it
+inherited, maps the visit batch read-only, hardens itself (:func:`sandbox.limits.harden`) and
+only then compiles and runs that user's filters, one at a time, reporting each as it finishes.
+
+Wire format (everything is plain bytes; nothing is ever unpickled):
+
+- pool → zygote (``SOCK_SEQPACKET``): ``b"F"`` carrying one descriptor, the worker's end of a
+  fresh socket pair; the reply is the worker's pid (``>I``) carrying a pidfd for it.
+- pool → worker: ``>I`` length + a JSON job, carrying the read-only descriptor of the visit
+  batch (Arrow IPC file format in a sealed memfd). The job names the filters' sources: the
+  worker compiles them again under the full policy rather than trusting code objects.
+- worker → pool: frames of :data:`FRAME` (kind, filter index, payload length) + payload.
+  ``READY`` (JSON: which limits took effect), ``COMPILED``, and ``RESULT``: :data:`RESULT`
+  (status, message length) + UTF-8 message + for ``OK`` exactly ``ceil(n / 8)`` bytes of
+  ``np.packbits(mask)``. The pool checks every length, index and status before use.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import mmap
+import os
+import socket
+import struct
+import sys
+import warnings
+from typing import Any
+
+FRAME = struct.Struct(">BII")  # kind, filter index, payload length
+RESULT = struct.Struct(">BI")  # status, message length (then message, then mask)
+JOB_HEADER = struct.Struct(">I")
+
+READY, COMPILED, RESULT_KIND = 1, 2, 3
+OK, ERROR, MEMORY, BAD_RESULT, REJECTED = 0, 1, 2, 3, 4
+STATUS_REASON = {ERROR: "error", MEMORY: "memory", BAD_RESULT: "bad-result", REJECTED: "error"}
+MAX_MESSAGE = 2000  # characters of a fault message that reach the owner
+MAX_JOB = 64 * 2**20
+
+
+def _send_frame(sock: socket.socket, kind: int, index: int, payload: bytes = b"") -> None:
+    sock.sendall(FRAME.pack(kind, index, len(payload)) + payload)
+
+
+def _recv_exact(sock: socket.socket, n: int, first: bytes = b"") -> bytes:
+    buf = bytearray(first)
+    while len(buf) < n:
+        chunk = sock.recv(min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise EOFError("engine closed the channel")
+        buf += chunk
+    return bytes(buf)
+
+
+def _receive_job(sock: socket.socket) -> tuple[dict[str, Any], int]:
+    data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 1)
+    if len(fds) != 1 or len(data) < JOB_HEADER.size:
+        raise EOFError("malformed job")
+    (length,) = JOB_HEADER.unpack_from(data)
+    if length > MAX_JOB:
+        raise EOFError("job too large")
+    body = _recv_exact(sock, JOB_HEADER.size + length, data)[JOB_HEADER.size :]
+    return json.loads(body), fds[0]
+
+
+def _fault_message(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except BaseException:  # noqa: B036 - a message that cannot even be built is still a fault
+        text = type(exc).__name__
+    return text[:MAX_MESSAGE]
+
+
+def worker_main(sock_fd: int) -> None:
+    """Run one job (one user's filters over one visit) and exit. Never returns."""
+    from sandbox import limits
+
+    code = 0
+    try:
+        limits.close_fds([sock_fd])
+        sock = socket.socket(fileno=sock_fd)
+        job, batch_fd = _receive_job(sock)
+        _run_job(sock, job, batch_fd)
+    except BaseException:  # noqa: B036 - whatever happens, the pool sees EOF and records it
+        code = 1
+    os._exit(code)
+
+
+def _run_job(sock: socket.socket, job: dict[str, Any], batch_fd: int) -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from sandbox import limits
+    from sandbox.columns import ColumnStore
+    from sandbox.compile import compile_filter
+    from sandbox.errors import FilterFault, FilterRejected
+    from sandbox.run import run_filter
+
+    # Map the visit read-only and decode its IPC framing before hardening (after it, no file
+    # can be opened). Arrays built from it point into a read-only mapping of a sealed memfd:
+    # a write through any path faults in this process only.
+    mm = mmap.mmap(batch_fd, 0, access=mmap.ACCESS_READ)
+    os.close(batch_fd)
+    reader = pa.ipc.open_file(pa.py_buffer(mm))
+    batch = reader.get_batch(0)
+    store = ColumnStore(batch)
+    n = len(store)
+    warnings.simplefilter("ignore")  # warnings would try to read source files; nobody sees them
+    applied = limits.harden(limits.Limits(**job["limits"]), seccomp=job.get("seccomp", True))
+    _send_frame(sock, READY, 0, json.dumps(applied).encode())
+
+    for index, filename, source in job["filters"]:
+        try:
+            compiled = compile_filter(source, filename)
+        except FilterRejected as exc:
+            _send_result(sock, index, REJECTED, _fault_message(exc))
+            continue
+        except BaseException as exc:  # noqa: B036
+            _send_result(sock, index, REJECTED, f"{filename}: cannot be compiled ({type(exc).__name__})")
+            continue
+        _send_frame(sock, COMPILED, index)
+        try:
+            mask = run_filter(compiled, store)
+        except FilterFault as fault:
+            status = MEMORY if fault.reason == "memory" else BAD_RESULT if fault.reason == "bad-result" else ERROR
+            _send_result(sock, index, status, _fault_message(fault))
+            continue
+        except MemoryError:
+            _send_result(sock, index, MEMORY, f"{filename}: ran out of memory")
+            continue
+        except BaseException as exc:  # noqa: B036 - SystemExit & co. must not end the worker silently
+            _send_result(sock, index, ERROR, f"{filename}: {type(exc).__name__}: {_fault_message(exc)}")
+            continue
+        if mask.dtype != np.bool_ or mask.shape != (n,):
+            _send_result(sock, index, BAD_RESULT, f"{filename}: the result is not one boolean per alert")
+            continue
+        _send_result(sock, index, OK, "", np.packbits(mask).tobytes())
+
+
+def _send_result(sock: socket.socket, index: int, status: int, message: str, mask: bytes = b"") -> None:
+    msg = message[:MAX_MESSAGE].encode("utf-8", "replace")
+    _send_frame(sock, RESULT_KIND, index, RESULT.pack(status, len(msg)) + msg + mask)
+
+
+# --- zygote -----------------------------------------------------------------------------------
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return -1
+
+
+def zygote_main(ctrl_fd: int, workdir: str) -> None:
+    """Serve fork requests on ``ctrl_fd`` until the pool closes it."""
+    from sandbox import limits
+
+    limits.set_parent_death_signal()
+    # Warm every module a worker needs, so forks share them and workers never import (after
+    # hardening they could not open the files).
+    import numpy  # noqa: F401
+    import pyarrow  # noqa: F401
+    import pyarrow.compute  # noqa: F401 - pyarrow imports it lazily inside Array methods
+    import pyarrow.ipc  # noqa: F401
+
+    import sandbox.alert  # noqa: F401
+    import sandbox.columns  # noqa: F401
+    import sandbox.compile  # noqa: F401
+    import sandbox.helpers  # noqa: F401
+    import sandbox.namespace  # noqa: F401
+    import sandbox.run  # noqa: F401
+
+    # Move every object into the permanent generation: a worker's garbage collections then
+    # skip them, instead of touching (and so copying, ~2 µs a page) all the zygote's memory.
+    gc.collect()
+    gc.freeze()
+    netns = limits.unshare_network()
+    os.chdir(workdir)
+    ctrl = socket.socket(fileno=ctrl_fd)
+    hello = {"pid": os.getpid(), "netns": netns, "threads": _threads()}
+    ctrl.send(b"Z" + json.dumps(hello).encode())
+    ctrl.settimeout(1.0)
+    while True:
+        _reap()
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(ctrl, 16, 1)
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+        if not data:
+            break
+        if data != b"F" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            continue
+        pid = os.fork()
+        if pid == 0:
+            ctrl.detach()  # the worker must not close (or use) the zygote's channel
+            worker_main(fds[0])
+        os.close(fds[0])
+        # The pidfd is opened before this process reaps anything, so it names exactly this
+        # child even if it has already exited; the pool signals through it, never by pid.
+        pidfd = os.pidfd_open(pid)
+        try:
+            socket.send_fds(ctrl, [struct.pack(">I", pid)], [pidfd])
+        finally:
+            os.close(pidfd)
+    os._exit(0)
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+if __name__ == "__main__":  # pragma: no cover - started by sandbox.pool
+    zygote_main(int(sys.argv[1]), sys.argv[2])
