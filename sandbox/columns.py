@@ -25,7 +25,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["AlertsView", "Column", "ListColumn", "ColumnStore", "as_column"]
+__all__ = ["AlertsView", "BANDS", "Column", "ListColumn", "ColumnStore", "as_column"]
+
+BANDS = ("u", "g", "r", "i", "z", "y")
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -38,7 +40,7 @@ class Column:
 
     __slots__ = ("_v", "_m")
     # What restricted code may reach on a column (sandbox.namespace reads this).
-    _public = frozenset({"isnull", "notnull", "fill", "tolist", "dtype"})
+    _public = frozenset({"isnull", "notnull", "fill", "tolist", "dtype", "isin", "between"})
 
     def __init__(self, values: np.ndarray, mask: np.ndarray | None = None):
         # _m is True where the value is null; None means no nulls (the common, fast case).
@@ -74,6 +76,23 @@ class Column:
         out = self._v.copy()
         out[self._m] = value
         return Column(out)
+
+    def isin(self, values: Any) -> Column:
+        """True where the value is one of ``values`` (a list, tuple or set); null gives False.
+
+        ``alerts.diaSource.band.isin(["g", "r"])``
+        """
+        if not isinstance(values, list | tuple | set | frozenset):
+            raise TypeError("isin() takes a list of values, e.g. band.isin(['g', 'r'])")
+        wanted = list(values)
+        if any(not isinstance(v, bool | int | float | str) for v in wanted):
+            raise TypeError("isin() values must be numbers or strings")
+        out = np.isin(self._v, np.asarray(wanted)) if wanted else np.zeros(len(self), bool)
+        return Column(out if self._m is None else out & ~self._m)
+
+    def between(self, low: Any, high: Any) -> Column:
+        """True where ``low <= value <= high`` (bounds may be columns); null gives False."""
+        return (self >= low) & (self <= high)
 
     def tolist(self) -> list[Any]:
         """The values as a Python list, null as None."""
@@ -200,17 +219,37 @@ class ListColumn:
 
     ``alerts.prvDiaSources.psfFlux.max()`` is a :class:`Column` with each alert's largest
     previous flux; an alert whose list is null or empty gets null (``count()`` gives 0).
-    Comparisons give a list of booleans, usable with :meth:`where`.
+    Comparisons give a list of booleans, usable with :meth:`where`; a per-alert
+    :class:`Column` on the other side is repeated for every point of that alert's list
+    (``lc.band == alerts.diaSource.band``).
+
+    Points are kept in packet order; everything that depends on time ("first", "last",
+    rates) uses the ``midpointMjdTai`` of the same list, so it is right whatever the order.
     """
 
-    __slots__ = ("_off", "_items", "_lm")
-    _public = frozenset({"isnull", "notnull", "where", "count", "max", "min", "sum", "mean",
-                         "std", "any", "all", "first", "last"})
+    __slots__ = ("_off", "_items", "_lm", "_info", "_memo")
+    _public = frozenset({"isnull", "notnull", "where", "in_band", "times", "count", "max", "min",
+                         "sum", "mean", "median", "std", "n_distinct", "any", "all", "first",
+                         "last", "first_time", "last_time", "rate", "slope"})
 
-    def __init__(self, offsets: np.ndarray, items: Column, list_mask: np.ndarray | None):
+    def __init__(self, offsets: np.ndarray, items: Column, list_mask: np.ndarray | None,
+                 info: _ListInfo | None = None):
         self._off = _readonly(offsets)
         self._items = items
         self._lm = None if list_mask is None or not list_mask.any() else _readonly(list_mask)
+        # Where sibling fields of the same list (times, bands) come from; None for lists built
+        # by hand in tests, which then have no time order.
+        self._info = info
+        # Results of reductions, shared by every filter of the visit: lightcurve columns come
+        # from the store's cache, so a hundred filters asking for history("psfFlux").max()
+        # compute it once. Safe to share: every result is an immutable, read-only column.
+        self._memo: dict[Any, Any] = {}
+
+    def _memoized(self, key: Any, compute: Callable[[], Any]) -> Any:
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = compute()
+        return hit
 
     def __len__(self) -> int:
         return len(self._off) - 1
@@ -219,7 +258,7 @@ class ListColumn:
         return f"ListColumn[{self._items.dtype}](length {len(self)}, {len(self._items)} values)"
 
     def _with(self, items: Column) -> ListColumn:
-        return ListColumn(self._off, items, self._lm)
+        return ListColumn(self._off, items, self._lm, self._info)
 
     def isnull(self) -> Column:
         """True where the whole list is null (no history), as opposed to empty."""
@@ -237,16 +276,59 @@ class ListColumn:
         mask = keep.copy() if self._items._m is None else keep & ~self._items._m
         return self._with(Column(self._items._v, ~mask))
 
+    def in_band(self, band: Any) -> ListColumn:
+        """Keep only the points taken in ``band``: a letter (``"r"``) or a per-alert column
+        (``alerts.diaSource.band``: the current source's band, alert by alert)."""
+        if isinstance(band, str):
+            return self._memoized(("in_band", band), lambda: self.where(self._sibling("band") == band))
+        key = ("in_band", id(band))
+        hit = self._memo.get(key)
+        if hit is None or hit[0] is not band:
+            hit = self._memo[key] = (band, self.where(self._sibling("band") == band))
+        return hit[1]
+
+    def times(self) -> ListColumn:
+        """The ``midpointMjdTai`` of each kept point (null where this list's value is null)."""
+        return self._memoized("times", self._times_impl)
+
+    def _times_impl(self) -> ListColumn:
+        t = self._sibling("midpointMjdTai")._items
+        return self._with(Column(t._v, _or_masks(t._m, self._items._m)))
+
+    def _sibling(self, name: str) -> ListColumn:
+        if self._info is None:
+            raise ValueError(f"this lightcurve has no {name!r} field alongside it")
+        sib = self._info.sibling(name)
+        if not np.array_equal(sib._off, self._off):  # pragma: no cover - same list by design
+            raise ValueError(f"{name!r} does not line up with this lightcurve")
+        return sib
+
     # Element-wise operators act on every point and keep the list shape.
     def _elementwise(self, other: Any, method: str) -> ListColumn:
         if isinstance(other, ListColumn):
+            if not np.array_equal(other._off, self._off):
+                raise ValueError("lightcurves of different shapes cannot be combined point by point")
             other = other._items
+        elif isinstance(other, Column):
+            if len(other) != len(self):
+                raise ValueError(f"a column of {len(other)} values cannot be combined with a "
+                                 f"lightcurve of {len(self)} alerts")
+            other = self._per_point(other)
         return self._with(getattr(self._items, method)(other))
 
+    def _per_point(self, col: Column) -> Column:
+        """A per-alert column repeated for every point of that alert's list."""
+        lengths = np.diff(self._off)
+        return Column(np.repeat(col._v, lengths), None if col._m is None else np.repeat(col._m, lengths))
+
     def __add__(self, o: Any) -> ListColumn: return self._elementwise(o, "__add__")
+    def __radd__(self, o: Any) -> ListColumn: return self._elementwise(o, "__radd__")
     def __sub__(self, o: Any) -> ListColumn: return self._elementwise(o, "__sub__")
+    def __rsub__(self, o: Any) -> ListColumn: return self._elementwise(o, "__rsub__")
     def __mul__(self, o: Any) -> ListColumn: return self._elementwise(o, "__mul__")
+    def __rmul__(self, o: Any) -> ListColumn: return self._elementwise(o, "__rmul__")
     def __truediv__(self, o: Any) -> ListColumn: return self._elementwise(o, "__truediv__")
+    def __rtruediv__(self, o: Any) -> ListColumn: return self._elementwise(o, "__rtruediv__")
     def __lt__(self, o: Any) -> ListColumn: return self._elementwise(o, "__lt__")
     def __le__(self, o: Any) -> ListColumn: return self._elementwise(o, "__le__")
     def __gt__(self, o: Any) -> ListColumn: return self._elementwise(o, "__gt__")
@@ -264,91 +346,285 @@ class ListColumn:
         raise TypeError("a lightcurve column is not True or False; reduce it first, e.g. .count() > 0")
 
     # --- per-alert reductions ----------------------------------------------------------------
+    # All of them work on the flat array of points with the list offsets: cumulative sums,
+    # ufunc.reduceat and one lexsort at most; never a Python loop over alerts.
     def _valid(self) -> np.ndarray:
+        return self._memoized("valid", self._valid_impl)
+
+    def _valid_impl(self) -> np.ndarray:
         m = self._items._m
-        return np.ones(len(self._items._v), bool) if m is None else ~m
+        valid = np.ones(len(self._items._v), bool) if m is None else ~m
+        if self._items._v.dtype.kind == "f":
+            valid &= ~np.isnan(self._items._v)  # a NaN measurement is no measurement
+        return _readonly(valid)
+
+    def _segment_sum(self, per_point: np.ndarray) -> np.ndarray:
+        csum = np.concatenate(([0], np.cumsum(per_point)))
+        return csum[self._off[1:]] - csum[self._off[:-1]]
+
+    def _segments(self) -> np.ndarray:
+        """Which alert each point belongs to."""
+        return np.repeat(np.arange(len(self)), np.diff(self._off))
 
     def count(self) -> Column:
         """Number of non-null points per alert (0 for a null list)."""
-        valid = self._valid().astype(np.int64)
-        csum = np.concatenate(([0], np.cumsum(valid)))
-        return Column(csum[self._off[1:]] - csum[self._off[:-1]])
+        return self._memoized("count", self._count_impl)
 
-    def _reduce(self, ufunc: np.ufunc, fill: float) -> Column:
+    def _count_impl(self) -> Column:
+        return Column(self._segment_sum(self._valid().astype(np.int64)))
+
+    def _numeric(self, what: str) -> np.ndarray:
         vals = self._items._v
         if vals.dtype.kind not in "fiub":
-            raise TypeError(f"cannot take min/max/sum of a {self._items.dtype} lightcurve field")
-        work = vals.astype(np.float64)
-        work = np.where(self._valid(), work, fill)
-        n = len(self)
-        out = np.full(n, fill, dtype=np.float64)
-        counts = self.count()._v
-        starts = self._off[:-1]
+            raise TypeError(f"cannot take the {what} of a {self._items.dtype} lightcurve field")
+        return vals
+
+    def _reduce(self, ufunc: np.ufunc, fill: float, what: str) -> Column:
+        valid = self._valid()
+        work = np.where(valid, self._numeric(what).astype(np.float64), fill)
+        out = np.full(len(self), fill, dtype=np.float64)
         nonempty = np.diff(self._off) > 0
-        if len(work):
+        if nonempty.any():
             # reduceat over non-empty segments only: it misbehaves on empty ones.
-            red = ufunc.reduceat(work, starts[nonempty]) if nonempty.any() else np.empty(0)
-            out[nonempty] = red
-        return Column(out, counts == 0)
+            out[nonempty] = ufunc.reduceat(work, self._off[:-1][nonempty])
+        return Column(out, self._segment_sum(valid) == 0)
 
     def max(self) -> Column:
         """Largest value per alert; null where there is none."""
-        return self._reduce(np.maximum, -np.inf)
+        return self._memoized("max", self._max_impl)
+
+    def _max_impl(self) -> Column:
+        return self._reduce(np.maximum, -np.inf, "max")
 
     def min(self) -> Column:
         """Smallest value per alert; null where there is none."""
-        return self._reduce(np.minimum, np.inf)
+        return self._memoized("min", self._min_impl)
+
+    def _min_impl(self) -> Column:
+        return self._reduce(np.minimum, np.inf, "min")
 
     def sum(self) -> Column:
         """Sum per alert (0 where there are no points)."""
-        col = self._reduce(np.add, 0.0)
-        return Column(col._v)
+        return self._memoized("sum", self._sum_impl)
+
+    def _sum_impl(self) -> Column:
+        return Column(self._reduce(np.add, 0.0, "sum")._v)
 
     def mean(self) -> Column:
         """Mean per alert; null where there are no points."""
+        return self._memoized("mean", self._mean_impl)
+
+    def _mean_impl(self) -> Column:
         n = self.count()._v
         with np.errstate(all="ignore"):
             return Column(self.sum()._v / np.maximum(n, 1), n == 0)
 
     def std(self) -> Column:
         """Population standard deviation per alert; null where there are no points."""
+        return self._memoized("std", self._std_impl)
+
+    def _std_impl(self) -> Column:
         n = self.count()._v
         mean = self.mean()._v
         per_point = np.repeat(mean, np.diff(self._off))
-        dev = np.where(self._valid(), (self._items._v.astype(np.float64) - per_point) ** 2, 0.0)
-        csum = np.concatenate(([0.0], np.cumsum(dev)))
-        var = (csum[self._off[1:]] - csum[self._off[:-1]]) / np.maximum(n, 1)
+        dev = np.where(self._valid(), (self._numeric("std").astype(np.float64) - per_point) ** 2, 0.0)
+        var = self._segment_sum(dev) / np.maximum(n, 1)
         return Column(np.sqrt(var), n == 0)
+
+    def _sorted_by_value(self) -> tuple[np.ndarray, np.ndarray]:
+        """Point order sorted by (alert, validity, value), and the valid count per alert."""
+        vals = self._items._v
+        valid = self._valid()
+        # Invalid points sort after the valid ones of their alert.
+        order = np.lexsort((vals, ~valid, self._segments()))
+        return order, self._segment_sum(valid)
+
+    def median(self) -> Column:
+        """Median per alert (mean of the two middle values for an even count); null if none."""
+        return self._memoized("median", self._median_impl)
+
+    def _median_impl(self) -> Column:
+        vals = self._numeric("median").astype(np.float64)
+        order, n = self._sorted_by_value()
+        start = self._off[:-1]
+        empty = n == 0
+        lo = start + np.maximum(n - 1, 0) // 2
+        hi = start + np.maximum(n, 1) // 2
+        if len(vals) == 0:
+            return Column(np.zeros(len(self)), np.ones(len(self), bool))
+        lo, hi = np.where(empty, 0, lo), np.where(empty, 0, hi)
+        return Column((vals[order[lo]] + vals[order[hi]]) / 2.0, empty)
+
+    def n_distinct(self) -> Column:
+        """Number of distinct non-null values per alert (e.g. how many bands were seen)."""
+        return self._memoized("n_distinct", self._n_distinct_impl)
+
+    def _n_distinct_impl(self) -> Column:
+        vals = self._items._v
+        order, n = self._sorted_by_value()
+        if len(vals) == 0:
+            return Column(np.zeros(len(self), np.int64))
+        sv, seg, ok = vals[order], self._segments()[order], self._valid()[order]
+        new = np.ones(len(sv), bool)
+        new[1:] = (sv[1:] != sv[:-1]) | (seg[1:] != seg[:-1])
+        return Column(np.bincount(seg[new & ok], minlength=len(self)).astype(np.int64))
 
     def any(self) -> Column:
         """True where at least one point is True (null points count as False)."""
+        return self._memoized("any", self._any_impl)
+
+    def _any_impl(self) -> Column:
         return self._flags_count() > 0
 
     def all(self) -> Column:
         """True where every non-null point is True and there is at least one point."""
+        return self._memoized("all", self._all_impl)
+
+    def _all_impl(self) -> Column:
         return (self._flags_count() == self.count()) & (self.count() > 0)
 
     def _flags_count(self) -> Column:
-        f = self._items._flags().astype(np.int64)
-        csum = np.concatenate(([0], np.cumsum(f)))
-        return Column(csum[self._off[1:]] - csum[self._off[:-1]])
+        return Column(self._segment_sum(self._items._flags().astype(np.int64)))
+
+    # --- time order ----------------------------------------------------------------------------
+    def _time_values(self) -> np.ndarray | None:
+        if self._info is None:
+            return None
+        t = self._sibling("midpointMjdTai")._items
+        return t._v if t._m is None else np.where(t._m, np.nan, t._v)
+
+    def _last_positions(self, valid: np.ndarray, *, latest: bool) -> np.ndarray:
+        """Index of each alert's earliest (or latest) valid point by time; -1 where none."""
+        n = len(self)
+        out = np.full(n, -1, dtype=np.int64)
+        if not len(valid) or not valid.any():
+            return out
+        t = self._time_values()
+        if t is not None:
+            valid = valid & ~np.isnan(t)
+        idx = np.arange(len(valid), dtype=np.int64)
+        nonempty = np.diff(self._off) > 0
+        starts = self._off[:-1][nonempty]
+        if t is None or self._info.time_sorted():  # type: ignore[union-attr]
+            # Packet order is time order (the usual case): a reduceat on positions suffices.
+            if latest:
+                pos = np.maximum.reduceat(np.where(valid, idx, -1), starts)
+            else:
+                pos = np.minimum.reduceat(np.where(valid, idx, len(idx)), starts)
+                pos = np.where(pos == len(idx), -1, pos)
+        else:
+            key = np.where(valid, t, -np.inf if latest else np.inf)
+            order = np.lexsort((key, self._segments()))
+            pick = self._off[1:][nonempty] - 1 if latest else starts
+            pos = order[pick]
+        seg_has = self._segment_sum(valid)[nonempty] > 0
+        out[nonempty] = np.where(seg_has, pos, -1)
+        return out
+
+    def _pick(self, pos: np.ndarray, values: Column | None = None) -> Column:
+        values = self._items if values is None else values
+        missing = pos < 0
+        if len(values._v) == 0:
+            return Column(np.zeros(len(self), values._v.dtype), np.ones(len(self), bool))
+        safe = np.where(missing, 0, pos)
+        return Column(values._v[safe], missing)
 
     def first(self) -> Column:
-        """The first point per alert, in packet order; null where the list is empty."""
-        return self._pick(self._off[:-1])
+        """The earliest point per alert by ``midpointMjdTai``; null where there is none."""
+        return self._memoized("first", self._first_impl)
+
+    def _first_impl(self) -> Column:
+        return self._pick(self._last_positions(self._valid(), latest=False))
 
     def last(self) -> Column:
-        """The last point per alert, in packet order; null where the list is empty."""
-        return self._pick(self._off[1:] - 1)
+        """The latest point per alert by ``midpointMjdTai``; null where there is none."""
+        return self._memoized("last", self._last_impl)
 
-    def _pick(self, idx: np.ndarray) -> Column:
-        empty = np.diff(self._off) == 0
-        safe = np.where(empty, 0, idx)
-        if len(self._items._v) == 0:
-            return Column(np.zeros(len(self), self._items._v.dtype), np.ones(len(self), bool))
-        vals = self._items._v[safe]
-        mask = empty if self._items._m is None else empty | self._items._m[safe]
-        return Column(vals, mask)
+    def _last_impl(self) -> Column:
+        return self._pick(self._last_positions(self._valid(), latest=True))
+
+    def first_time(self) -> Column:
+        """``midpointMjdTai`` of the earliest point per alert; null where there is none."""
+        return self.times().first()
+
+    def last_time(self) -> Column:
+        """``midpointMjdTai`` of the latest point per alert; null where there is none."""
+        return self.times().last()
+
+    def rate(self) -> Column:
+        """Change per day between each alert's last two points by time:
+        ``(last - previous) / (t_last - t_previous)``; null with fewer than two points.
+
+        On magnitudes this is mag/day (negative: brightening)."""
+        return self._memoized("rate", self._rate_impl)
+
+    def _rate_impl(self) -> Column:
+        valid = self._valid()
+        last = self._last_positions(valid, latest=True)
+        before = valid.copy()
+        before[last[last >= 0]] = False
+        prev = self._last_positions(before, latest=True)
+        times = self.times()._items
+        dv = self._pick(last) - self._pick(prev)
+        dt = self._pick(last, times) - self._pick(prev, times)
+        return _nonzero_ratio(dv, dt)
+
+    def slope(self) -> Column:
+        """Least-squares slope of value against ``midpointMjdTai`` per alert (per day);
+        null with fewer than two points at different times."""
+        return self._memoized("slope", self._slope_impl)
+
+    def _slope_impl(self) -> Column:
+        y = self._numeric("slope").astype(np.float64)
+        t = self._time_values()
+        if t is None:
+            raise ValueError("slope() needs the times of this lightcurve")
+        ok = self._valid() & ~np.isnan(t)
+        n = self._segment_sum(ok.astype(np.float64))
+        nz = np.maximum(n, 1)
+        # Centre times and values per alert first: MJDs near 6e4 squared would swamp the sums.
+        tm = np.repeat(self._segment_sum(np.where(ok, t, 0.0)) / nz, np.diff(self._off))
+        ym = np.repeat(self._segment_sum(np.where(ok, y, 0.0)) / nz, np.diff(self._off))
+        dt = np.where(ok, t - tm, 0.0)
+        dy = np.where(ok, y - ym, 0.0)
+        sxx = self._segment_sum(dt * dt)
+        sxy = self._segment_sum(dt * dy)
+        bad = (n < 2) | (sxx <= 0)
+        with np.errstate(all="ignore"):
+            return Column(np.where(bad, 0.0, sxy / np.where(bad, 1.0, sxx)), bad)
+
+
+def _nonzero_ratio(num: Column, den: Column) -> Column:
+    """num / den, null where either is null or den is zero."""
+    bad = (den._v == 0) if den._m is None else (den._m | (den._v == 0))
+    bad = bad if num._m is None else bad | num._m
+    with np.errstate(all="ignore"):
+        out = num._v.astype(np.float64) / np.where(bad, 1, den._v)
+    return Column(np.where(bad, 0.0, out), bad)
+
+
+class _ListInfo:
+    """Where the sibling fields of one lightcurve live (trusted side).
+
+    ``prefix`` is a list column (``prvDiaSources``) or ``"history"`` (previous sources plus
+    the current one, see :meth:`ColumnStore.history`).
+    """
+
+    __slots__ = ("_store", "_prefix")
+
+    def __init__(self, store: ColumnStore, prefix: str):
+        self._store = store
+        self._prefix = prefix
+
+    def sibling(self, name: str) -> ListColumn:
+        if self._prefix == "history":
+            return self._store.history(name)
+        col = self._store.get(f"{self._prefix}.{name}")
+        assert isinstance(col, ListColumn)
+        return col
+
+    def time_sorted(self) -> bool:
+        return self._store.time_sorted(self._prefix)
 
 
 # --- from Arrow to columns (trusted side) ---------------------------------------------------
@@ -361,8 +637,12 @@ def _leaf_numpy(arr: pa.Array) -> tuple[np.ndarray, np.ndarray | None]:
     if arr.null_count:
         mask = np.asarray(arr.is_null())
     typ = arr.type
-    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
-        values = np.asarray(arr.fill_null("").to_numpy(zero_copy_only=False).astype(str))
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ):
+        # Through a dictionary: band letters repeat across ~10^5 lightcurve points, and turning
+        # each Python string into numpy unicode one by one costs ~50 ns apiece.
+        enc = arr.fill_null("").dictionary_encode()
+        words = np.asarray(enc.dictionary.to_pylist(), dtype=str)
+        values = words[enc.indices.to_numpy()] if len(words) else np.zeros(n, dtype="<U1")
     elif pa.types.is_timestamp(typ):
         values = np.asarray(arr.cast(pa.int64()).fill_null(0).to_numpy())
     elif pa.types.is_boolean(typ):
@@ -387,8 +667,11 @@ class ColumnStore:
     def __init__(self, batch: pa.RecordBatch):
         self.batch = batch
         self._cache: dict[str, Column | ListColumn] = {}
+        self._sorted: dict[str, bool] = {}
+        self._aux: dict[str, Any] = {}  # null masks and offsets for the per-alert view
         self.paths = frozenset(_paths(batch.schema))
         self.groups = frozenset(p.rsplit(".", 1)[0] for p in self.paths if "." in p)
+        self.kinds = _kinds(batch.schema)
 
     def __len__(self) -> int:
         return self.batch.num_rows
@@ -409,7 +692,8 @@ class ColumnStore:
         for i, name in enumerate(parts[1:], start=1):
             if pa.types.is_list(arr.type):
                 items = self._list_items(arr, ".".join(parts[i:]))
-                return ListColumn(_offsets(arr), items, _mask_or(arr, parent_null))
+                info = _ListInfo(self, ".".join(parts[:i]))
+                return ListColumn(_offsets(arr), items, _mask_or(arr, parent_null), info)
             if not pa.types.is_struct(arr.type):
                 raise KeyError(path)
             if arr.null_count:
@@ -420,6 +704,114 @@ class ColumnStore:
             raise KeyError(path)
         values, mask = _leaf_numpy(arr)
         return Column(values, _or_masks(mask, parent_null))
+
+    # --- lightcurve helpers ------------------------------------------------------------------
+    def history(self, name: str) -> ListColumn:
+        """``prvDiaSources.<name>`` with the current ``diaSource.<name>`` appended to each
+        alert's list: the whole detection history, never null (an alert always has its
+        current source). Cached like any column."""
+        key = f"history.{name}"
+        col = self._cache.get(key)
+        if col is None:
+            col = self._cache[key] = self._history(name)
+        assert isinstance(col, ListColumn)
+        return col
+
+    def _history(self, name: str) -> ListColumn:
+        cur_path, prv_path = f"diaSource.{name}", f"prvDiaSources.{name}"
+        if cur_path not in self.paths:
+            raise KeyError(f"no field {name!r} in diaSource; history() takes a diaSource field name")
+        cur = self.get(cur_path)
+        assert isinstance(cur, Column)
+        n = len(cur)
+        if prv_path in self.paths:
+            prv = self.get(prv_path)
+            assert isinstance(prv, ListColumn)
+            lengths, pv, pm = np.diff(prv._off), prv._items._v, prv._items._m
+        else:  # the batch was decoded without previous sources
+            lengths, pv, pm = np.zeros(n, np.int64), cur._v[:0], None
+        off = np.zeros(n + 1, np.int64)
+        np.cumsum(lengths + 1, out=off[1:])
+        cur_pos = off[1:] - 1
+        prv_pos = np.arange(len(pv), dtype=np.int64) + np.repeat(np.arange(n, dtype=np.int64), lengths)
+        values = np.empty(int(off[-1]), dtype=np.result_type(pv.dtype, cur._v.dtype))
+        values[prv_pos] = pv
+        values[cur_pos] = cur._v
+        mask = None
+        if pm is not None or cur._m is not None:
+            mask = np.zeros(len(values), bool)
+            if pm is not None:
+                mask[prv_pos] = pm
+            if cur._m is not None:
+                mask[cur_pos] = cur._m
+        return ListColumn(off, Column(values, mask), None, _ListInfo(self, "history"))
+
+    def time_sorted(self, prefix: str) -> bool:
+        """Whether every alert's points of list ``prefix`` are in non-decreasing time order."""
+        done = self._sorted.get(prefix)
+        if done is None:
+            times = _ListInfo(self, prefix).sibling("midpointMjdTai")
+            t = times._items._v.astype(np.float64)
+            if times._items._m is not None:
+                t = np.where(times._items._m, np.nan, t)
+            same_alert = np.ones(max(len(t) - 1, 0), bool)
+            starts = times._off[1:-1]
+            same_alert[starts[(starts > 0) & (starts < len(t))] - 1] = False
+            with np.errstate(invalid="ignore"):
+                done = bool(not np.isnan(t).any() and np.all(np.diff(t)[same_alert] >= 0))
+            self._sorted[prefix] = done
+        return done
+
+    def band_field(self, name: str, band: Any = None) -> Column:
+        """``diaObject.<band>_<name>`` picked per alert, ``band`` defaulting to each alert's
+        ``diaSource.band``; null where the band is not one of ugrizy or the value is null."""
+        if band is None:
+            band = self.get("diaSource.band")
+        cols = {}
+        for b in BANDS:
+            path = f"diaObject.{b}_{name}"
+            if path not in self.paths:
+                raise KeyError(f"no column {path!r}: band_field() takes a per-band diaObject "
+                               "field name without its band prefix, e.g. 'psfFluxMean'")
+            cols[b] = self.get(path)
+        n = len(self)
+        first = cols[BANDS[0]]
+        assert isinstance(first, Column)
+        out = np.zeros(n, dtype=first._v.dtype)
+        missing = np.ones(n, bool)
+        for b, col in cols.items():
+            assert isinstance(col, Column)
+            if isinstance(band, Column):
+                sel = band._v == b if band._m is None else (band._v == b) & ~band._m
+            elif isinstance(band, str):
+                sel = np.full(n, band == b)
+            else:
+                raise TypeError("band must be a letter such as 'r' or a column of band letters")
+            out[sel] = col._v[sel]
+            missing[sel] = False if col._m is None else col._m[sel]
+        return Column(out, missing)
+
+    # --- the per-alert view (sandbox.alert) reads through these ------------------------------
+    def struct_null(self, path: str) -> np.ndarray | None:
+        """Null mask of a top-level struct column, or None if it has no nulls."""
+        key = f"null.{path}"
+        if key not in self._aux:
+            arr = self.batch.column(path)
+            self._aux[key] = _readonly(np.asarray(arr.is_null())) if arr.null_count else None
+        return self._aux[key]
+
+    def list_offsets(self, path: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """Offsets and null mask of a top-level list column."""
+        key = f"list.{path}"
+        if key not in self._aux:
+            arr = self.batch.column(path)
+            mask = _mask_or(arr, None)
+            self._aux[key] = (_readonly(_offsets(arr)), None if mask is None else _readonly(mask))
+        return self._aux[key]
+
+    def binary(self, path: str, row: int) -> bytes | None:
+        """The bytes of a binary column (a cutout) in one row, or None."""
+        return self.batch.column(path)[row].as_py()
 
     def _list_items(self, arr: pa.ListArray, rest: str) -> Column:
         child = arr.values
@@ -438,6 +830,29 @@ def _offsets(arr: pa.ListArray) -> np.ndarray:
 def _mask_or(arr: pa.Array, parent: np.ndarray | None) -> np.ndarray | None:
     m = np.asarray(arr.is_null()) if arr.null_count else None
     return _or_masks(m, parent)
+
+
+def _kinds(schema: pa.Schema) -> dict[str, str]:
+    """Every dotted path of the schema and what it is: struct, list, leaf or binary."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, typ: pa.DataType) -> None:
+        if pa.types.is_struct(typ):
+            out[prefix] = "struct"
+            for f in typ:
+                walk(f"{prefix}.{f.name}", f.type)
+        elif pa.types.is_list(typ):
+            out[prefix] = "list"
+            for f in typ.value_type:
+                walk(f"{prefix}.{f.name}", f.type)
+        elif pa.types.is_binary(typ) or pa.types.is_large_binary(typ) or pa.types.is_binary_view(typ):
+            out[prefix] = "binary"
+        else:
+            out[prefix] = "leaf"
+
+    for f in schema:
+        walk(f.name, f.type)
+    return out
 
 
 def _paths(schema: pa.Schema) -> list[str]:
@@ -510,6 +925,25 @@ class AlertsView:
 
     def __contains__(self, path: str) -> bool:
         return path in self._store.paths or path in self._store.groups
+
+    def history(self, name: str) -> ListColumn:
+        """The detection history of each alert for one diaSource field: its
+        ``prvDiaSources.<name>`` followed by the current ``diaSource.<name>``.
+
+        ``alerts.history("psfFlux").max()``; times, bands and ``in_band`` work as on any
+        lightcurve. Never null: an alert with no previous sources has one point."""
+        if not isinstance(name, str):
+            raise TypeError("history() takes a diaSource field name such as 'psfFlux'")
+        return self._store.history(name)
+
+    def band_field(self, name: str, band: Any = None) -> Column:
+        """A per-band diaObject field for each alert's own band:
+        ``alerts.band_field("psfFluxMean")`` is ``diaObject.r_psfFluxMean`` for an r-band
+        alert, ``g_psfFluxMean`` for a g-band one, and so on; ``band="g"`` (or a column of
+        band letters) picks another band."""
+        if not isinstance(name, str):
+            raise TypeError("band_field() takes a field name such as 'psfFluxMean'")
+        return self._store.band_field(name, band)
 
     def __repr__(self) -> str:
         return f"<alerts: {len(self)} alerts of one visit>"

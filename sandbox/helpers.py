@@ -1,23 +1,38 @@
-"""The helper library filters may call, documented in docs/filters.md.
+"""The helper library filters may call, documented (each with an example) in docs/filters.md.
 
 Every helper is vectorized: it takes and returns columns (or numbers) and never loops over
 alerts in Python. Nothing here reaches files, the network, the clock or randomness: a filter is
 a deterministic function of the alerts.
+
+Groups:
+
+- nulls and flags: ``isnull``, ``notnull``, ``fill``, ``is_set``, ``any_set``, ``all_set``,
+  ``none_set``, ``if_else``;
+- maths: ``sqrt``, ``log10``, ``log``, ``exp``, ``minimum``, ``maximum``;
+- photometry (fluxes in nJy, AB zero point 31.4): ``mag_from_flux``, ``flux_from_mag``,
+  ``mag_err``, ``colour``, ``flux_ratio``;
+- time: ``days_since_first_detection``, ``rate_between``;
+- sky (the ``sky`` namespace, all angles in degrees): ``sky.separation``, ``sky.cone``,
+  ``sky.watchlist``, ``sky.nearest``, ``sky.galactic_latitude``, ``sky.galactic_longitude``,
+  ``sky.ecliptic_latitude``, ``sky.ecliptic_longitude``; ``arcsec`` and ``arcmin`` in degrees.
+
+Lightcurve reductions are methods of the columns themselves (:class:`sandbox.columns.ListColumn`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
-from sandbox.columns import Column, ListColumn
+from sandbox.columns import BANDS, AlertsView, Column, ListColumn
 
-__all__ = ["Namespace", "exported"]
+__all__ = ["Namespace", "exported", "implied_names"]
 
 AB_ZERO_POINT_NJY = 31.4  # m_AB = -2.5 log10(f / nJy) + 31.4
+_MAG_PER_LN = 2.5 / math.log(10)  # d(mag) = 1.0857 d(flux)/flux
 
 
 class Namespace:
@@ -37,6 +52,12 @@ class Namespace:
         return f"<helpers {self._name}: {', '.join(sorted(self._members))}>"
 
 
+Value = Column | ListColumn | float | int
+
+
+# --- nulls and flags ----------------------------------------------------------------------------
+
+
 def isnull(x: Column | ListColumn) -> Column:
     """True where the value (or the whole lightcurve) is null."""
     return x.isnull()
@@ -52,37 +73,449 @@ def fill(x: Column, value: Any) -> Column:
     return x.fill(value)
 
 
-def _unary(fn: Callable[[np.ndarray], np.ndarray], doc: str) -> Callable[[Any], Any]:
-    def helper(x: Any) -> Any:
-        if isinstance(x, Column):
-            with np.errstate(all="ignore"):
-                return Column(fn(x._v.astype(np.float64)), x._m)
-        return float(fn(np.float64(x)))
+def _flag(flag: Any, null: bool) -> np.ndarray | bool:
+    if isinstance(flag, Column):
+        v = flag._v if flag._v.dtype == bool else flag._v.astype(bool)
+        return v if flag._m is None else np.where(flag._m, null, v)
+    if isinstance(flag, bool):
+        return flag
+    raise TypeError(f"flags are boolean columns (or True/False), not {type(flag).__name__}")
 
+
+def _flags(flags: tuple[Any, ...], null: bool) -> list[np.ndarray | bool]:
+    if not flags:
+        raise TypeError("give at least one flag column")
+    return [_flag(f, null) for f in flags]
+
+
+def _length(*xs: Any) -> int:
+    for x in xs:
+        if isinstance(x, Column | ListColumn):
+            return len(x)
+    raise TypeError("at least one argument must be a column")
+
+
+def is_set(flag: Column, *, null: bool = False) -> Column:
+    """True where ``flag`` is True; a null flag counts as ``null`` (not set, by default).
+
+    ``is_set(alerts.diaSource.pixelFlags_saturatedCenter, null=True)`` treats unknown as set.
+    """
+    return Column(np.asarray(_flag(flag, null), bool))
+
+
+def any_set(*flags: Column, null: bool = False) -> Column:
+    """True where at least one flag is True; null flags count as ``null`` (False by default)."""
+    n = _length(*flags)
+    out = np.zeros(n, bool)
+    for f in _flags(flags, null):
+        out |= f
+    return Column(out)
+
+
+def all_set(*flags: Column, null: bool = False) -> Column:
+    """True where every flag is True; null flags count as ``null`` (False by default)."""
+    n = _length(*flags)
+    out = np.ones(n, bool)
+    for f in _flags(flags, null):
+        out &= f
+    return Column(out)
+
+
+def none_set(*flags: Column, null: bool = False) -> Column:
+    """True where no flag is True. A null flag counts as ``null``: with ``null=True`` an alert
+    whose flag is unknown is rejected (the strict quality cut)."""
+    return ~any_set(*flags, null=null)
+
+
+def if_else(condition: Column, then: Any, otherwise: Any) -> Column:
+    """Per alert, ``then`` where ``condition`` is True, else ``otherwise`` (a null condition
+    counts as False). Both may be columns or numbers: ``if_else(band == 'u', 0.5, 0.2)``."""
+    if not isinstance(condition, Column):
+        raise TypeError("if_else needs a condition column, e.g. alerts.diaSource.band == 'g'")
+    n = len(condition)
+    cond = condition._flags()
+    tv, tm = _values(then, n)
+    ov, om = _values(otherwise, n)
+    mask = None
+    if tm is not None or om is not None:
+        mask = np.where(cond, np.zeros(n, bool) if tm is None else tm, np.zeros(n, bool) if om is None else om)
+    return Column(np.where(cond, tv, ov), mask)
+
+
+def _values(x: Any, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    if isinstance(x, Column):
+        if len(x) != n:
+            raise ValueError(f"columns of different lengths ({n} and {len(x)}) cannot be combined")
+        return x._v, x._m
+    if isinstance(x, bool | int | float | str):
+        return np.full(n, x), None
+    raise TypeError(f"expected a column or a number, got {type(x).__name__}")
+
+
+# --- maths ----------------------------------------------------------------------------------
+
+
+def _map(x: Any, fn: Callable[[np.ndarray], np.ndarray]) -> Any:
+    """Apply an element-wise float function to a column, a lightcurve or a number."""
+    if isinstance(x, Column):
+        with np.errstate(all="ignore"):
+            return Column(fn(x._v.astype(np.float64)), x._m)
+    if isinstance(x, ListColumn):
+        return x._with(_map(x._items, fn))
+    if isinstance(x, bool | int | float):
+        with np.errstate(all="ignore"):
+            return float(fn(np.float64(x)))
+    raise TypeError(f"expected a column or a number, got {type(x).__name__}")
+
+
+def _unary(fn: Callable[[np.ndarray], np.ndarray], name: str, doc: str) -> Callable[[Any], Any]:
+    def helper(x: Any) -> Any:
+        return _map(x, fn)
+
+    helper.__name__ = helper.__qualname__ = name
     helper.__doc__ = doc
     return helper
 
 
-sqrt = _unary(np.sqrt, "Square root, element-wise.")
-log10 = _unary(np.log10, "Base-10 logarithm, element-wise (null-safe; log of <= 0 is NaN or -inf).")
-exp = _unary(np.exp, "Exponential, element-wise.")
+sqrt = _unary(np.sqrt, "sqrt", "Square root, element-wise.")
+log10 = _unary(np.log10, "log10", "Base-10 logarithm, element-wise (log of <= 0 is NaN or -inf).")
+log = _unary(np.log, "log", "Natural logarithm, element-wise.")
+exp = _unary(np.exp, "exp", "Exponential, element-wise.")
+
+
+def _binary(a: Any, b: Any, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Column:
+    n = _length(a, b)
+    av, am = _values(a, n)
+    bv, bm = _values(b, n)
+    mask = am if bm is None else bm if am is None else am | bm
+    return Column(fn(av, bv), mask)
+
+
+def minimum(a: Any, b: Any) -> Column:
+    """The smaller of two columns (or a column and a number), alert by alert."""
+    return _binary(a, b, np.minimum)
+
+
+def maximum(a: Any, b: Any) -> Column:
+    """The larger of two columns (or a column and a number), alert by alert."""
+    return _binary(a, b, np.maximum)
+
+
+# --- photometry -------------------------------------------------------------------------------
+
+
+def _mag(f: np.ndarray) -> np.ndarray:
+    return np.where(f > 0, -2.5 * np.log10(np.where(f > 0, f, 1.0)) + AB_ZERO_POINT_NJY, np.nan)
 
 
 def mag_from_flux(flux: Any) -> Any:
-    """AB magnitude from a flux in nJy: ``-2.5 log10(flux) + 31.4``; non-positive flux → NaN."""
-    if isinstance(flux, Column):
-        f = flux._v.astype(np.float64)
-        with np.errstate(all="ignore"):
-            mag = np.where(f > 0, -2.5 * np.log10(np.where(f > 0, f, 1.0)) + AB_ZERO_POINT_NJY, np.nan)
-        return Column(mag, flux._m)
-    return -2.5 * math.log10(flux) + AB_ZERO_POINT_NJY if flux > 0 else math.nan
+    """AB magnitude from a flux in nJy: ``-2.5 log10(flux) + 31.4``; non-positive flux → NaN
+    (which fails every comparison). Works on columns, lightcurves and numbers."""
+    return _map(flux, _mag)
 
 
 def flux_from_mag(mag: Any) -> Any:
-    """Flux in nJy from an AB magnitude."""
-    if isinstance(mag, Column):
-        return Column(10 ** ((AB_ZERO_POINT_NJY - mag._v.astype(np.float64)) / 2.5), mag._m)
-    return 10 ** ((AB_ZERO_POINT_NJY - mag) / 2.5)
+    """Flux in nJy from an AB magnitude: ``10 ** ((31.4 - mag) / 2.5)``."""
+    return _map(mag, lambda m: 10 ** ((AB_ZERO_POINT_NJY - m) / 2.5))
+
+
+def mag_err(flux: Any, flux_err: Any) -> Any:
+    """Magnitude uncertainty from a flux and its error: ``1.0857 * |flux_err / flux|``."""
+    return abs(flux_err / flux) * _MAG_PER_LN
+
+
+def colour(flux_a: Any, flux_b: Any) -> Any:
+    """The colour ``m_a - m_b`` from two fluxes in nJy, e.g.
+    ``colour(alerts.diaObject.g_psfFluxMean, alerts.diaObject.r_psfFluxMean)`` is g - r."""
+    return mag_from_flux(flux_a) - mag_from_flux(flux_b)
+
+
+def flux_ratio(flux_a: Any, flux_b: Any) -> Any:
+    """``flux_a / flux_b``, null where ``flux_b`` is zero or either is null."""
+    if isinstance(flux_a, Column) or isinstance(flux_b, Column):
+        n = _length(flux_a, flux_b)
+        av, am = _values(flux_a, n)
+        bv, bm = _values(flux_b, n)
+        bad = bv == 0
+        for m in (am, bm):
+            if m is not None:
+                bad = bad | m
+        with np.errstate(all="ignore"):
+            out = av.astype(np.float64) / np.where(bad, 1.0, bv)
+        return Column(out, bad)
+    return flux_a / flux_b
+
+
+# --- time -----------------------------------------------------------------------------------
+
+
+def days_since_first_detection(alerts: AlertsView) -> Column:
+    """Days between the current source and the earliest detection of the object (previous
+    sources included): 0 for a first detection. Uses ``midpointMjdTai`` of the history, because
+    ``diaObject.firstDiaSourceMjdTai`` is often null in real alerts."""
+    if not isinstance(alerts, AlertsView):
+        raise TypeError("days_since_first_detection takes the alerts view: days_since_first_detection(alerts)")
+    t = alerts.history("midpointMjdTai")
+    return alerts._store.get("diaSource.midpointMjdTai") - t.min()  # type: ignore[operator]
+
+
+def rate_between(value_now: Any, time_now: Any, value_then: Any, time_then: Any) -> Column:
+    """``(value_now - value_then) / (time_now - time_then)`` per alert, null where the times are
+    equal or anything is null. With magnitudes and MJDs this is mag/day (negative: brightening)."""
+    num = value_now - value_then
+    den = time_now - time_then
+    if not isinstance(num, Column) or not isinstance(den, Column):
+        raise TypeError("rate_between works on columns")
+    bad = den._v == 0
+    for m in (num._m, den._m):
+        if m is not None:
+            bad = bad | m
+    with np.errstate(all="ignore"):
+        return Column(np.where(bad, 0.0, num._v / np.where(bad, 1.0, den._v)), bad)
+
+
+# --- sky geometry ------------------------------------------------------------------------------
+
+ARCSEC = 1.0 / 3600.0
+ARCMIN = 1.0 / 60.0
+
+# ICRS → Galactic rotation (Hipparcos, ESA 1997 vol. 1 §1.5.3): rows are the Galactic axes.
+_ICRS_TO_GAL = np.array(
+    [
+        [-0.0548755604162154, -0.8734370902348850, -0.4838350155487132],
+        [+0.4941094278755837, -0.4448296299600112, +0.7469822444972189],
+        [-0.8676661490190047, -0.1980763734312015, +0.4559837761750669],
+    ]
+)
+_OBLIQUITY_J2000 = math.radians(23.4392911)  # mean obliquity of the ecliptic at J2000 (IAU 1980)
+
+
+def _angles(*xs: Any) -> tuple[list[np.ndarray], np.ndarray | None, int]:
+    """Float64 radians of columns/numbers broadcast to the alert count, and the joint null mask."""
+    n = _length(*xs)
+    out, mask = [], None
+    for x in xs:
+        if isinstance(x, Column):
+            if len(x) != n:
+                raise ValueError(f"columns of different lengths ({n} and {len(x)}) cannot be combined")
+            v = x._v.astype(np.float64)
+            if x._m is not None:
+                mask = x._m if mask is None else mask | x._m
+        elif isinstance(x, bool | int | float):
+            v = np.float64(x)
+        else:
+            raise TypeError(f"sky helpers take columns or numbers in degrees, not {type(x).__name__}")
+        out.append(np.radians(v))
+    return out, mask, n
+
+
+def _haversine(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray, dec2: np.ndarray) -> np.ndarray:
+    """Great-circle distance in radians; haversine form, accurate at arcsecond separations."""
+    s = np.sin((dec2 - dec1) / 2) ** 2 + np.cos(dec1) * np.cos(dec2) * np.sin((ra2 - ra1) / 2) ** 2
+    return 2 * np.arcsin(np.sqrt(np.clip(s, 0.0, 1.0)))
+
+
+def separation(ra1: Any, dec1: Any, ra2: Any, dec2: Any) -> Column:
+    """Angular separation in degrees between (ra1, dec1) and (ra2, dec2), all in degrees."""
+    (a1, d1, a2, d2), mask, n = _angles(ra1, dec1, ra2, dec2)
+    return Column(np.broadcast_to(np.degrees(_haversine(a1, d1, a2, d2)), (n,)).copy(), mask)
+
+
+def cone(ra: Any, dec: Any, ra0: float, dec0: float, radius: float) -> Column:
+    """True where (ra, dec) is within ``radius`` degrees of (ra0, dec0)."""
+    sep = separation(ra, dec, ra0, dec0)
+    return sep <= radius
+
+
+class Targets:
+    """A watchlist prepared for matching: sorted by declination (trusted side; opaque to filters)."""
+
+    __slots__ = ("_ra", "_dec", "_order", "_sdec")
+    _public: frozenset[str] = frozenset()
+
+    def __init__(self, targets: Any):
+        arr = _target_array(targets)
+        self._ra = np.radians(arr[:, 0])
+        self._dec = np.radians(arr[:, 1])
+        self._order = np.argsort(self._dec, kind="stable")
+        self._sdec = self._dec[self._order]
+
+    def __len__(self) -> int:
+        return len(self._ra)
+
+    def __repr__(self) -> str:
+        return f"<watchlist of {len(self)} targets>"
+
+    def match(self, ra: np.ndarray, dec: np.ndarray, radius: float) -> np.ndarray:
+        """Index (into the original list) of the nearest target within ``radius`` radians of
+        each position, -1 where none.
+
+        Targets are sorted by declination; each position only meets the targets in its
+        declination band [dec - r, dec + r], found with two binary searches. The candidate
+        pairs are expanded with repeat/cumsum, measured at once, and the nearest per position
+        kept with one lexsort: no loop over alerts, no tree, O((n + m) log m + pairs).
+        """
+        n = len(ra)
+        best = np.full(n, -1, dtype=np.int64)
+        if n == 0 or len(self) == 0:
+            return best
+        lo = np.searchsorted(self._sdec, dec - radius, side="left")
+        hi = np.searchsorted(self._sdec, dec + radius, side="right")
+        counts = (hi - lo).astype(np.int64)
+        # Bound memory when bands are crowded (huge radius, targets along one declination).
+        chunk_pairs = 2_000_000
+        starts = np.concatenate(([0], np.cumsum(counts)))
+        a0 = 0
+        while a0 < n:
+            a1 = int(np.searchsorted(starts, starts[a0] + chunk_pairs, side="right")) - 1
+            a1 = min(max(a1, a0 + 1), n)
+            self._match_chunk(ra, dec, radius, lo, counts, a0, a1, best)
+            a0 = a1
+        return best
+
+    def _match_chunk(self, ra: np.ndarray, dec: np.ndarray, radius: float, lo: np.ndarray,
+                     counts: np.ndarray, a0: int, a1: int, best: np.ndarray) -> None:
+        c = counts[a0:a1]
+        total = int(c.sum())
+        if total == 0:
+            return
+        alert = np.repeat(np.arange(a0, a1), c)
+        first = np.repeat(np.cumsum(c) - c, c)
+        pos = lo[alert] + (np.arange(total) - first)
+        target = self._order[pos]
+        sep = _haversine(ra[alert], dec[alert], self._ra[target], self._dec[target])
+        hit = sep <= radius
+        if not hit.any():
+            return
+        alert, target, sep = alert[hit], target[hit], sep[hit]
+        order = np.lexsort((sep, alert))
+        alert, target = alert[order], target[order]
+        keep = np.ones(len(alert), bool)
+        keep[1:] = alert[1:] != alert[:-1]
+        best[alert[keep]] = target[keep]
+
+
+def _target_array(targets: Any) -> np.ndarray:
+    if isinstance(targets, Targets):
+        return np.degrees(np.stack([targets._ra, targets._dec], axis=1))
+    if not isinstance(targets, list | tuple):
+        raise TypeError("a watchlist is a list of (ra, dec) pairs in degrees")
+    try:
+        arr = np.asarray(targets, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError("a watchlist is a list of (ra, dec) pairs of numbers in degrees") from None
+    if arr.size == 0:
+        return np.zeros((0, 2))
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError("a watchlist is a list of (ra, dec) pairs in degrees")
+    if not np.isfinite(arr).all() or (np.abs(arr[:, 1]) > 90).any():
+        raise ValueError("watchlist positions must be finite, with -90 <= dec <= 90")
+    return arr
+
+
+def _match(ra: Any, dec: Any, targets: Any, radius: float) -> tuple[np.ndarray, np.ndarray | None]:
+    if not isinstance(radius, int | float) or isinstance(radius, bool) or radius < 0:
+        raise TypeError("radius is a non-negative number of degrees, e.g. 2 * arcsec")
+    t = targets if isinstance(targets, Targets) else Targets(targets)
+    (a, d), mask, n = _angles(ra, dec)
+    a, d = np.broadcast_to(a, (n,)), np.broadcast_to(d, (n,))
+    best = t.match(a, d, math.radians(radius))
+    if mask is not None:
+        best = np.where(mask, -1, best)
+    return best, mask
+
+
+def watchlist(ra: Any, dec: Any, targets: Any, radius: float) -> Column:
+    """True where (ra, dec) lies within ``radius`` degrees of any target of the list
+    ``[(ra, dec), ...]`` (degrees). Thousands of targets cost about as much as one cone."""
+    best, _ = _match(ra, dec, targets, radius)
+    return Column(best >= 0)
+
+
+def nearest(ra: Any, dec: Any, targets: Any, radius: float) -> Column:
+    """Index in the list of the nearest target within ``radius`` degrees; null where none."""
+    best, _ = _match(ra, dec, targets, radius)
+    return Column(np.where(best < 0, 0, best), best < 0)
+
+
+def _unit(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
+
+
+def _galactic(ra: Any, dec: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    (a, d), mask, n = _angles(ra, dec)
+    g = _ICRS_TO_GAL @ _unit(np.broadcast_to(a, (n,)), np.broadcast_to(d, (n,)))
+    lon = np.degrees(np.arctan2(g[1], g[0])) % 360.0
+    lat = np.degrees(np.arcsin(np.clip(g[2], -1.0, 1.0)))
+    return lon, lat, mask
+
+
+def galactic_latitude(ra: Any, dec: Any) -> Column:
+    """Galactic latitude b in degrees of ICRS (ra, dec) in degrees."""
+    _, lat, mask = _galactic(ra, dec)
+    return Column(lat, mask)
+
+
+def galactic_longitude(ra: Any, dec: Any) -> Column:
+    """Galactic longitude l in degrees [0, 360) of ICRS (ra, dec) in degrees."""
+    lon, _, mask = _galactic(ra, dec)
+    return Column(lon, mask)
+
+
+def _ecliptic(ra: Any, dec: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    (a, d), mask, n = _angles(ra, dec)
+    a, d = np.broadcast_to(a, (n,)), np.broadcast_to(d, (n,))
+    ce, se = math.cos(_OBLIQUITY_J2000), math.sin(_OBLIQUITY_J2000)
+    lat = np.arcsin(np.clip(np.sin(d) * ce - np.cos(d) * se * np.sin(a), -1.0, 1.0))
+    lon = np.arctan2(np.sin(a) * ce + np.tan(d) * se, np.cos(a))
+    return np.degrees(lon) % 360.0, np.degrees(lat), mask
+
+
+def ecliptic_latitude(ra: Any, dec: Any) -> Column:
+    """Ecliptic latitude β in degrees (mean ecliptic and equinox of J2000) of (ra, dec)."""
+    _, lat, mask = _ecliptic(ra, dec)
+    return Column(lat, mask)
+
+
+def ecliptic_longitude(ra: Any, dec: Any) -> Column:
+    """Ecliptic longitude λ in degrees [0, 360) (mean ecliptic and equinox of J2000)."""
+    lon, _, mask = _ecliptic(ra, dec)
+    return Column(lon, mask)
+
+
+sky = Namespace(
+    "sky",
+    {
+        "separation": separation,
+        "cone": cone,
+        "watchlist": watchlist,
+        "nearest": nearest,
+        "galactic_latitude": galactic_latitude,
+        "galactic_longitude": galactic_longitude,
+        "ecliptic_latitude": ecliptic_latitude,
+        "ecliptic_longitude": ecliptic_longitude,
+    },
+)
+
+
+# --- what the compiler needs to know ---------------------------------------------------------
+
+
+def implied_names(names: Iterable[str]) -> frozenset[str]:
+    """Column-name tokens a filter reads through helpers without spelling them out.
+
+    The compiler decodes only columns whose every path part the file mentions
+    (:meth:`sandbox.compile.CompiledFilter.reads`); lightcurve time order needs
+    ``midpointMjdTai``, ``in_band`` needs ``band``, ``history`` reads diaSource and
+    prvDiaSources, and ``band_field("psfFluxMean")`` reads ``diaObject.<b>_psfFluxMean``.
+    """
+    names = frozenset(names)
+    extra = {"midpointMjdTai", "band"}
+    if names & {"history", "days_since_first_detection"}:
+        extra |= {"diaSource", "prvDiaSources"}
+    if "band_field" in names:
+        extra |= {"diaObject", "diaSource"} | {f"{b}_{s}" for s in names for b in BANDS}
+    return frozenset(extra)
 
 
 def exported() -> dict[str, Any]:
@@ -91,11 +524,28 @@ def exported() -> dict[str, Any]:
         "isnull": isnull,
         "notnull": notnull,
         "fill": fill,
+        "is_set": is_set,
+        "any_set": any_set,
+        "all_set": all_set,
+        "none_set": none_set,
+        "if_else": if_else,
         "sqrt": sqrt,
         "log10": log10,
+        "log": log,
         "exp": exp,
+        "minimum": minimum,
+        "maximum": maximum,
         "mag_from_flux": mag_from_flux,
         "flux_from_mag": flux_from_mag,
+        "mag_err": mag_err,
+        "colour": colour,
+        "flux_ratio": flux_ratio,
+        "days_since_first_detection": days_since_first_detection,
+        "rate_between": rate_between,
+        "sky": sky,
+        "arcsec": ARCSEC,
+        "arcmin": ARCMIN,
+        "BANDS": BANDS,
         "pi": math.pi,
         "nan": math.nan,
         "inf": math.inf,

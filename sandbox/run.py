@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from sandbox.alert import AlertRecord
 from sandbox.columns import AlertsView, Column, ColumnStore
 from sandbox.compile import CompiledFilter
 from sandbox.errors import FilterFault
@@ -74,14 +75,25 @@ def _where(exc: BaseException, filename: str) -> str:
 
 
 def run_filter(compiled: CompiledFilter, store: ColumnStore) -> np.ndarray:
-    """Execute one filter over one visit in this process; raise FilterFault on any failure."""
+    """Execute one filter over one visit in this process; raise FilterFault on any failure.
+
+    The file defines ``filter(alerts)`` (vectorized) or ``filter_alert(alert)`` (called once
+    per alert), and optionally ``refine(alert)``, called only for the alerts that passed, with
+    the per-alert view (cutouts included); ``refine`` returning False drops the alert.
+    """
     ns = make_globals()
     try:
         exec(compiled.code, ns)  # noqa: S102 - restricted code, restricted namespace
-        entry = ns.get("filter")
-        if not callable(entry):
-            raise FilterFault(f"{compiled.filename}: defines no `filter(alerts)` function")
-        result = entry(AlertsView(store))
+        vector, scalar, refine = ns.get("filter"), ns.get("filter_alert"), ns.get("refine")
+        if callable(vector):
+            mask = validate_result(vector(AlertsView(store)), len(store), compiled.filename)
+        elif callable(scalar):
+            mask = _each(scalar, "filter_alert", store, np.arange(len(store)), compiled.filename)
+        else:
+            raise FilterFault(f"{compiled.filename}: defines neither `filter(alerts)` nor `filter_alert(alert)`")
+        if callable(refine):
+            survivors = np.flatnonzero(mask)
+            mask[survivors] = _each(refine, "refine", store, survivors, compiled.filename)
     except FilterFault:
         raise
     except RecursionError:
@@ -91,7 +103,25 @@ def run_filter(compiled: CompiledFilter, store: ColumnStore) -> np.ndarray:
     except Exception as exc:
         where = _where(exc, compiled.filename)
         raise FilterFault(f"{where}: {type(exc).__name__}: {exc}", reason="error") from None
-    return validate_result(result, len(store), compiled.filename)
+    return mask
+
+
+def _each(fn: object, name: str, store: ColumnStore, rows: np.ndarray, filename: str) -> np.ndarray:
+    """Call a per-alert function on each row; it must return exactly True or False."""
+    out = np.zeros(len(rows), bool)
+    for k, row in enumerate(rows.tolist()):
+        try:
+            result = fn(AlertRecord(store, "", row))  # type: ignore[operator]
+        except (FilterFault, RecursionError, MemoryError):
+            raise
+        except Exception as exc:
+            raise FilterFault(f"{_where(exc, filename)}: {type(exc).__name__}: {exc} "
+                              f"(in {name}, alert row {row})", reason="error") from None
+        if type(result) is not bool:
+            raise FilterFault(f"{filename}: {name} returned {type(result).__name__} for alert row "
+                              f"{row}; return True or False", reason="bad-result")
+        out[k] = result
+    return out
 
 
 class InProcessRunner:

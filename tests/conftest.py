@@ -13,23 +13,17 @@ import uuid
 from pathlib import Path
 
 import pytest
+from alertdata import SHARED_ALERTS, packet_files
 
-SHARED_ALERTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "alerts"
-if not SHARED_ALERTS.is_dir():  # CI lays shared/ beside the clone
-    SHARED_ALERTS = Path(os.environ.get("MINIBROKER_SHARED_ALERTS", "/work/shared/data/alerts"))
-
-
-def packet_files(folder: str = "") -> list[Path]:
-    """Every shared real alert packet (Confluent-framed bodies), optionally of one folder."""
-    return sorted((SHARED_ALERTS / folder).rglob("*.avro"))
+# Read once, before any fixture runs: some suites plant a fake credential in REDIS_URL.
+_GIVEN_REDIS_URL = os.environ.get("REDIS_URL")
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """URL of a real Redis-compatible server for this test session."""
-    given = os.environ.get("REDIS_URL")
-    if given:
-        yield given
+    if _GIVEN_REDIS_URL:
+        yield _GIVEN_REDIS_URL
         return
     from engine.server import PrivateRedis
 
@@ -68,4 +62,13 @@ def small_night(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     path = tmp_path_factory.mktemp("nights") / "small.avro"
     simulate_night(path, visits=3, alerts_per_visit=300, seed=1, progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_night(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default sample night (10 visits x 1000 alerts, seed 0) with its truth sidecar."""
+    simulate = pytest.importorskip("engine.simulate", reason="engine.simulate is not in this tree yet")
+    path = tmp_path_factory.mktemp("sample-night") / "default.avro"
+    simulate.simulate_night(path, visits=10, alerts_per_visit=1000, seed=0, progress=False)
     return path

@@ -7,8 +7,8 @@ import math
 
 import fastavro
 import pytest
+from alertdata import packet_files
 
-from conftest import packet_files
 from engine.decode import decode_block, decode_messages, frame, project_schema, unframe
 from engine.errors import DecodeError
 from engine.night import read_night
