@@ -18,7 +18,7 @@ from engine.evaluate import Evaluator
 from engine.night import night_info, read_night
 from engine.pipeline import NightReport, VisitReport, progress_line, run_visits
 from engine.registry import ActiveFilter
-from sandbox import Outcome, load_filter
+from sandbox import CompiledFilter, Outcome, load_filter
 
 __all__ = ["TestResult", "default_night", "test_filter"]
 
@@ -39,10 +39,30 @@ def default_night(config: Config, *, progress: bool = True) -> Path:
 
 @dataclass
 class TestResult:
-    """A filter's run over a night: the pipeline report and the first matching rows."""
+    """A filter's run over a night.
 
+    Attributes
+    ----------
+    filter : CompiledFilter
+        The filter that ran.
+    report : NightReport
+        Per-visit counts, timings and faults.
+    matches : list of dict
+        Headline fields of the first matches (at most ``show``).
+    packets : list of bytes
+        The full alerts of those matches (Confluent-framed), in the same order.
+    positions : list of (ra, dec)
+        Where every match lies (for a sky map; at most ``MAX_POSITIONS``).
+    """
+
+    filter: CompiledFilter
     report: NightReport
     matches: list[dict[str, object]] = field(default_factory=list)
+    packets: list[bytes] = field(default_factory=list)
+    positions: list[tuple[float, float]] = field(default_factory=list)
+
+
+MAX_POSITIONS = 20_000
 
 
 _SHOWN = ("diaSourceId", "visit", "band", "ra", "dec", "snr", "reliability")
@@ -65,7 +85,7 @@ def test_filter(
     compiled = load_filter(filter_path)
     active = [ActiveFilter("you", compiled)]
     schema, visits = night_info(night)
-    result = TestResult(NightReport())
+    result = TestResult(compiled, NightReport())
     total = len(visits) if visits else None
     done = 0
 
@@ -75,14 +95,20 @@ def test_filter(
         if progress:
             progress_line(done, total, vr)
         mask = outcomes[0].mask
-        if mask is None or len(result.matches) >= show:
+        if mask is None:
             return
-        for row in np.flatnonzero(mask)[: show - len(result.matches)]:
-            ds = visit.batch.column("diaSource")
-            entry = {"diaSourceId": visit.batch.column("diaSourceId")[int(row)].as_py(), "visit": vr.visit}
+        rows = np.flatnonzero(mask)
+        ds = visit.batch.column("diaSource")
+        room = MAX_POSITIONS - len(result.positions)
+        if room > 0 and len(rows):
+            picked = visit.batch.take(rows[:room]).column("diaSource")
+            result.positions.extend(zip(picked.field("ra").to_pylist(), picked.field("dec").to_pylist(), strict=True))
+        for row in rows[: max(0, show - len(result.matches))].tolist():
+            entry = {"diaSourceId": visit.batch.column("diaSourceId")[row].as_py(), "visit": vr.visit}
             for name in _SHOWN[2:]:
-                entry[name] = ds.field(name)[int(row)].as_py()
+                entry[name] = ds.field(name)[row].as_py()
             result.matches.append(entry)
+            result.packets.append(visit.wire(row))
 
     with Evaluator(active, config) as evaluator:
         result.report = run_visits(read_night(night), schema, active, evaluator, None, on_visit=on_visit)
