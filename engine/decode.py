@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import fastavro
 import pyarrow as pa
 
+from engine import _fastdecode
 from engine.errors import DecodeError
 from engine.night import NightBlock
 from engine.schema import AlertSchema, load_schema
@@ -219,5 +220,6 @@ def _visit_of(batch: pa.RecordBatch) -> int:
 
 
 def _fast_decoder():  # type: ignore[no-untyped-def]
-    """The compiled decoder (issue: speed) when available; None means use the reference."""
-    return None
+    """The compiled decoder when it can run here (gcc present, not switched off by
+    ``MINIBROKER_FASTDECODE=0``); None means use the fastavro reference."""
+    return _fastdecode if _fastdecode.available() else None
