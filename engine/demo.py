@@ -60,7 +60,6 @@ def run_demo(config: Config, *, visits: int = 10, alerts_per_visit: int = 1000,
         night = tmp / "night.avro"
         print(f"generating a sample night: {visits} visits x {alerts_per_visit} alerts")
         simulate_night(night, visits=visits, alerts_per_visit=alerts_per_visit, seed=0, progress=True)
-        sys.stderr.write("\n")
         fs = discover(filters or bundled_filters(), owner=DEMO_USER)
         for key, rejection in fs.rejected.items():
             print(f"left out {key}: {rejection}")

@@ -46,14 +46,23 @@ class NightBlock:
 class NightWriter:
     """Write a night, one visit at a time, as an OCF with one block per visit.
 
-    Use as a context manager::
+    Each visit's block is built in memory before it is written (a 40,000-alert visit with
+    cutouts is several GB). Use as a context manager::
 
         with NightWriter(path, schema, visits=[v1, v2]) as night:
             night.write_visit(v1, alerts_of_v1)
     """
 
-    def __init__(self, path: str | os.PathLike[str], schema: AlertSchema, visits: Sequence[int]):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        schema: AlertSchema,
+        visits: Sequence[int],
+        sync_marker: bytes | None = None,
+    ):
         self.path = Path(path)
+        # A fixed marker makes the same alerts give the same bytes (OCF draws one at random).
+        self._sync = sync_marker
         self.schema = schema
         self._visits = list(visits)
         self._written: list[int] = []
@@ -67,7 +76,8 @@ class NightWriter:
         metadata = {_VISITS_KEY: json.dumps(self._visits), _SCHEMA_KEY: self.schema.name}
         # A sync interval larger than any visit: blocks end only where write_visit flushes.
         self._writer = fastavro.write.Writer(
-            self._fo, self.schema.avro, codec="null", sync_interval=2**62, metadata=metadata
+            self._fo, self.schema.avro, codec="null", sync_interval=2**62, metadata=metadata,
+            sync_marker=self._sync,
         )
         return self
 
