@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from engine.bench import typical_filters
 from sandbox.compile import compile_filter
 from sandbox.run import InProcessRunner
 
@@ -55,21 +56,6 @@ def filter_alert(alert):
         return False
     return now < -2.5 * log10(last["psfFlux"]) + 31.4 - 0.1
 '''
-
-# Templates for "typical" filters: scalar cuts, flags, photometry, sky, lightcurve reductions.
-TYPICAL = [
-    "return (ds.snr > {a}) & (ds.reliability > 0.{b})",
-    "return none_set(ds.pixelFlags_bad, ds.pixelFlags_edge, null=True) & (ds.snr > {a})",
-    "return (mag_from_flux(ds.psfFlux) < 2{b}) & ~ds.isDipole",
-    "return sky.galactic_latitude(ds.ra, ds.dec) > {a}",
-    "return (alerts.prvDiaSources.psfFlux.count() >= {b}) & (ds.snr > {a})",
-    "return alerts.history('psfFlux').max() > {a}00",
-    "return alerts.prvDiaSources.psfFlux.in_band(ds.band).last() < ds.psfFlux * 0.{b}",
-    "return days_since_first_detection(alerts) < {b}",
-    "return (alerts.diaSourceId % 11{b} == 0)",
-    "return alerts.history('psfFlux').std() > alerts.history('psfFlux').mean() * 0.{b}",
-]
-
 
 def _visit() -> pa.RecordBatch:
     try:
@@ -138,12 +124,7 @@ def _time(runner: InProcessRunner, batch: pa.RecordBatch) -> float:
 
 
 def _typical_filters() -> list[tuple[str, object]]:
-    out = []
-    for k in range(100):
-        body = TYPICAL[k % len(TYPICAL)].format(a=5 + k % 7, b=1 + k % 9)
-        src = f'"""typical {k}"""\ndef filter(alerts):\n    ds = alerts.diaSource\n    {body}\n'
-        out.append((f"f{k}", compile_filter(src, f"typical{k}.py")))
-    return out
+    return typical_filters(100)
 
 
 def test_hundred_typical_filters(benchmark, visit) -> None:

@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--show", type=int, default=10, help="how many matches to list")
     t.add_argument("--isolation", choices=("pool", "inprocess"), default="inprocess",
                    help="run the filter in worker processes, as the service does (default: in-process)")
+    t.add_argument("--report", type=Path, metavar="PATH",
+                   help="also write an HTML page: plots per visit, sky map, lightcurves, cutouts, warnings")
     t.add_argument("--no-progress", action="store_true")
 
     r = sub.add_parser("run", help="evaluate every filter over a night and publish to Redis")
@@ -60,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--since", help="'now' (default), '0' for everything kept, a stream id or an ISO time")
     u.add_argument("--full", action="store_true", help="include the decoded alert (cutouts as sizes)")
     u.add_argument("--exit-when-idle", action="store_true", help="stop when no entry arrives for a second")
+
+    b = sub.add_parser("bench", help="measure decode, evaluate and whole-visit speed on this machine")
+    b.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    b.add_argument("--rounds", type=int, default=5, help="repetitions per figure (more = steadier)")
+    b.add_argument("--isolation", choices=("pool", "inprocess"))
 
     d = sub.add_parser("demo", help="the whole service on embedded defaults: server, night, filters, subscriber")
     d.add_argument("--visits", type=int, default=10)
@@ -100,7 +107,15 @@ def _cmd_test(args: argparse.Namespace, config: Config) -> int:
 
     night = args.night or default_night(config, progress=not args.no_progress)
     config = dataclasses.replace(config, isolation=args.isolation)
-    test_filter(args.filter, night, config, progress=not args.no_progress, show=args.show)
+    if args.report is None:
+        test_filter(args.filter, night, config, progress=not args.no_progress, show=args.show)
+        return 0
+    from engine.report import NullCounts, write_report
+
+    result = test_filter(args.filter, night, config, progress=not args.no_progress, show=args.show,
+                         report=NullCounts())
+    path = write_report(args.report, result, night=night, config=config)
+    print(f"report written to {path}")
     return 0
 
 
@@ -149,6 +164,22 @@ def _cmd_subscribe(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace, config: Config) -> int:
+    import json
+
+    from engine.bench import measure
+
+    if args.rounds < 1:
+        raise ConfigError(f"--rounds {args.rounds}: give at least 1")
+    figures = measure(config, rounds=args.rounds)
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        for key, value in figures.items():
+            print(f"{key:<34} {value}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from engine.demo import run_demo
 
@@ -161,6 +192,7 @@ _COMMANDS = {
     "test": _cmd_test,
     "run": _cmd_run,
     "subscribe": _cmd_subscribe,
+    "bench": _cmd_bench,
     "demo": _cmd_demo,
 }
 
