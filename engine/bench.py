@@ -24,19 +24,20 @@ from engine.schema import load_schema
 
 __all__ = ["TYPICAL_FILTERS", "bench_block", "measure", "typical_filters"]
 
-# Bodies of "typical" filters: scalar cuts, flags, photometry, sky, lightcurve reductions.
-# ``ds`` is ``alerts.diaSource``; {a} and {b} vary the thresholds from filter to filter.
+# Bodies of "typical" filters: a quality cut and a science condition each (scalar cuts, flags,
+# photometry, sky, lightcurve reductions), selective as the design expects (~0.1-0.5% of a
+# visit). ``ds`` is ``alerts.diaSource``; {a} (5-11) and {b} (1-9) vary the thresholds.
 TYPICAL_FILTERS = (
-    "return (ds.snr > {a}) & (ds.reliability > 0.{b})",
-    "return none_set(ds.pixelFlags_bad, ds.pixelFlags_edge, null=True) & (ds.snr > {a})",
-    "return (mag_from_flux(ds.psfFlux) < 2{b}) & ~ds.isDipole",
-    "return sky.galactic_latitude(ds.ra, ds.dec) > {a}",
-    "return (alerts.prvDiaSources.psfFlux.count() >= {b}) & (ds.snr > {a})",
-    "return alerts.history('psfFlux').max() > {a}00",
-    "return alerts.prvDiaSources.psfFlux.in_band(ds.band).last() < ds.psfFlux * 0.{b}",
-    "return days_since_first_detection(alerts) < {b}",
-    "return (alerts.diaSourceId % 11{b} == 0)",
-    "return alerts.history('psfFlux').std() > alerts.history('psfFlux').mean() * 0.{b}",
+    "return (ds.snr > 1{b}0) & (ds.reliability > 0.9) & none_set(ds.pixelFlags_bad, ds.pixelFlags_cr, null=True)",
+    "return none_set(ds.pixelFlags_bad, ds.pixelFlags_edge, ds.pixelFlags_saturated, null=True) & (ds.snr > 1{b}0) & (ds.reliability > 0.8) & (fill(ds.extendedness, 0) > 0.{b})",
+    "return (mag_from_flux(ds.psfFlux) < 19.{b}) & ~ds.isDipole & (ds.reliability > 0.8)",
+    "return (abs(sky.galactic_latitude(ds.ra, ds.dec)) > {a}) & (ds.snr > 1{b}0) & (ds.reliability > 0.8)",
+    "return (alerts.prvDiaSources.psfFlux.count() >= 4{b}) & (ds.snr > 1{b}0) & (ds.reliability > 0.8)",
+    "return (alerts.history('psfFlux').max() > {a}0000) & (ds.reliability > 0.8) & (ds.snr > 1{b}0)",
+    "return (alerts.prvDiaSources.psfFlux.in_band(ds.band).last() < ds.psfFlux * 0.{b}) & (ds.snr > 1{b}0) & (ds.reliability > 0.8)",
+    "return (days_since_first_detection(alerts) < 2) & (ds.snr > 1{a}) & (ds.reliability > 0.8) & isnull(alerts.ssSource.ssObjectId)",
+    "return (alerts.diaSourceId % 9{b}7 == 0) & (ds.reliability > 0.5)",
+    "return (alerts.history('psfFlux').std() > alerts.history('psfFlux').mean() * {b}) & (ds.reliability > 0.8) & (ds.snr > 1{b}0)",
 )
 
 
