@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from engine.night import night_info, read_night
 from engine.pipeline import NightReport, VisitReport, progress_line, run_visits
 from engine.registry import ActiveFilter
 from sandbox import CompiledFilter, Outcome, load_filter
+
+if TYPE_CHECKING:
+    from engine.report import NullCounts
 
 __all__ = ["TestResult", "default_night", "test_filter"]
 
@@ -53,6 +56,9 @@ class TestResult:
         The full alerts of those matches (Confluent-framed), in the same order.
     positions : list of (ra, dec)
         Where every match lies (for a sky map; at most ``MAX_POSITIONS``).
+    nulls : NullCounts or None
+        How often the columns the filter reads are null, when ``test_filter(report=...)``
+        collected it (for :func:`engine.report.write_report`).
     """
 
     filter: CompiledFilter
@@ -60,6 +66,7 @@ class TestResult:
     matches: list[dict[str, object]] = field(default_factory=list)
     packets: list[bytes] = field(default_factory=list)
     positions: list[tuple[float, float]] = field(default_factory=list)
+    nulls: NullCounts | None = None
 
 
 MAX_POSITIONS = 20_000
@@ -76,8 +83,12 @@ def test_filter(
     out: TextIO | None = None,
     progress: bool = True,
     show: int = 10,
+    report: NullCounts | None = None,
 ) -> TestResult:
     """Run one filter over a night and print per-visit counts, totals and the first matches.
+
+    ``report`` (an :class:`engine.report.NullCounts`) counts, on every decoded visit, how often
+    the columns the filter reads are null; it is returned as ``result.nulls``.
 
     Raises :class:`sandbox.FilterRejected` (with every problem) if the file breaks the policy.
     """
@@ -85,7 +96,7 @@ def test_filter(
     compiled = load_filter(filter_path)
     active = [ActiveFilter("you", compiled)]
     schema, visits = night_info(night)
-    result = TestResult(compiled, NightReport())
+    result = TestResult(compiled, NightReport(), nulls=report)
     total = len(visits) if visits else None
     done = 0
 
@@ -94,6 +105,8 @@ def test_filter(
         done += 1
         if progress:
             progress_line(done, total, vr)
+        if report is not None:  # before the fault check: a faulty visit's nulls count too
+            report.observe(visit, compiled)
         mask = outcomes[0].mask
         if mask is None:
             return
