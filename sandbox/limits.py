@@ -7,7 +7,10 @@ this module is the boundary. A worker, before it touches any user code:
    on 0/1/2, and sits in an empty, unwritable directory;
 2. sets resource limits: address space (``RLIMIT_AS``), CPU seconds (``RLIMIT_CPU``), no file
    growth (``RLIMIT_FSIZE=0``), no core dumps, a handful of descriptors (``RLIMIT_NOFILE``),
-   no new processes (``RLIMIT_NPROC=0``);
+   no new processes (``RLIMIT_NPROC=0``). Workers live across visits: the *hard* limits are
+   fixed here for the worker's whole life and are the backstop; before each visit, still in
+   trusted code, the worker lowers (or re-raises, never past the hard limit) the *soft* CPU
+   and address-space limits to that visit's allowance (:func:`rearm`);
 3. gives up root for ``nobody`` (so ``RLIMIT_NPROC`` applies, other processes' ``/proc``
    entries are closed and nothing root-owned is writable) and sets ``no_new_privs``;
 4. installs a seccomp filter that makes every syscall that opens files, creates sockets or
@@ -28,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
+import math
 import os
 import platform
 import resource
@@ -41,7 +45,9 @@ __all__ = [
     "close_fds",
     "harden",
     "install_seccomp",
+    "rearm",
     "unshare_network",
+    "vm_size_from",
 ]
 
 log = logging.getLogger("sandbox.limits")
@@ -83,17 +89,22 @@ class Limits:
     ----------
     memory_mb : int
         Address space a worker may add beyond what it holds when limits are applied (the
-        interpreter, numpy, pyarrow and the mapped visit batch).
+        interpreter, numpy, pyarrow and anything already mapped).
     cpu_s : int
         CPU seconds for the worker's whole life (a backstop: the engine's wall-clock deadline
-        normally strikes first).
+        normally strikes first, and :func:`rearm` gives each visit a lower soft limit).
     nofile : int
         Highest file descriptor number + 1 the worker may hold.
+    reserve_mb : int
+        Further address space for what the worker maps later (the visit batches it receives
+        after hardening) and for its heap to settle over many visits; part of the hard limit
+        only.
     """
 
     memory_mb: int = 1024
     cpu_s: int = 30
     nofile: int = 16
+    reserve_mb: int = 0
 
 
 def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -157,6 +168,15 @@ def _vm_size_bytes() -> int:
     return 0
 
 
+def vm_size_from(statm_fd: int) -> int:
+    """This process's address-space size in bytes, read from an open ``/proc/self/statm``.
+
+    Workers open that file once, before seccomp forbids opening anything, and read it again
+    before every visit.
+    """
+    return int(os.pread(statm_fd, 128, 0).split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def _drop_privileges() -> bool:
     if os.getuid() != 0:
         return False
@@ -171,8 +191,12 @@ def _drop_privileges() -> bool:
 _AUDIT_ARCH_X86_64 = 0xC000003E
 _X32_BIT = 0x40000000
 
-# Syscalls a filter never needs. Reading the already-mapped batch, computing, allocating and
-# writing results to the inherited socket stay allowed; everything that reaches outside does not.
+# Syscalls a filter never needs. Reading a mapped batch, computing, allocating and writing
+# results to the inherited socket stay allowed; everything that reaches outside does not. A
+# long-lived worker's loop needs nothing more than that: recvmsg on its inherited socket (which
+# may carry the next visit's read-only memfd), mmap/munmap of that descriptor, close, pread of
+# the /proc/self/statm descriptor it opened before hardening, and getrusage/prlimit64 to lower
+# its soft limits per visit (the hard limits stay, as only root could raise them).
 DENIED_SYSCALLS_X86_64: dict[str, int] = {
     # files: no open at all after setup (no reading /proc/self/environ, no marker files)
     "open": 2, "openat": 257, "openat2": 437, "creat": 85, "open_by_handle_at": 304,
@@ -258,8 +282,10 @@ def install_seccomp(denied: Mapping[str, int] | None = None) -> bool:
 def harden(limits: Limits, *, seccomp: bool = True) -> dict[str, bool]:
     """Apply ``limits``, drop privileges and install seccomp in the calling process.
 
-    Call after the descriptors are closed and the visit batch is mapped, before any user code
-    (including compiling it) runs. Returns which layers took effect, for the pool's report.
+    Call after the descriptors are closed, before any user code (including compiling it)
+    runs. Address space mapped later (a worker's visit batches) must fit in
+    ``limits.reserve_mb``: the soft limit allows ``memory_mb`` beyond what is mapped now, the
+    hard limit ``reserve_mb`` more. Returns which layers took effect, for the pool's report.
     """
     applied: dict[str, bool] = {}
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -267,7 +293,7 @@ def harden(limits: Limits, *, seccomp: bool = True) -> dict[str, bool]:
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits.nofile, limits.nofile))
     resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
     vm = _vm_size_bytes() + limits.memory_mb * 2**20
-    resource.setrlimit(resource.RLIMIT_AS, (vm, vm))
+    resource.setrlimit(resource.RLIMIT_AS, (vm, vm + limits.reserve_mb * 2**20))
     applied["rlimits"] = True
     try:
         applied["nobody"] = _drop_privileges()
@@ -278,3 +304,35 @@ def harden(limits: Limits, *, seccomp: bool = True) -> dict[str, bool]:
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
     applied["seccomp"] = install_seccomp() if seccomp else False
     return applied
+
+
+def rearm(cpu_s: float, memory_mb: int, vm_bytes: int) -> None:
+    """Give the next visit its own soft CPU and address-space allowance.
+
+    Called by a long-lived worker before each visit, before any user code of that visit runs:
+    the soft ``RLIMIT_CPU`` becomes the CPU time used so far plus ``cpu_s`` and the soft
+    ``RLIMIT_AS`` becomes ``vm_bytes`` (what is mapped now, the new batch included) plus
+    ``memory_mb``; both are capped at the hard limits that :func:`harden` fixed for the
+    worker's life. Untrusted code that escaped every language layer could raise a soft limit
+    again, but only up to the hard one: that is the backstop, and the engine retires a worker
+    before its cumulative CPU time could reach it.
+
+    Parameters
+    ----------
+    cpu_s : float
+        CPU seconds this visit may use (SIGXCPU kills the worker beyond them).
+    memory_mb : int
+        Address space this visit may add.
+    vm_bytes : int
+        The worker's address-space size now (:func:`vm_size_from`).
+    """
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    _soft, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
+    cpu = math.ceil(used.ru_utime + used.ru_stime + cpu_s)
+    resource.setrlimit(resource.RLIMIT_CPU, (_cap(cpu, cpu_hard), cpu_hard))
+    _soft, as_hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (_cap(vm_bytes + memory_mb * 2**20, as_hard), as_hard))
+
+
+def _cap(value: int, hard: int) -> int:
+    return value if hard == resource.RLIM_INFINITY else min(value, hard)

@@ -3,21 +3,30 @@
 The **zygote** is a fresh interpreter started by the pool with a scrubbed environment
 (:func:`sandbox.limits.clean_environment`). It imports numpy, pyarrow and this package, moves
 into an empty network namespace, and then only forks: it never sees user code, credentials or
-visit data. Each fork is a **worker** for one user and one visit. A worker closes everything it
-inherited, maps the visit batch read-only, hardens itself (:func:`sandbox.limits.harden`) and
-only then compiles and runs that user's filters, one at a time, reporting each as it finishes.
+visit data. Each fork is a **worker** for one user, kept alive across that user's visits (never
+shared with another user). A worker closes everything it inherited, hardens itself
+(:func:`sandbox.limits.harden`) on its first job, before it compiles anything, and then serves
+one visit after another: it receives the visit batch's descriptor, maps it read-only, builds a
+fresh column store, gives the visit its own soft CPU and memory limits
+(:func:`sandbox.limits.rearm`), runs the user's filters one at a time (each with fresh
+globals), reports each as it finishes, unmaps the batch and waits. Filters are compiled once and
+kept; the pool sends a filter's source again only when it changed.
 
 Wire format (everything is plain bytes; nothing is ever unpickled):
 
 - pool → zygote (``SOCK_SEQPACKET``): ``b"F"`` carrying one descriptor, the worker's end of a
   fresh socket pair; the reply is the worker's pid (``>I``) carrying a pidfd for it.
-- pool → worker: ``>I`` length + a JSON job, carrying the read-only descriptor of the visit
-  batch (Arrow IPC file format in a sealed memfd). The job names the filters' sources: the
-  worker compiles them again under the full policy rather than trusting code objects.
+- pool → worker, once per visit: ``>I`` length + a JSON job, carrying the read-only descriptor
+  of the visit batch (Arrow IPC file format in a sealed memfd). The job lists the filters to
+  run as ``[index, key, filename, source or null]``: a source means "compile this (again)";
+  null means "run what you compiled for this key". The worker compiles under the full policy
+  rather than trusting code objects. The first job also carries ``setup``: the limits.
 - worker → pool: frames of :data:`FRAME` (kind, filter index, payload length) + payload.
-  ``READY`` (JSON: which limits took effect), ``COMPILED``, and ``RESULT``: :data:`RESULT`
-  (status, message length) + UTF-8 message + for ``OK`` exactly ``ceil(n / 8)`` bytes of
-  ``np.packbits(mask)``. The pool checks every length, index and status before use.
+  ``READY`` once the batch is mapped (on the first visit, JSON: which limits took effect),
+  per filter ``COMPILED`` and then ``RESULT``: :data:`RESULT` (status, message length) + UTF-8
+  message + for ``OK`` exactly ``ceil(n / 8)`` bytes of ``np.packbits(mask)``; and ``DONE``
+  when the visit's batch is released (payload ``b"R"``: it could not be; retire me). The pool
+  checks every length, index and status before use, and treats anything else as a fault.
 """
 
 from __future__ import annotations
@@ -36,11 +45,12 @@ FRAME = struct.Struct(">BII")  # kind, filter index, payload length
 RESULT = struct.Struct(">BI")  # status, message length (then message, then mask)
 JOB_HEADER = struct.Struct(">I")
 
-READY, COMPILED, RESULT_KIND = 1, 2, 3
+READY, COMPILED, RESULT_KIND, DONE = 1, 2, 3, 4
 OK, ERROR, MEMORY, BAD_RESULT, REJECTED = 0, 1, 2, 3, 4
 STATUS_REASON = {ERROR: "error", MEMORY: "memory", BAD_RESULT: "bad-result", REJECTED: "error"}
 MAX_MESSAGE = 2000  # characters of a fault message that reach the owner
 MAX_JOB = 64 * 2**20
+RETIRE = b"R"
 
 
 def _send_frame(sock: socket.socket, kind: int, index: int, payload: bytes = b"") -> None:
@@ -58,14 +68,19 @@ def _recv_exact(sock: socket.socket, n: int, first: bytes = b"") -> bytes:
 
 
 def _receive_job(sock: socket.socket) -> tuple[dict[str, Any], int]:
-    data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 1)
-    if len(fds) != 1 or len(data) < JOB_HEADER.size:
+    # Only the header is read with the descriptor, so a read never runs into the next job.
+    data, fds, _flags, _addr = socket.recv_fds(sock, JOB_HEADER.size, 1)
+    if not data:
+        raise EOFError("engine closed the channel")
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
         raise EOFError("malformed job")
-    (length,) = JOB_HEADER.unpack_from(data)
+    header = _recv_exact(sock, JOB_HEADER.size, data)
+    (length,) = JOB_HEADER.unpack(header)
     if length > MAX_JOB:
         raise EOFError("job too large")
-    body = _recv_exact(sock, JOB_HEADER.size + length, data)[JOB_HEADER.size :]
-    return json.loads(body), fds[0]
+    return json.loads(_recv_exact(sock, length)), fds[0]
 
 
 def _fault_message(exc: BaseException) -> str:
@@ -76,22 +91,85 @@ def _fault_message(exc: BaseException) -> str:
     return text[:MAX_MESSAGE]
 
 
-def worker_main(sock_fd: int) -> None:
-    """Run one job (one user's filters over one visit) and exit. Never returns."""
+def worker_main(sock_fd: int, zygote_pid: int) -> None:
+    """Serve one user's visits until the pool closes the channel or kills us. Never returns."""
     from sandbox import limits
 
     code = 0
     try:
+        # A worker outlives its visits, so it must not outlive the zygote (and through it the
+        # engine): a stopped or stuck worker then goes too.
+        limits.set_parent_death_signal()
+        if os.getppid() != zygote_pid:
+            os._exit(1)
         limits.close_fds([sock_fd])
         sock = socket.socket(fileno=sock_fd)
-        job, batch_fd = _receive_job(sock)
-        _run_job(sock, job, batch_fd)
+        _serve(sock)
+    except EOFError:
+        pass  # the pool closed the channel: retired
     except BaseException:  # noqa: B036 - whatever happens, the pool sees EOF and records it
         code = 1
     os._exit(code)
 
 
-def _run_job(sock: socket.socket, job: dict[str, Any], batch_fd: int) -> None:
+def _serve(sock: socket.socket) -> None:
+    from sandbox import limits
+    from sandbox.compile import CompiledFilter
+
+    # Opened before hardening (afterwards no file can be opened) and read before each visit.
+    statm = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+    warnings.simplefilter("ignore")  # warnings would try to read source files; nobody sees them
+    compiled: dict[str, CompiledFilter] = {}
+    hello: bytes | None = None
+    while True:
+        job, batch_fd = _receive_job(sock)
+        if hello is None:
+            try:
+                setup = job["setup"]
+                applied = limits.harden(limits.Limits(**setup["limits"]), seccomp=setup.get("seccomp", True))
+            except BaseException:
+                os.close(batch_fd)
+                raise
+            hello = json.dumps(applied).encode()
+            ready = hello
+        else:
+            ready = b""
+        retire = _visit(sock, job, batch_fd, statm, compiled, ready)
+        _send_frame(sock, DONE, 0, RETIRE if retire else b"")
+
+
+def _visit(sock: socket.socket, job: dict[str, Any], batch_fd: int, statm: int,
+           compiled: dict[str, Any], ready: bytes) -> bool:
+    """One visit: map, run, release. True when the batch could not be released (retire)."""
+    import pyarrow as pa
+
+    # Arrays built from the mapping point into a read-only mapping of a sealed memfd: a write
+    # through any path faults in this process only.
+    try:
+        mm = mmap.mmap(batch_fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(batch_fd)
+    buf = pa.py_buffer(mm)
+    _run_visit(sock, job, buf, statm, compiled, ready)
+    # Every object built from the batch lived in _run_visit's frame (the store, the columns,
+    # the filters' namespaces), but some are in reference cycles (a filter's globals and its
+    # functions; the store and its lightcurve columns), which only the collector frees. They
+    # are young: collecting the young generations costs ~0.1 ms; a full collection is the
+    # fallback, and a worker that still holds the batch is retired.
+    del buf
+    for collect in (lambda: gc.collect(1), gc.collect, None):
+        if collect is not None:
+            collect()
+        try:
+            mm.close()
+            return False
+        except BufferError:
+            pass
+    return True
+
+
+def _run_visit(sock: socket.socket, job: dict[str, Any], buf: Any, statm: int,
+               compiled: dict[str, Any], ready: bytes) -> None:
     import numpy as np
     import pyarrow as pa
 
@@ -101,31 +179,28 @@ def _run_job(sock: socket.socket, job: dict[str, Any], batch_fd: int) -> None:
     from sandbox.errors import FilterFault, FilterRejected
     from sandbox.run import run_filter
 
-    # Map the visit read-only and decode its IPC framing before hardening (after it, no file
-    # can be opened). Arrays built from it point into a read-only mapping of a sealed memfd:
-    # a write through any path faults in this process only.
-    mm = mmap.mmap(batch_fd, 0, access=mmap.ACCESS_READ)
-    os.close(batch_fd)
-    reader = pa.ipc.open_file(pa.py_buffer(mm))
-    batch = reader.get_batch(0)
-    store = ColumnStore(batch)
+    store = ColumnStore(pa.ipc.open_file(buf).get_batch(0))
     n = len(store)
-    warnings.simplefilter("ignore")  # warnings would try to read source files; nobody sees them
-    applied = limits.harden(limits.Limits(**job["limits"]), seccomp=job.get("seccomp", True))
-    _send_frame(sock, READY, 0, json.dumps(applied).encode())
+    limits.rearm(job["cpu_s"], job["memory_mb"], limits.vm_size_from(statm))
+    _send_frame(sock, READY, 0, ready)
 
-    for index, filename, source in job["filters"]:
-        try:
-            compiled = compile_filter(source, filename)
-        except FilterRejected as exc:
-            _send_result(sock, index, REJECTED, _fault_message(exc))
-            continue
-        except BaseException as exc:  # noqa: B036
-            _send_result(sock, index, REJECTED, f"{filename}: cannot be compiled ({type(exc).__name__})")
-            continue
+    keep: dict[str, Any] = {}
+    for index, key, filename, source in job["filters"]:
+        if source is not None:
+            compiled.pop(key, None)
+            try:
+                compiled[key] = compile_filter(source, filename)
+            except FilterRejected as exc:
+                _send_result(sock, index, REJECTED, _fault_message(exc))
+                continue
+            except BaseException as exc:  # noqa: B036
+                _send_result(sock, index, REJECTED, f"{filename}: cannot be compiled ({type(exc).__name__})")
+                continue
+        cf = compiled[key]  # KeyError: the pool broke its own protocol; exit, it sees EOF
+        keep[key] = cf
         _send_frame(sock, COMPILED, index)
         try:
-            mask = run_filter(compiled, store)
+            mask = run_filter(cf, store)
         except FilterFault as fault:
             status = MEMORY if fault.reason == "memory" else BAD_RESULT if fault.reason == "bad-result" else ERROR
             _send_result(sock, index, status, _fault_message(fault))
@@ -140,6 +215,9 @@ def _run_job(sock: socket.socket, job: dict[str, Any], batch_fd: int) -> None:
             _send_result(sock, index, BAD_RESULT, f"{filename}: the result is not one boolean per alert")
             continue
         _send_result(sock, index, OK, "", np.packbits(mask).tobytes())
+    # The pool keeps the same account: what this visit ran is what stays compiled.
+    compiled.clear()
+    compiled.update(keep)
 
 
 def _send_result(sock: socket.socket, index: int, status: int, message: str, mask: bytes = b"") -> None:
@@ -183,7 +261,8 @@ def zygote_main(ctrl_fd: int, workdir: str) -> None:
     netns = limits.unshare_network()
     os.chdir(workdir)
     ctrl = socket.socket(fileno=ctrl_fd)
-    hello = {"pid": os.getpid(), "netns": netns, "threads": _threads()}
+    zygote = os.getpid()
+    hello = {"pid": zygote, "netns": netns, "threads": _threads()}
     ctrl.send(b"Z" + json.dumps(hello).encode())
     ctrl.settimeout(1.0)
     while True:
@@ -203,7 +282,7 @@ def zygote_main(ctrl_fd: int, workdir: str) -> None:
         pid = os.fork()
         if pid == 0:
             ctrl.detach()  # the worker must not close (or use) the zygote's channel
-            worker_main(fds[0])
+            worker_main(fds[0], zygote)
         os.close(fds[0])
         # The pidfd is opened before this process reaps anything, so it names exactly this
         # child even if it has already exited; the pool signals through it, never by pid.

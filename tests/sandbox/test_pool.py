@@ -36,8 +36,7 @@ def test_same_outcomes_as_in_process_in_the_same_order(visit: pa.RecordBatch) ->
         np.testing.assert_array_equal(g.mask, w.mask)
 
 
-def test_one_fresh_worker_per_user_per_visit(visit: pa.RecordBatch, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two users never share a process: each visit forks one worker per user."""
+def _counting_forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     forks: list[int] = []
     real = _Zygote.fork
 
@@ -47,10 +46,169 @@ def test_one_fresh_worker_per_user_per_visit(visit: pa.RecordBatch, monkeypatch:
         return sock, pid, pidfd
 
     monkeypatch.setattr(_Zygote, "fork", counting)
-    with WorkerPool(_honest(), workers=2) as pool:
+    return forks
+
+
+def _state(pid: int, wait_for: str = "T") -> str:
+    """The process state letter, after waiting a little for ``wait_for`` (signals are async)."""
+    deadline = time.monotonic() + 2
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            state = "gone"
+        if state == wait_for or time.monotonic() > deadline:
+            return state
+        time.sleep(0.01)
+
+
+def _pids(pool: WorkerPool) -> dict[str, int]:
+    """The live (idle) worker of each user, by pid."""
+    return {user: w.pid for user, w in pool._idle.items()}
+
+
+def test_one_worker_per_user_reused_across_visits_never_across_users(
+        visit: pa.RecordBatch, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each user gets one fresh fork, which serves that user's later visits and nobody else's."""
+    forks = _counting_forks(monkeypatch)
+    filters = _honest()
+    want = InProcessRunner(filters).run(visit)
+    with WorkerPool(filters, workers=2) as pool:
+        seen = []
+        for _ in range(3):
+            got = pool.run(visit)
+            for g, w in zip(got, want, strict=True):
+                assert g.fault is None
+                np.testing.assert_array_equal(g.mask, w.mask)
+            seen.append(_pids(pool))
+    assert len(forks) == 3 and len(set(forks)) == 3
+    assert seen[0] == seen[1] == seen[2]
+    assert sorted(seen[0]) == ["u0", "u1", "u2"] and len(set(seen[0].values())) == 3
+
+
+def test_idle_workers_are_stopped_and_limited_per_visit(visit: pa.RecordBatch) -> None:
+    """Between visits a worker is stopped (no user code runs); its soft CPU and address-space
+    limits are this visit's allowance, below the hard backstops fixed for its life."""
+    with WorkerPool(_honest()[:1], budget_s=0.5, compile_s=1.0, startup_s=2.0, memory_mb=512) as pool:
         pool.run(visit)
         pool.run(visit)
-    assert len(forks) == 6 and len(set(forks)) == 6
+        (pid,) = _pids(pool).values()
+        assert _state(pid) == "T"
+        with open(f"/proc/{pid}/limits") as f:
+            rows = {line[:26].strip(): line[26:].split() for line in f}
+    cpu_soft, cpu_hard = (int(x) for x in rows["Max cpu time"][:2])
+    assert cpu_soft <= 1 + 4 and cpu_hard > 600  # used (~0 s) + 1 x (0.5 + 1.0) + 2.0, rounded up
+    as_soft, as_hard = (int(x) for x in rows["Max address space"][:2])
+    assert as_soft + 512 * 2**20 <= as_hard
+
+
+def test_a_faulty_worker_is_replaced_on_the_next_visit(visit: pa.RecordBatch) -> None:
+    """A worker killed for a timeout is gone; the user's next visit (and the rest of this one)
+    runs in a fresh worker. A worker that dies while idle is replaced without a fault."""
+    filters = [("a/loop", compile_filter(LOOP, "loop.py")), ("a/snr", compile_filter(HONEST["snr"], "snr.py")),
+               ("b/snr", compile_filter(HONEST["snr"], "snr.py"))]
+    with WorkerPool(filters, budget_s=0.2) as pool:
+        loop, snr, other = pool.run(visit)
+        assert loop.fault.reason == "timeout" and snr.fault is None and other.fault is None
+        first = _pids(pool)
+        pool.update("a/loop", None)
+        assert all(o.fault is None for o in pool.run(visit))
+        second = _pids(pool)
+        assert second["b"] == first["b"]  # b's worker lives on
+        os.kill(second["b"], 9)  # dies while stopped
+        time.sleep(0.05)
+        for o in pool.run(visit):
+            assert o.fault is None
+        third = _pids(pool)
+    assert third["a"] == second["a"] and third["b"] != second["b"]
+
+
+def test_out_of_memory_retires_the_worker(visit: pa.RecordBatch, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A memory fault kills the worker; the user's next filter runs in a fresh one, which
+    then serves the user's next visit."""
+    forks = _counting_forks(monkeypatch)
+    bomb = '"""Bomb."""\n\ndef filter(alerts):\n    x = [0] * (10 ** 10)\n    return True\n'
+    filters = [("a/bomb", compile_filter(bomb, "bomb.py")), ("a/snr", compile_filter(HONEST["snr"], "snr.py"))]
+    with WorkerPool(filters, memory_mb=256) as pool:
+        bomb_o, snr = pool.run(visit)
+        assert bomb_o.fault.reason == "memory" and snr.fault is None
+        assert len(forks) == 2 and _pids(pool) == {"a": forks[1]}
+        assert _state(forks[0], "gone") in ("gone", "Z")
+
+
+def test_state_left_in_a_worker_reaches_no_other_user(visit: pa.RecordBatch) -> None:
+    """A filter that mutates a list default, a module-level list and the store's shared
+    lightcurve cache leaves nothing behind: it sees fresh state on every visit, in its own
+    process, and another user's results never change."""
+    stateful = (
+        '"""Leaves state wherever it can."""\nSEEN = []\n\n'
+        "def mark(x, acc=[]):\n    acc.append(x)\n    return len(acc)\n\n"
+        "def filter(alerts):\n"
+        "    SEEN.append(1)\n"
+        "    lc = alerts.prvDiaSources.psfFlux\n"
+        "    lc.mean()\n"
+        "    fresh = len(SEEN) == 1 and mark(1) == 1\n"
+        "    return (alerts.diaSource.snr > 10) if fresh else ~(alerts.diaSource.snr > 10)\n"
+    )
+    filters = [("mallory/state", compile_filter(stateful, "state.py")),
+               ("alice/lightcurve", compile_filter(HONEST["lightcurve"], "lightcurve.py")),
+               ("alice/snr", compile_filter(HONEST["snr"], "snr.py"))]
+    reference = {o.key: o.mask for o in InProcessRunner(filters[1:]).run(visit)}
+    snr = InProcessRunner([filters[2]]).run(visit)[0].mask
+    with WorkerPool(filters) as pool:
+        for _ in range(3):
+            out = {o.key: o for o in pool.run(visit)}
+            np.testing.assert_array_equal(out["mallory/state"].mask, snr)
+            for key, mask in reference.items():
+                np.testing.assert_array_equal(out[key].mask, mask)
+            pids = _pids(pool)
+            assert pids["mallory"] != pids["alice"]
+
+
+def test_least_recently_used_workers_are_evicted(visit: pa.RecordBatch, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At most max_idle_workers stay alive; with users in a steady order the same ones do."""
+    forks = _counting_forks(monkeypatch)
+    with WorkerPool(_honest(), max_idle_workers=2, workers=1) as pool:  # one at a time: a fixed order
+        history = []
+        for _ in range(3):
+            assert all(o.fault is None for o in pool.run(visit))
+            assert len(pool._idle) <= 2
+            history.append(_pids(pool))
+    assert history[0] == history[1] == history[2] and sorted(history[0]) == ["u1", "u2"]
+    assert len(forks) == 3 + 2  # u0 forks afresh on every visit
+
+
+def test_workers_retire_after_max_visits(visit: pa.RecordBatch) -> None:
+    """A worker serves at most max_visits_per_worker visits."""
+    with WorkerPool(_honest()[:1], max_visits_per_worker=2) as pool:
+        pids = []
+        for _ in range(4):
+            pool.run(visit)
+            pids.append(_pids(pool).get("u0"))
+    assert pids[1] is None and pids[3] is None  # retired right after its 2nd visit
+    assert pids[0] is not None and pids[2] is not None and pids[0] != pids[2]
+
+
+def test_update_recompiles_in_the_live_worker(visit: pa.RecordBatch, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resubmitted filter is compiled again in the user's live worker (no new fork); removing
+    a user's last filter stops that user's worker."""
+    forks = _counting_forks(monkeypatch)
+    quality = InProcessRunner([("u/f", compile_filter(HONEST["quality"], "f.py"))]).run(visit)[0].mask
+    with WorkerPool([("u/f", compile_filter(HONEST["snr"], "f.py"))]) as pool:
+        pool.run(visit)
+        pid = _pids(pool)["u"]
+        pool.update("u/f", compile_filter(HONEST["quality"], "f.py"))
+        (o,) = pool.run(visit)
+        np.testing.assert_array_equal(o.mask, quality)
+        assert _pids(pool)["u"] == pid and len(forks) == 1
+        pool.update("u/f", compile_filter(BOOM, "f.py"))
+        (o,) = pool.run(visit)
+        assert o.fault.reason == "error" and "ZeroDivisionError" in str(o.fault)
+        assert _pids(pool)["u"] == pid  # an exception is contained; the worker stays
+        pool.update("u/f", None)
+        assert pool._idle == {} and pool.run(visit) == []
+    assert _state(pid, "gone") in ("gone", "Z")  # killed (a zombie until the zygote reaps it)
 
 
 def test_a_killed_worker_faults_one_filter_and_the_rest_deliver(visit: pa.RecordBatch) -> None:
