@@ -12,7 +12,8 @@ budget_s                   ``MINIBROKER_BUDGET_S``        0.5 s per filter per v
 max_matches_per_visit      ``MINIBROKER_MAX_MATCHES``     200 per filter per visit
 stream_maxlen              ``MINIBROKER_STREAM_MAXLEN``   100000 entries kept per user stream
 isolation                  ``MINIBROKER_ISOLATION``       ``pool`` (worker processes) or ``inprocess``
-workers                    ``MINIBROKER_WORKERS``         2
+workers                    ``MINIBROKER_WORKERS``         2 worker processes running at once
+idle_workers               ``MINIBROKER_IDLE_WORKERS``    256 users' workers kept between visits
 cache_dir                  ``MINIBROKER_CACHE``           ``~/.cache/minibroker``
 =========================  ============================  =====================================
 """
@@ -43,6 +44,8 @@ class Config:
     stream_maxlen: int = 100_000
     isolation: str = "pool"
     workers: int = 2
+    # Each idle worker costs ~6 MB; one per active user avoids a fork per user per visit.
+    idle_workers: int = 256
     cache_dir: Path = Path("~/.cache/minibroker").expanduser()
 
     def __post_init__(self) -> None:
@@ -54,6 +57,8 @@ class Config:
             raise ConfigError(f"isolation must be 'pool' or 'inprocess', got {self.isolation!r}")
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.idle_workers < 0:
+            raise ConfigError(f"idle_workers must be 0 or more, got {self.idle_workers}")
 
 
 _ENV = {
@@ -63,6 +68,7 @@ _ENV = {
     "MINIBROKER_STREAM_MAXLEN": "stream_maxlen",
     "MINIBROKER_ISOLATION": "isolation",
     "MINIBROKER_WORKERS": "workers",
+    "MINIBROKER_IDLE_WORKERS": "idle_workers",
     "MINIBROKER_CACHE": "cache_dir",
 }
 

@@ -9,9 +9,10 @@
     ├── DecodeError                 one message body is corrupt or truncated
     ├── PublishError                Redis refused or lost a write
     ├── ServerError                 the embedded Redis-compatible server failed to start
-    └── FilterError                 (defined in ``sandbox.errors``) a user's filter failed
-        ├── FilterRejected          compile-time: the file breaks the policy; lists all problems
-        └── FilterFault             run-time: crash, timeout, memory, bad result
+    ├── FilterError                 (defined in ``sandbox.errors``) a user's filter failed
+    │   ├── FilterRejected          compile-time: the file breaks the policy; lists all problems
+    │   └── FilterFault             run-time: crash, timeout, memory, bad result, suspended
+    └── PoolError                   (``sandbox.errors``) the worker pool itself failed
 
 Messages say what went wrong, where (file:line, visit, message offset) and what to do next.
 This module imports nothing so that both packages can share the root without cycles.

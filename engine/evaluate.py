@@ -15,6 +15,7 @@ from engine.config import Config
 from engine.registry import ActiveFilter
 from engine.schema import AlertSchema
 from sandbox import InProcessRunner, Outcome
+from sandbox.pool import WorkerPool
 
 __all__ = ["DELIVERY_COLUMNS", "Evaluator", "columns_needed"]
 
@@ -57,12 +58,8 @@ class Evaluator:
         self.filters = list(filters)
         pairs = [(f.key, f.compiled) for f in self.filters]
         if config.isolation == "pool":
-            try:
-                from sandbox.pool import WorkerPool
-            except ImportError:  # the pool lands with the isolation work
-                self.runner = InProcessRunner(pairs)
-            else:
-                self.runner = WorkerPool(pairs, budget_s=config.budget_s, workers=config.workers)
+            self.runner = WorkerPool(pairs, budget_s=config.budget_s, workers=config.workers,
+                                     max_idle_workers=config.idle_workers)
         else:
             self.runner = InProcessRunner(pairs)
 

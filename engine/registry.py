@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import ConfigError
-from sandbox import CompiledFilter, FilterRejected, load_filter
+from sandbox import CompiledFilter, FilterRejected, read_filter_source, safe_compile
 
 __all__ = ["ActiveFilter", "FilterSet", "discover"]
 
@@ -58,7 +58,8 @@ def discover(directory: str | os.PathLike[str], owner: str = "demo") -> FilterSe
         if path.name.startswith("_"):
             continue
         try:
-            active.append(ActiveFilter(user, load_filter(path)))
+            # A throwaway process compiles it first: hostile source cannot hang or crash us.
+            active.append(ActiveFilter(user, safe_compile(read_filter_source(path), str(path))))
         except FilterRejected as exc:
             rejected[f"{user}/{path.stem}"] = exc
     return FilterSet(active, rejected)

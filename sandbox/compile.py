@@ -16,7 +16,7 @@ from RestrictedPython import compile_restricted_exec
 from sandbox.errors import FilterRejected, Problem
 from sandbox.policy import POLICY, Policy, check_tree
 
-__all__ = ["CompiledFilter", "compile_filter", "load_filter"]
+__all__ = ["CompiledFilter", "compile_filter", "load_filter", "read_filter_source"]
 
 _RP_LINE = re.compile(r"^Line (\d+): (.*)$", re.S)
 
@@ -60,8 +60,8 @@ class CompiledFilter:
         return {p for p in paths if all(part in tokens for part in p.split("."))}
 
 
-def load_filter(path: str | os.PathLike[str], policy: Policy = POLICY) -> CompiledFilter:
-    """Read and compile a filter file; raise :class:`FilterRejected` listing every problem."""
+def read_filter_source(path: str | os.PathLike[str], policy: Policy = POLICY) -> str:
+    """The text of a filter file; raise :class:`FilterRejected` if it cannot be a filter."""
     path = Path(path)
     name = str(path)
     try:
@@ -73,10 +73,15 @@ def load_filter(path: str | os.PathLike[str], policy: Policy = POLICY) -> Compil
     if len(raw) > policy.max_source_bytes:
         raise FilterRejected([Problem(name, None, "too-large", f"the file is {len(raw)} bytes; filters are limited to {policy.max_source_bytes}")])
     try:
-        source = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise FilterRejected([Problem(name, None, "encoding", f"the file is not UTF-8 text (byte {exc.start}); save it as UTF-8")]) from None
-    return compile_filter(source, name, policy=policy)
+
+
+def load_filter(path: str | os.PathLike[str], policy: Policy = POLICY) -> CompiledFilter:
+    """Read and compile a filter file in this process; raise :class:`FilterRejected` listing
+    every problem. The service compiles submissions with :func:`sandbox.pool.safe_compile`."""
+    return compile_filter(read_filter_source(path, policy), str(path), policy=policy)
 
 
 def compile_filter(source: str, filename: str = "<filter>", policy: Policy = POLICY) -> CompiledFilter:

@@ -4,8 +4,9 @@
 
     FilterError                 a filter failed; the message is for its owner
     ├── FilterRejected          the file breaks the policy (all problems listed, each with its line)
-    └── FilterFault             the filter failed while running on a visit
-                                (``reason``: "error", "timeout", "memory", "killed", "bad-result")
+    └── FilterFault             the filter failed while running on a visit (``reason``: "error",
+                                "timeout", "memory", "killed", "bad-result" or "suspended")
+    PoolError                   the worker pool itself failed (an engine problem, not a filter's)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from engine.errors import MinibrokerError
 
-__all__ = ["FilterError", "FilterFault", "FilterRejected", "Problem"]
+__all__ = ["FilterError", "FilterFault", "FilterRejected", "PoolError", "Problem"]
 
 
 class FilterError(MinibrokerError):
@@ -46,8 +47,13 @@ class FilterRejected(FilterError):
 
 class FilterFault(FilterError):
     """The filter failed on a visit. ``reason`` is one of ``error``, ``timeout``, ``memory``,
-    ``killed`` or ``bad-result``; the message names the file:line when the filter raised."""
+    ``killed``, ``bad-result`` or ``suspended``; the message names the file:line when the filter
+    raised."""
 
     def __init__(self, message: str, *, reason: str = "error"):
         self.reason = reason
         super().__init__(message)
+
+
+class PoolError(MinibrokerError):
+    """The worker pool itself cannot work (its clean parent did not start); not a filter's fault."""

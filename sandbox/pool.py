@@ -57,10 +57,9 @@ from types import TracebackType
 import numpy as np
 import pyarrow as pa
 
-from engine.errors import MinibrokerError
 from sandbox import worker as wire
 from sandbox.compile import CompiledFilter, compile_filter
-from sandbox.errors import FilterFault, FilterRejected, Problem
+from sandbox.errors import FilterFault, FilterRejected, PoolError, Problem
 from sandbox.limits import clean_environment
 from sandbox.run import Outcome
 
@@ -71,10 +70,6 @@ log = logging.getLogger("sandbox.pool")
 # The directory holding the ``sandbox`` package: the zygote runs isolated (``python -I``) and
 # is told explicitly where to import from, never through the engine's environment.
 _ROOT = str(Path(__file__).resolve().parent.parent)
-
-
-class PoolError(MinibrokerError):
-    """The worker pool itself cannot work (the zygote did not start); not a filter's fault."""
 
 
 def _user(key: str) -> str:

@@ -128,3 +128,16 @@ def test_cap_limits_matches_per_visit(small_night, filter_dir, redis_client, uni
     assert rep.published[key] == 5
     assert rep.capped[key] == block.count - 5
     assert np.sum([o.passed for o in outcomes if o.key == key]) == block.count
+
+
+def test_worker_pool_delivers_what_in_process_does(small_night, filter_dir, redis_client, unique_user) -> None:
+    """The service's isolated worker pool publishes exactly the in-process matches and faults."""
+    fs = discover(filter_dir)
+    schema, _ = night_info(small_night)
+    config = load_config(env={}, isolation="pool")
+    with Evaluator(fs.active, config) as ev:
+        report = run_visits(read_night(small_night), schema, fs.active, ev, Publisher(redis_client, config))
+    reference = _run(small_night, fs.active, redis_client)  # replay in-process: all duplicates
+    assert [v.passed for v in report.visits] == [v.passed for v in reference.visits]
+    assert reference.published == 0
+    assert all(f"{unique_user}/broken" in v.faults for v in report.visits)
