@@ -16,7 +16,8 @@ from engine.config import Config
 from engine.decode import VisitBatch
 from engine.evaluate import Evaluator
 from engine.night import night_info, read_night
-from engine.pipeline import NightReport, VisitReport, progress_line, run_visits
+from engine.pipeline import NightReport, VisitReport, run_visits
+from engine.progress import Progress
 from engine.registry import ActiveFilter
 from sandbox import CompiledFilter, Outcome, load_filter
 
@@ -97,14 +98,13 @@ def test_filter(
     active = [ActiveFilter("you", compiled)]
     schema, visits = night_info(night)
     result = TestResult(compiled, NightReport(), nulls=report)
-    total = len(visits) if visits else None
+    bar = Progress(len(visits) if visits else None, enabled=progress)
     done = 0
 
     def on_visit(vr: VisitReport, visit: VisitBatch, outcomes: list[Outcome]) -> None:
         nonlocal done
         done += 1
-        if progress:
-            progress_line(done, total, vr)
+        bar.update(done, vr.summary())
         if report is not None:  # before the fault check: a faulty visit's nulls count too
             report.observe(visit, compiled)
         mask = outcomes[0].mask
@@ -125,8 +125,7 @@ def test_filter(
 
     with Evaluator(active, config) as evaluator:
         result.report = run_visits(read_night(night), schema, active, evaluator, None, on_visit=on_visit)
-    if progress:
-        sys.stderr.write("\n")
+    bar.close()
     _print_report(compiled.name, result, out)
     return result
 

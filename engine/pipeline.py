@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -35,6 +34,11 @@ class VisitReport:
     def total_s(self) -> float:
         """Decode + evaluate + publish."""
         return self.decode_s + self.evaluate_s + self.publish_s
+
+    def summary(self) -> str:
+        """One line for progress output."""
+        return (f"visit {self.visit}: {self.alerts} alerts, {sum(self.passed.values())} passed, "
+                f"{self.total_s * 1000:.0f} ms")
 
 
 @dataclass
@@ -88,16 +92,3 @@ def run_visits(
         if on_visit is not None:
             on_visit(vr, visit, outcomes)
     return report
-
-
-def progress_line(done: int, total: int | None, vr: VisitReport) -> None:
-    """One overwriting progress line on stderr."""
-    bar = ""
-    if total:
-        filled = int(20 * done / total)
-        bar = f"[{'#' * filled}{' ' * (20 - filled)}] {done}/{total} visits  "
-    sys.stderr.write(
-        f"\r{bar}visit {vr.visit}: {vr.alerts} alerts, {sum(vr.passed.values())} passed, "
-        f"{vr.total_s * 1000:.0f} ms   "
-    )
-    sys.stderr.flush()
