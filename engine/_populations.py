@@ -357,10 +357,18 @@ def agn(rng: np.random.Generator, ctx: Context) -> Truth:
 
 
 def variable(rng: np.random.Generator, ctx: Context) -> Truth:
-    """Ordinary variable stars (the junk filters must reject): 0.03-0.15 mag irregular."""
+    """Ordinary variable stars (the junk filters must reject): 0.03-0.15 mag irregular.
+
+    Their colours are those of the field stars at high Galactic latitude that vary at this
+    level: G and K dwarfs of the thick disk and halo (g - i around 0.9, the blue edge of the
+    main-sequence turn-off near 0.4) and active M dwarfs (g - i 1.5-3). Stars as blue as an
+    RR Lyrae (g - i below ~0.4: horizontal-branch stars, white dwarfs) are rare, as in
+    the SDSS stellar locus (Ivezic et al. 2005; Sesar et al. 2007).
+    """
     k = ctx.k
-    colour = rng.uniform(-0.3, 0.6, k)  # a g-i-like colour; redder stars brighter in i,z,y
-    sed = np.power(10.0, 0.4 * colour[:, None] * (np.arange(6) - 2) / 3.0)  # (k, 6)
+    g_i = np.where(rng.random(k) < 0.7, rng.normal(0.9, 0.25, k), rng.uniform(1.5, 3.0, k))
+    # flux per band ~ 10^(0.4 * 1.5 (g-i) (band - 2) / 3): a smooth SED, redder stars brighter in i,z,y
+    sed = np.power(10.0, 0.4 * 1.5 * g_i[:, None] * (np.arange(6) - 2) / 3.0)  # (k, 6)
     var = np.array([1.2, 1.1, 1.0, 0.95, 0.9, 0.9])
     # per-object SED: run the shared model with a flat SED, then colour the fluxes per band
     diff, tmpl, owner, mjd, band, h_diff, h_tmpl = _stochastic(

@@ -27,7 +27,8 @@ bogus           60%         ``reliability < 0.3`` always. One artefact each: dip
                             trail). S/N mostly 5-10. 88% new (no history).
 variable        remainder   ordinary variable stars, the junk: point sources with 0.03-0.15 mag
                 (29-38%)    irregular (damped-random-walk) variability, a year of history,
-                            difference flux of either sign (``isNegative`` for half).
+                            difference flux of either sign (``isNegative`` for half); colours
+                            of high-latitude field stars (G/K dwarfs g-i ~0.9, M dwarfs 1.5-3).
 asteroid        10% x       solar system: ``diaObject`` null, ``diaSource.diaObjectId`` 0,
                 f(beta)     ``ssObjectId`` set, ``ssSource`` present (its ids match), no
                             history (``prvDiaForcedSources`` null), ``mpc_orbits`` for 80%.

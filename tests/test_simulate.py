@@ -284,6 +284,13 @@ def test_populations_carry_their_signatures(night) -> None:
         assert abs(float(np.median(fp))) < 1.5  # quiescent between flares
     for name in ("periodic", "agn", "variable"):
         assert np.median([len(r["prvDiaForcedSources"]) for r in by[name]]) > 50
+    g_i = []  # ordinary variables have the colours of field stars, redder than RR Lyrae
+    for r in by["variable"]:
+        g = [f["scienceFlux"] for f in r["prvDiaForcedSources"] or [] if f["band"] == "g"]
+        i = [f["scienceFlux"] for f in r["prvDiaForcedSources"] or [] if f["band"] == "i"]
+        if len(g) >= 3 and len(i) >= 3 and np.median(g) > 0 and np.median(i) > 0:
+            g_i.append(-2.5 * math.log10(np.median(g) / np.median(i)))
+    assert len(g_i) > 20 and np.median(g_i) > 0.6 and np.mean(np.array(g_i) < 0.3) < 0.1
     assert all(r["diaSource"]["templateFlux"] > 0 for r in by["supernova"])
 
 
