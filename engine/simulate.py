@@ -124,7 +124,6 @@ import itertools
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -136,6 +135,7 @@ import numpy as np
 from engine import _populations as pops
 from engine.errors import ConfigError, SourceError
 from engine.night import NightWriter
+from engine.progress import Progress
 from engine.schema import AlertSchema, load_schema
 
 __all__ = ["POPULATIONS", "NightSummary", "simulate_night", "truth", "truth_path"]
@@ -309,10 +309,10 @@ def _check(value: object, name: str, most: int) -> None:
 
 
 class _Progress:
-    """``\\r[#####     ] 5/10 visits  1234 alerts/s`` on stderr."""
+    """Simulation progress: visits done and the alert rate, drawn by :class:`engine.progress.Progress`."""
 
-    def __init__(self, visits: int, per_visit: int, width: int = 20) -> None:
-        self.visits, self.per_visit, self.width = visits, per_visit, width
+    def __init__(self, visits: int, per_visit: int) -> None:
+        self.bar = Progress(visits)
         self.done = 0
         self.alerts = 0
         self.t0 = time.perf_counter()
@@ -326,16 +326,11 @@ class _Progress:
         self.draw()
 
     def draw(self) -> None:
-        frac = self.alerts / (self.visits * self.per_visit)
-        fill = int(round(frac * self.width))
         rate = self.alerts / max(time.perf_counter() - self.t0, 1e-9)
-        sys.stderr.write(f"\r[{'#' * fill}{' ' * (self.width - fill)}] {self.done}/{self.visits} visits"
-                         f"  {rate:,.0f} alerts/s")
-        sys.stderr.flush()
+        self.bar.update(self.done, f"{rate:,.0f} alerts/s")
 
     def close(self) -> None:
-        sys.stderr.write("\n")
-        sys.stderr.flush()
+        self.bar.close()
 
 
 # ---------------------------------------------------------------------------------------
