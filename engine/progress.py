@@ -44,7 +44,7 @@ class Progress:
             if tenth == self._last_tenth:
                 return
             self._last_tenth = tenth
-            self.stream.write(f"{bar}{count}  {detail}\n")
+            self.stream.write(f"{bar}{count}  {detail}".rstrip() + "\n")
         self.stream.flush()
 
     def clear(self) -> None:
