@@ -35,10 +35,31 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _store_owned(col: Column) -> Column:
+    """Mark a column the store hands out to every filter of the visit: it gets a memo of
+    derived results (helpers' outputs keyed by helper and, for two-column helpers, the other
+    store column). Only the store's own columns carry one, so the memos are bounded by the
+    schema and live exactly as long as the visit's store."""
+    col._memo = {}
+    return col
+
+
+def memo_of(col: Any) -> dict[Any, Any] | None:
+    """The per-visit memo of a store column, or None for any other value (trusted side)."""
+    if type(col) is not Column:
+        return None
+    try:
+        return col._memo
+    except AttributeError:
+        return None
+
+
 class Column:
     """One value per alert, with nulls. Supports arithmetic, comparisons, ``&``, ``|``, ``~``."""
 
-    __slots__ = ("_v", "_m")
+    # _memo is set only on the columns a ColumnStore hands out (see _store_owned): derived
+    # results of the visit, shared by every filter. Left unset (no cost) on all other columns.
+    __slots__ = ("_v", "_m", "_memo")
     # What restricted code may reach on a column (sandbox.namespace reads this).
     _public = frozenset({"isnull", "notnull", "fill", "tolist", "dtype", "isin", "between"})
 
@@ -104,9 +125,23 @@ class Column:
 
     # --- operators -------------------------------------------------------------------------
     def _binary(self, other: Any, op: Callable[[Any, Any], Any], *, compare: bool) -> Column:
+        t = type(other)
+        if self._m is None and (t is float or (t is int and -_INT64_END < other < _INT64_END)):
+            # The common case (a cut on a column without nulls), with less bookkeeping;
+            # numpy comparisons raise no floating-point warnings.
+            if compare:
+                return Column(np.asarray(op(self._v, other), dtype=bool))
+            with np.errstate(all="ignore"):
+                return Column(np.asarray(op(self._v, other)))
         ov, om = _operand(other, len(self))
-        with np.errstate(all="ignore"):
-            out = op(self._v, ov)
+        out = None
+        if compare and self._v.dtype.kind == "U" and (op is operator.eq or op is operator.ne):
+            out = _same_strings(self._v, ov)
+            if out is not None and op is operator.ne:
+                out = ~out
+        if out is None:
+            with np.errstate(all="ignore"):
+                out = op(self._v, ov)
         mask = _or_masks(self._m, om)
         if compare:
             if mask is not None:
@@ -158,6 +193,29 @@ class Column:
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self.tolist())
+
+
+_INT64_END = 2**63
+
+
+def _same_strings(a: np.ndarray, b: Any) -> np.ndarray | None:
+    """``a == b`` for a unicode array and a string, or a unicode array of the same width, by
+    comparing code points (numpy's unicode comparison is ~10x slower); None when neither."""
+    width = a.dtype.itemsize // 4
+    if width == 0 or not a.flags.c_contiguous:
+        return None
+    if isinstance(b, str):
+        if len(b) > width:
+            return None
+        code = np.array(b, dtype=a.dtype).view(np.uint32)
+    elif isinstance(b, np.ndarray) and b.dtype == a.dtype and b.flags.c_contiguous and len(b) == len(a):
+        code = b.view(np.uint32)
+    else:
+        return None
+    points = a.view(np.uint32)
+    if width == 1:
+        return points == code
+    return (points.reshape(-1, width) == code.reshape(-1, width)).all(axis=1)
 
 
 def _floordiv(a: np.ndarray, b: Any) -> np.ndarray:
@@ -227,14 +285,16 @@ class ListColumn:
     rates) uses the ``midpointMjdTai`` of the same list, so it is right whatever the order.
     """
 
-    __slots__ = ("_off", "_items", "_lm", "_info", "_memo")
+    __slots__ = ("_off", "_items", "_lm", "_info", "_memo", "_seg")
     _public = frozenset({"isnull", "notnull", "where", "in_band", "times", "count", "max", "min",
                          "sum", "mean", "median", "std", "n_distinct", "any", "all", "first",
                          "last", "first_time", "last_time", "rate", "slope"})
 
     def __init__(self, offsets: np.ndarray, items: Column, list_mask: np.ndarray | None,
-                 info: _ListInfo | None = None):
-        self._off = _readonly(offsets)
+                 info: _ListInfo | None = None, seg: _Segments | None = None):
+        # Index arrays derived from the offsets, shared by every list of the same shape.
+        self._seg = seg if seg is not None and seg.off is offsets else _Segments(_readonly(offsets))
+        self._off = self._seg.off
         self._items = items
         self._lm = None if list_mask is None or not list_mask.any() else _readonly(list_mask)
         # Where sibling fields of the same list (times, bands) come from; None for lists built
@@ -258,7 +318,10 @@ class ListColumn:
         return f"ListColumn[{self._items.dtype}](length {len(self)}, {len(self._items)} values)"
 
     def _with(self, items: Column) -> ListColumn:
-        return ListColumn(self._off, items, self._lm, self._info)
+        return ListColumn(self._off, items, self._lm, self._info, self._seg)
+
+    def _same_shape(self, other: ListColumn) -> bool:
+        return other._seg is self._seg or np.array_equal(other._off, self._off)
 
     def isnull(self) -> Column:
         """True where the whole list is null (no history), as opposed to empty."""
@@ -270,7 +333,7 @@ class ListColumn:
 
     def where(self, condition: ListColumn) -> ListColumn:
         """Keep only the points where ``condition`` (a list of booleans) is True."""
-        if not isinstance(condition, ListColumn) or not np.array_equal(condition._off, self._off):
+        if not isinstance(condition, ListColumn) or not self._same_shape(condition):
             raise ValueError("where() needs a condition on the same lightcurve, e.g. lc.band == 'r'")
         keep = condition._items._flags()
         mask = keep.copy() if self._items._m is None else keep & ~self._items._m
@@ -299,14 +362,14 @@ class ListColumn:
         if self._info is None:
             raise ValueError(f"this lightcurve has no {name!r} field alongside it")
         sib = self._info.sibling(name)
-        if not np.array_equal(sib._off, self._off):  # pragma: no cover - same list by design
+        if not self._same_shape(sib):  # pragma: no cover - same list by design
             raise ValueError(f"{name!r} does not line up with this lightcurve")
         return sib
 
     # Element-wise operators act on every point and keep the list shape.
     def _elementwise(self, other: Any, method: str) -> ListColumn:
         if isinstance(other, ListColumn):
-            if not np.array_equal(other._off, self._off):
+            if not self._same_shape(other):
                 raise ValueError("lightcurves of different shapes cannot be combined point by point")
             other = other._items
         elif isinstance(other, Column):
@@ -318,7 +381,7 @@ class ListColumn:
 
     def _per_point(self, col: Column) -> Column:
         """A per-alert column repeated for every point of that alert's list."""
-        lengths = np.diff(self._off)
+        lengths = self._seg.lengths
         return Column(np.repeat(col._v, lengths), None if col._m is None else np.repeat(col._m, lengths))
 
     def __add__(self, o: Any) -> ListColumn: return self._elementwise(o, "__add__")
@@ -346,32 +409,32 @@ class ListColumn:
         raise TypeError("a lightcurve column is not True or False; reduce it first, e.g. .count() > 0")
 
     # --- per-alert reductions ----------------------------------------------------------------
-    # All of them work on the flat array of points with the list offsets: cumulative sums,
-    # ufunc.reduceat and one lexsort at most; never a Python loop over alerts.
+    # All of them work on the flat array of points with the list offsets: ufunc.reduceat over
+    # the non-empty lists, binary searches and one lexsort at most; never a Python loop over
+    # alerts. Per-point intermediates (validity, float64 values) are memoized per list.
     def _valid(self) -> np.ndarray:
         return self._memoized("valid", self._valid_impl)
 
     def _valid_impl(self) -> np.ndarray:
         m = self._items._m
-        valid = np.ones(len(self._items._v), bool) if m is None else ~m
-        if self._items._v.dtype.kind == "f":
-            valid &= ~np.isnan(self._items._v)  # a NaN measurement is no measurement
-        return _readonly(valid)
+        v = self._items._v
+        if v.dtype.kind == "f":
+            bad = np.isnan(v)  # a NaN measurement is no measurement
+            if m is not None:
+                bad |= m
+            return _readonly(~bad)
+        return _readonly(np.ones(len(v), bool) if m is None else ~m)
 
-    def _segment_sum(self, per_point: np.ndarray) -> np.ndarray:
-        csum = np.concatenate(([0], np.cumsum(per_point)))
-        return csum[self._off[1:]] - csum[self._off[:-1]]
+    def _all_valid(self) -> bool:
+        return self._memoized("all_valid", lambda: bool(self._valid().all()))
 
-    def _segments(self) -> np.ndarray:
-        """Which alert each point belongs to."""
-        return np.repeat(np.arange(len(self)), np.diff(self._off))
+    def _n_valid(self) -> np.ndarray:
+        """Valid points per alert (int64, read-only)."""
+        return self._memoized("n_valid", lambda: _readonly(self._seg.count(self._valid())))
 
     def count(self) -> Column:
         """Number of non-null points per alert (0 for a null list)."""
-        return self._memoized("count", self._count_impl)
-
-    def _count_impl(self) -> Column:
-        return Column(self._segment_sum(self._valid().astype(np.int64)))
+        return self._memoized("count", lambda: Column(self._n_valid()))
 
     def _numeric(self, what: str) -> np.ndarray:
         vals = self._items._v
@@ -379,15 +442,17 @@ class ListColumn:
             raise TypeError(f"cannot take the {what} of a {self._items.dtype} lightcurve field")
         return vals
 
+    def _f64(self, what: str) -> np.ndarray:
+        """The values as float64 (no copy when they already are), read-only."""
+        hit = self._memo.get("f64")
+        if hit is None:
+            hit = self._memo["f64"] = _readonly(self._numeric(what).astype(np.float64, copy=False))
+        return hit
+
     def _reduce(self, ufunc: np.ufunc, fill: float, what: str) -> Column:
-        valid = self._valid()
-        work = np.where(valid, self._numeric(what).astype(np.float64), fill)
-        out = np.full(len(self), fill, dtype=np.float64)
-        nonempty = np.diff(self._off) > 0
-        if nonempty.any():
-            # reduceat over non-empty segments only: it misbehaves on empty ones.
-            out[nonempty] = ufunc.reduceat(work, self._off[:-1][nonempty])
-        return Column(out, self._segment_sum(valid) == 0)
+        vals = self._f64(what)
+        work = vals if self._all_valid() else np.where(self._valid(), vals, fill)
+        return Column(self._seg.reduce(ufunc, work, fill), self._n_valid() == 0)
 
     def max(self) -> Column:
         """Largest value per alert; null where there is none."""
@@ -415,7 +480,7 @@ class ListColumn:
         return self._memoized("mean", self._mean_impl)
 
     def _mean_impl(self) -> Column:
-        n = self.count()._v
+        n = self._n_valid()
         with np.errstate(all="ignore"):
             return Column(self.sum()._v / np.maximum(n, 1), n == 0)
 
@@ -424,11 +489,14 @@ class ListColumn:
         return self._memoized("std", self._std_impl)
 
     def _std_impl(self) -> Column:
-        n = self.count()._v
+        n = self._n_valid()
         mean = self.mean()._v
-        per_point = np.repeat(mean, np.diff(self._off))
-        dev = np.where(self._valid(), (self._numeric("std").astype(np.float64) - per_point) ** 2, 0.0)
-        var = self._segment_sum(dev) / np.maximum(n, 1)
+        with np.errstate(all="ignore"):
+            dev = self._f64("std") - np.repeat(mean, self._seg.lengths)
+            dev *= dev
+        if not self._all_valid():
+            dev[~self._valid()] = 0.0
+        var = self._seg.reduce(np.add, dev, 0.0) / np.maximum(n, 1)
         return Column(np.sqrt(var), n == 0)
 
     def _sorted_by_value(self) -> tuple[np.ndarray, np.ndarray]:
@@ -436,15 +504,15 @@ class ListColumn:
         vals = self._items._v
         valid = self._valid()
         # Invalid points sort after the valid ones of their alert.
-        order = np.lexsort((vals, ~valid, self._segments()))
-        return order, self._segment_sum(valid)
+        order = np.lexsort((vals, ~valid, self._seg.ids()))
+        return order, self._n_valid()
 
     def median(self) -> Column:
         """Median per alert (mean of the two middle values for an even count); null if none."""
         return self._memoized("median", self._median_impl)
 
     def _median_impl(self) -> Column:
-        vals = self._numeric("median").astype(np.float64)
+        vals = self._f64("median")
         order, n = self._sorted_by_value()
         start = self._off[:-1]
         empty = n == 0
@@ -464,7 +532,7 @@ class ListColumn:
         order, n = self._sorted_by_value()
         if len(vals) == 0:
             return Column(np.zeros(len(self), np.int64))
-        sv, seg, ok = vals[order], self._segments()[order], self._valid()[order]
+        sv, seg, ok = vals[order], self._seg.ids()[order], self._valid()[order]
         new = np.ones(len(sv), bool)
         new[1:] = (sv[1:] != sv[:-1]) | (seg[1:] != seg[:-1])
         return Column(np.bincount(seg[new & ok], minlength=len(self)).astype(np.int64))
@@ -484,7 +552,7 @@ class ListColumn:
         return (self._flags_count() == self.count()) & (self.count() > 0)
 
     def _flags_count(self) -> Column:
-        return Column(self._segment_sum(self._items._flags().astype(np.int64)))
+        return Column(self._seg.count(self._items._flags()))
 
     # --- time order ----------------------------------------------------------------------------
     def _time_values(self) -> np.ndarray | None:
@@ -495,29 +563,32 @@ class ListColumn:
 
     def _last_positions(self, valid: np.ndarray, *, latest: bool) -> np.ndarray:
         """Index of each alert's earliest (or latest) valid point by time; -1 where none."""
-        n = len(self)
-        out = np.full(n, -1, dtype=np.int64)
+        seg = self._seg
         if not len(valid) or not valid.any():
-            return out
-        t = self._time_values()
-        if t is not None:
-            valid = valid & ~np.isnan(t)
-        idx = np.arange(len(valid), dtype=np.int64)
-        nonempty = np.diff(self._off) > 0
-        starts = self._off[:-1][nonempty]
-        if t is None or self._info.time_sorted():  # type: ignore[union-attr]
-            # Packet order is time order (the usual case): a reduceat on positions suffices.
+            return np.full(len(self), -1, dtype=np.int64)
+        if self._info is None or self._info.time_sorted():
+            # Packet order is time order (the usual case; a sorted list has no null or NaN
+            # time): binary searches among the valid positions suffice.
+            vp = np.flatnonzero(valid)
             if latest:
-                pos = np.maximum.reduceat(np.where(valid, idx, -1), starts)
+                k = np.searchsorted(vp, seg.off[1:], side="left") - 1
+                pos = vp[np.maximum(k, 0)]
+                found = (k >= 0) & (pos >= seg.off[:-1])
             else:
-                pos = np.minimum.reduceat(np.where(valid, idx, len(idx)), starts)
-                pos = np.where(pos == len(idx), -1, pos)
-        else:
-            key = np.where(valid, t, -np.inf if latest else np.inf)
-            order = np.lexsort((key, self._segments()))
-            pick = self._off[1:][nonempty] - 1 if latest else starts
-            pos = order[pick]
-        seg_has = self._segment_sum(valid)[nonempty] > 0
+                k = np.searchsorted(vp, seg.off[:-1], side="left")
+                pos = vp[np.minimum(k, len(vp) - 1)]
+                found = (k < len(vp)) & (pos < seg.off[1:])
+            return np.where(found, pos, -1)
+        t = self._time_values()
+        assert t is not None
+        valid = valid & ~np.isnan(t)
+        out = np.full(len(self), -1, dtype=np.int64)
+        nonempty = seg.nonempty
+        key = np.where(valid, t, -np.inf if latest else np.inf)
+        order = np.lexsort((key, seg.ids()))
+        pick = seg.off[1:][nonempty] - 1 if latest else seg.starts
+        pos = order[pick]
+        seg_has = seg.count(valid)[nonempty] > 0
         out[nonempty] = np.where(seg_has, pos, -1)
         return out
 
@@ -575,20 +646,21 @@ class ListColumn:
         return self._memoized("slope", self._slope_impl)
 
     def _slope_impl(self) -> Column:
-        y = self._numeric("slope").astype(np.float64)
+        y = self._f64("slope")
         t = self._time_values()
         if t is None:
             raise ValueError("slope() needs the times of this lightcurve")
         ok = self._valid() & ~np.isnan(t)
-        n = self._segment_sum(ok.astype(np.float64))
+        seg = self._seg
+        n = seg.count(ok).astype(np.float64)
         nz = np.maximum(n, 1)
         # Centre times and values per alert first: MJDs near 6e4 squared would swamp the sums.
-        tm = np.repeat(self._segment_sum(np.where(ok, t, 0.0)) / nz, np.diff(self._off))
-        ym = np.repeat(self._segment_sum(np.where(ok, y, 0.0)) / nz, np.diff(self._off))
+        tm = np.repeat(seg.reduce(np.add, np.where(ok, t, 0.0), 0.0) / nz, seg.lengths)
+        ym = np.repeat(seg.reduce(np.add, np.where(ok, y, 0.0), 0.0) / nz, seg.lengths)
         dt = np.where(ok, t - tm, 0.0)
         dy = np.where(ok, y - ym, 0.0)
-        sxx = self._segment_sum(dt * dt)
-        sxy = self._segment_sum(dt * dy)
+        sxx = seg.reduce(np.add, dt * dt, 0.0)
+        sxy = seg.reduce(np.add, dt * dy, 0.0)
         bad = (n < 2) | (sxx <= 0)
         with np.errstate(all="ignore"):
             return Column(np.where(bad, 0.0, sxy / np.where(bad, 1.0, sxx)), bad)
@@ -601,6 +673,60 @@ def _nonzero_ratio(num: Column, den: Column) -> Column:
     with np.errstate(all="ignore"):
         out = num._v.astype(np.float64) / np.where(bad, 1, den._v)
     return Column(np.where(bad, 0.0, out), bad)
+
+
+class _Segments:
+    """Index arrays derived from the offsets of one list shape, computed once and shared by
+    every list of that shape (all fields of ``prvDiaSources``, their ``where``/``in_band``
+    results). Trusted side: restricted code cannot reach it."""
+
+    __slots__ = ("off", "lengths", "nonempty", "starts", "dense", "total", "_ids")
+
+    def __init__(self, off: np.ndarray):
+        self.off = off
+        self.lengths = _readonly(np.diff(off))
+        self.nonempty = _readonly(self.lengths > 0)
+        self.starts = _readonly(off[:-1][self.nonempty])
+        self.dense = len(self.starts) == len(self.lengths)  # no empty list
+        self.total = int(off[-1]) if len(off) else 0
+        self._ids: np.ndarray | None = None
+
+    def ids(self) -> np.ndarray:
+        """Which list each point belongs to."""
+        if self._ids is None:
+            self._ids = _readonly(np.repeat(np.arange(len(self.lengths)), self.lengths))
+        return self._ids
+
+    def reduce(self, ufunc: np.ufunc, per_point: np.ndarray, fill: float) -> np.ndarray:
+        """``ufunc`` over each list's points (a new float64 array); ``fill`` for an empty list.
+        reduceat only sees the non-empty lists: it misbehaves on empty ones."""
+        if len(per_point) != self.total:
+            per_point = per_point[: self.total]
+        if self.dense and len(self.starts):
+            return ufunc.reduceat(per_point, self.starts)
+        out = np.full(len(self.lengths), fill, dtype=np.float64)
+        if len(self.starts):
+            out[self.nonempty] = ufunc.reduceat(per_point, self.starts)
+        return out
+
+    def count(self, flags: np.ndarray) -> np.ndarray:
+        """Number of True points per list (int64)."""
+        total = self.total
+        if len(flags) != total:
+            flags = flags[:total]
+        trues = int(np.count_nonzero(flags))
+        if trues == total:
+            return self.lengths
+        if 4 * (total - trues) <= total:  # few False: subtract them from the lengths
+            where = np.searchsorted(self.off, np.flatnonzero(~flags), side="right") - 1
+            return self.lengths - np.bincount(where, minlength=len(self.lengths))
+        if 4 * trues <= total:  # few True: count them
+            where = np.searchsorted(self.off, np.flatnonzero(flags), side="right") - 1
+            return np.bincount(where, minlength=len(self.lengths)).astype(np.int64)
+        out = np.zeros(len(self.lengths), np.int64)
+        if len(self.starts):
+            out[self.nonempty] = np.add.reduceat(flags, self.starts, dtype=np.int64)
+        return out
 
 
 class _ListInfo:
@@ -631,19 +757,19 @@ class _ListInfo:
 
 
 def _leaf_numpy(arr: pa.Array) -> tuple[np.ndarray, np.ndarray | None]:
-    """Values and null mask of a flat Arrow array; strings become fixed-width numpy unicode."""
+    """Values and null mask of a flat Arrow array; strings become fixed-width numpy unicode.
+
+    Fixed-width values without nulls are zero-copy views of Arrow's (immutable) buffers."""
     n = len(arr)
     mask = None
     if arr.null_count:
         mask = np.asarray(arr.is_null())
     typ = arr.type
     if pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ):
-        # Through a dictionary: band letters repeat across ~10^5 lightcurve points, and turning
-        # each Python string into numpy unicode one by one costs ~50 ns apiece.
-        enc = arr.fill_null("").dictionary_encode()
-        words = np.asarray(enc.dictionary.to_pylist(), dtype=str)
-        values = words[enc.indices.to_numpy()] if len(words) else np.zeros(n, dtype="<U1")
-    elif pa.types.is_timestamp(typ):
+        values = _strings(arr)
+        assert len(values) == n
+        return values, mask
+    if pa.types.is_timestamp(typ):
         values = np.asarray(arr.cast(pa.int64()).fill_null(0).to_numpy())
     elif pa.types.is_boolean(typ):
         values = np.asarray(arr.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
@@ -660,6 +786,54 @@ def _leaf_numpy(arr: pa.Array) -> tuple[np.ndarray, np.ndarray | None]:
     return values, mask
 
 
+def _strings(arr: pa.Array) -> np.ndarray:
+    """A string array as numpy unicode of its longest value's width (nulls as "")."""
+    n = len(arr)
+    if arr.null_count:
+        arr = arr.fill_null("")
+    typ = arr.type
+    if n and (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
+        # ASCII (band letters, reasons, names): straight from the offsets and bytes, each byte
+        # widened to one UCS-4 code point; numpy unicode is exactly that, zero-padded.
+        otype = np.int32 if pa.types.is_string(typ) else np.int64
+        _, obuf, dbuf = arr.buffers()
+        off = np.frombuffer(obuf, otype, n + 1, arr.offset * np.dtype(otype).itemsize)
+        data = np.frombuffer(dbuf, np.uint8)[off[0]:off[-1]] if dbuf is not None else np.zeros(0, np.uint8)
+        if not len(data):
+            return np.zeros(n, dtype="<U1")
+        if int(data.max()) < 0x80:
+            lengths = np.diff(off)
+            width = int(lengths.max())
+            if width == 1 and len(data) == n:  # one character each
+                codes = _readonly(data.astype(np.uint32))
+                return codes.view(np.dtype("U1"))
+            codes = np.zeros((n, width), np.uint32)
+            starts = np.repeat(off[:-1] - off[0], lengths)
+            rows = np.repeat(np.arange(n), lengths)
+            codes[rows, np.arange(len(data)) - starts] = data
+            return _readonly(codes).view(np.dtype(f"U{width}")).reshape(n)
+    # Anything else through a dictionary: repeated values convert once each.
+    enc = arr.dictionary_encode()
+    words = np.asarray(enc.dictionary.to_pylist(), dtype=str)
+    return np.take(words, enc.indices.to_numpy()) if len(words) else np.zeros(n, dtype="<U1")
+
+
+_SCHEMAS: list[tuple[pa.Schema, frozenset[str], frozenset[str], dict[str, str]]] = []
+
+
+def _schema_info(schema: pa.Schema) -> tuple[frozenset[str], frozenset[str], dict[str, str]]:
+    """Paths, groups and kinds of a schema; the last few schemas' are kept (visits share one)."""
+    for known, paths, groups, kinds in _SCHEMAS:
+        if known is schema or known.equals(schema):
+            return paths, groups, kinds
+    paths = frozenset(_paths(schema))
+    groups = frozenset(p.rsplit(".", 1)[0] for p in paths if "." in p)
+    kinds = _kinds(schema)
+    _SCHEMAS.insert(0, (schema, paths, groups, kinds))
+    del _SCHEMAS[4:]
+    return paths, groups, kinds
+
+
 class ColumnStore:
     """Numpy columns of one visit batch, converted once and shared by every filter that reads
     them (on the trusted side; filters only ever see :class:`AlertsView`)."""
@@ -669,9 +843,9 @@ class ColumnStore:
         self._cache: dict[str, Column | ListColumn] = {}
         self._sorted: dict[str, bool] = {}
         self._aux: dict[str, Any] = {}  # null masks and offsets for the per-alert view
-        self.paths = frozenset(_paths(batch.schema))
-        self.groups = frozenset(p.rsplit(".", 1)[0] for p in self.paths if "." in p)
-        self.kinds = _kinds(batch.schema)
+        self._shapes: dict[str, tuple[_Segments, np.ndarray | None]] = {}  # per list column
+        self.paths, self.groups, kinds = _schema_info(batch.schema)
+        self.kinds = dict(kinds)  # a copy: callers may treat it as theirs
 
     def __len__(self) -> int:
         return self.batch.num_rows
@@ -691,9 +865,15 @@ class ColumnStore:
         parent_null: np.ndarray | None = None
         for i, name in enumerate(parts[1:], start=1):
             if pa.types.is_list(arr.type):
-                items = self._list_items(arr, ".".join(parts[i:]))
-                info = _ListInfo(self, ".".join(parts[:i]))
-                return ListColumn(_offsets(arr), items, _mask_or(arr, parent_null), info)
+                prefix = ".".join(parts[:i])
+                items = _store_owned(self._list_items(arr, ".".join(parts[i:])))
+                shape = self._shapes.get(prefix)
+                if shape is None:
+                    off = _readonly(_offsets(arr))
+                    lm = _mask_or(arr, parent_null)
+                    shape = self._shapes[prefix] = (_Segments(off), None if lm is None else _readonly(lm))
+                seg, lm = shape
+                return ListColumn(seg.off, items, lm, _ListInfo(self, prefix), seg)
             if not pa.types.is_struct(arr.type):
                 raise KeyError(path)
             if arr.null_count:
@@ -703,7 +883,7 @@ class ColumnStore:
         if pa.types.is_list(arr.type):
             raise KeyError(path)
         values, mask = _leaf_numpy(arr)
-        return Column(values, _or_masks(mask, parent_null))
+        return _store_owned(Column(values, _or_masks(mask, parent_null)))
 
     # --- lightcurve helpers ------------------------------------------------------------------
     def history(self, name: str) -> ListColumn:
@@ -723,44 +903,81 @@ class ColumnStore:
             raise KeyError(f"no field {name!r} in diaSource; history() takes a diaSource field name")
         cur = self.get(cur_path)
         assert isinstance(cur, Column)
-        n = len(cur)
         if prv_path in self.paths:
             prv = self.get(prv_path)
             assert isinstance(prv, ListColumn)
-            lengths, pv, pm = np.diff(prv._off), prv._items._v, prv._items._m
+            pv, pm = prv._items._v, prv._items._m
         else:  # the batch was decoded without previous sources
-            lengths, pv, pm = np.zeros(n, np.int64), cur._v[:0], None
-        off = np.zeros(n + 1, np.int64)
-        np.cumsum(lengths + 1, out=off[1:])
-        cur_pos = off[1:] - 1
-        prv_pos = np.arange(len(pv), dtype=np.int64) + np.repeat(np.arange(n, dtype=np.int64), lengths)
-        values = np.empty(int(off[-1]), dtype=np.result_type(pv.dtype, cur._v.dtype))
-        values[prv_pos] = pv
+            prv, pv, pm = None, cur._v[:0], None
+        seg, is_prv, cur_pos = self._history_shape(prv)
+        values = np.empty(seg.total, dtype=np.result_type(pv.dtype, cur._v.dtype))
+        values[is_prv] = pv
         values[cur_pos] = cur._v
         mask = None
         if pm is not None or cur._m is not None:
             mask = np.zeros(len(values), bool)
             if pm is not None:
-                mask[prv_pos] = pm
+                mask[is_prv] = pm
             if cur._m is not None:
                 mask[cur_pos] = cur._m
-        return ListColumn(off, Column(values, mask), None, _ListInfo(self, "history"))
+        items = _store_owned(Column(values, mask))
+        return ListColumn(seg.off, items, None, _ListInfo(self, "history"), seg)
+
+    def _history_shape(self, prv: ListColumn | None) -> tuple[_Segments, np.ndarray, np.ndarray]:
+        """The history lists' shape, where the previous sources go (a mask) and where the
+        current ones go (positions): the same for every field, so computed once."""
+        key = "history" if prv is None else f"history.{id(prv._seg)}"
+        hit = self._aux.get(key)
+        if hit is None or (prv is not None and hit[3] is not prv._seg):
+            n = len(self)
+            lengths = np.zeros(n, np.int64) if prv is None else prv._seg.lengths
+            off = np.zeros(n + 1, np.int64)
+            np.cumsum(lengths + 1, out=off[1:])
+            cur_pos = _readonly(off[1:] - 1)
+            is_prv = np.ones(int(off[-1]), bool)
+            is_prv[cur_pos] = False
+            seg = _Segments(_readonly(off))
+            hit = self._aux[key] = (seg, _readonly(is_prv), cur_pos, None if prv is None else prv._seg)
+        return hit[0], hit[1], hit[2]
 
     def time_sorted(self, prefix: str) -> bool:
         """Whether every alert's points of list ``prefix`` are in non-decreasing time order."""
         done = self._sorted.get(prefix)
+        if done is None and prefix == "history":
+            done = self._sorted[prefix] = self._history_sorted()
         if done is None:
             times = _ListInfo(self, prefix).sibling("midpointMjdTai")
-            t = times._items._v.astype(np.float64)
-            if times._items._m is not None:
-                t = np.where(times._items._m, np.nan, t)
-            same_alert = np.ones(max(len(t) - 1, 0), bool)
-            starts = times._off[1:-1]
-            same_alert[starts[(starts > 0) & (starts < len(t))] - 1] = False
-            with np.errstate(invalid="ignore"):
-                done = bool(not np.isnan(t).any() and np.all(np.diff(t)[same_alert] >= 0))
+            t = times._items._v.astype(np.float64, copy=False)
+            # A null or NaN time anywhere: not sorted (the slower, general path handles it).
+            done = times._items._m is None and not np.isnan(t).any()
+            if done:
+                step = np.diff(t)  # a new array: the steps across two alerts are ignored
+                starts = times._off[1:-1]
+                step[starts[(starts > 0) & (starts < len(t))] - 1] = 0.0
+                done = bool(np.all(step >= 0))
             self._sorted[prefix] = done
         return done
+
+    def _history_sorted(self) -> bool:
+        """History lists are previous sources then the current one: in time order when the
+        previous sources are and each current source comes no earlier than its alert's last
+        previous one (checked per alert, not per point)."""
+        times = self.history("midpointMjdTai")
+        if times._items._m is not None:
+            return False
+        if "prvDiaSources.midpointMjdTai" not in self.paths:  # one point per alert
+            return not np.isnan(times._items._v.astype(np.float64, copy=False)).any()
+        if not self.time_sorted("prvDiaSources"):
+            return False
+        now = self.get("diaSource.midpointMjdTai")
+        prv = self.get("prvDiaSources.midpointMjdTai")
+        assert isinstance(now, Column) and isinstance(prv, ListColumn)
+        t_now = now._v.astype(np.float64, copy=False)
+        if np.isnan(t_now).any():
+            return False
+        seg = prv._seg
+        last = prv._items._v[seg.off[1:][seg.nonempty] - 1]
+        return bool(np.all(t_now[seg.nonempty] >= last))
 
     def band_field(self, name: str, band: Any = None) -> Column:
         """``diaObject.<band>_<name>`` picked per alert, ``band`` defaulting to each alert's

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from sandbox.columns import BANDS, AlertsView, Column, ListColumn
+from sandbox.columns import BANDS, AlertsView, Column, ListColumn, _readonly, memo_of
 
 __all__ = ["Namespace", "exported", "implied_names"]
 
@@ -53,6 +53,25 @@ class Namespace:
 
 
 Value = Column | ListColumn | float | int
+
+
+def _per_visit(key: str, cols: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+    """``compute()`` once per visit when every input is a column of the visit's store (the
+    same objects for every filter): a hundred filters asking for the galactic latitude of
+    ``ds.ra, ds.dec`` share one result. The result lives in the first column's memo, keyed
+    by helper and the other inputs' identity (held, so the identity cannot be reused), and
+    dies with the visit. Any other input (a derived column, a number) computes afresh.
+    Results must be immutable: read-only arrays, columns, tuples of them."""
+    memo = memo_of(cols[0])
+    if memo is None or any(memo_of(c) is None for c in cols[1:]):
+        return compute()
+    mkey = (key, *(id(c) for c in cols[1:]))
+    hit = memo.get(mkey)
+    if hit is not None and all(a is b for a, b in zip(hit[0], cols[1:], strict=True)):
+        return hit[1]
+    result = compute()
+    memo[mkey] = (cols[1:], result)
+    return result
 
 
 # --- nulls and flags ----------------------------------------------------------------------------
@@ -158,8 +177,11 @@ def _values(x: Any, n: int) -> tuple[np.ndarray, np.ndarray | None]:
 def _map(x: Any, fn: Callable[[np.ndarray], np.ndarray]) -> Any:
     """Apply an element-wise float function to a column, a lightcurve or a number."""
     if isinstance(x, Column):
-        with np.errstate(all="ignore"):
-            return Column(fn(x._v.astype(np.float64)), x._m)
+        def compute() -> Column:
+            with np.errstate(all="ignore"):
+                return Column(fn(x._v.astype(np.float64, copy=False)), x._m)
+        # Only the helpers' own functions are keys (a bounded set), never a caller's.
+        return _per_visit(fn.__name__, (x,), compute) if fn in _MAPPED else compute()
     if isinstance(x, ListColumn):
         return x._with(_map(x._items, fn))
     if isinstance(x, bool | int | float):
@@ -176,6 +198,16 @@ def _unary(fn: Callable[[np.ndarray], np.ndarray], name: str, doc: str) -> Calla
     helper.__doc__ = doc
     return helper
 
+
+def _mag(f: np.ndarray) -> np.ndarray:
+    return np.where(f > 0, -2.5 * np.log10(np.where(f > 0, f, 1.0)) + AB_ZERO_POINT_NJY, np.nan)
+
+
+def _flux(m: np.ndarray) -> np.ndarray:
+    return 10 ** ((AB_ZERO_POINT_NJY - m) / 2.5)
+
+
+_MAPPED = frozenset({np.sqrt, np.log10, np.log, np.exp, _mag, _flux})
 
 sqrt = _unary(np.sqrt, "sqrt", "Square root, element-wise.")
 log10 = _unary(np.log10, "log10", "Base-10 logarithm, element-wise (log of <= 0 is NaN or -inf).")
@@ -204,10 +236,6 @@ def maximum(a: Any, b: Any) -> Column:
 # --- photometry -------------------------------------------------------------------------------
 
 
-def _mag(f: np.ndarray) -> np.ndarray:
-    return np.where(f > 0, -2.5 * np.log10(np.where(f > 0, f, 1.0)) + AB_ZERO_POINT_NJY, np.nan)
-
-
 def mag_from_flux(flux: Any) -> Any:
     """AB magnitude from a flux in nJy: ``-2.5 log10(flux) + 31.4``; non-positive flux → NaN
     (which fails every comparison). Works on columns, lightcurves and numbers."""
@@ -216,7 +244,7 @@ def mag_from_flux(flux: Any) -> Any:
 
 def flux_from_mag(mag: Any) -> Any:
     """Flux in nJy from an AB magnitude: ``10 ** ((31.4 - mag) / 2.5)``."""
-    return _map(mag, lambda m: 10 ** ((AB_ZERO_POINT_NJY - m) / 2.5))
+    return _map(mag, _flux)
 
 
 def mag_err(flux: Any, flux_err: Any) -> Any:
@@ -298,14 +326,13 @@ def _angles(*xs: Any) -> tuple[list[np.ndarray], np.ndarray | None, int]:
         if isinstance(x, Column):
             if len(x) != n:
                 raise ValueError(f"columns of different lengths ({n} and {len(x)}) cannot be combined")
-            v = x._v.astype(np.float64)
             if x._m is not None:
                 mask = x._m if mask is None else mask | x._m
+            out.append(_per_visit("radians", (x,), lambda x=x: _readonly(np.radians(x._v.astype(np.float64, copy=False)))))
         elif isinstance(x, bool | int | float):
-            v = np.float64(x)
+            out.append(np.radians(np.float64(x)))
         else:
             raise TypeError(f"sky helpers take columns or numbers in degrees, not {type(x).__name__}")
-        out.append(np.radians(v))
     return out, mask, n
 
 
@@ -442,45 +469,51 @@ def _unit(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
 
 
-def _galactic(ra: Any, dec: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _galactic(ra: Any, dec: Any) -> tuple[Column, Column]:
+    """Galactic (l, b) columns; once per visit for the store's own ra, dec."""
+    return _per_visit("galactic", (ra, dec), lambda: _galactic_impl(ra, dec))
+
+
+def _galactic_impl(ra: Any, dec: Any) -> tuple[Column, Column]:
     (a, d), mask, n = _angles(ra, dec)
     g = _ICRS_TO_GAL @ _unit(np.broadcast_to(a, (n,)), np.broadcast_to(d, (n,)))
     lon = np.degrees(np.arctan2(g[1], g[0])) % 360.0
     lat = np.degrees(np.arcsin(np.clip(g[2], -1.0, 1.0)))
-    return lon, lat, mask
+    return Column(lon, mask), Column(lat, mask)
 
 
 def galactic_latitude(ra: Any, dec: Any) -> Column:
     """Galactic latitude b in degrees of ICRS (ra, dec) in degrees."""
-    _, lat, mask = _galactic(ra, dec)
-    return Column(lat, mask)
+    return _galactic(ra, dec)[1]
 
 
 def galactic_longitude(ra: Any, dec: Any) -> Column:
     """Galactic longitude l in degrees [0, 360) of ICRS (ra, dec) in degrees."""
-    lon, _, mask = _galactic(ra, dec)
-    return Column(lon, mask)
+    return _galactic(ra, dec)[0]
 
 
-def _ecliptic(ra: Any, dec: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _ecliptic(ra: Any, dec: Any) -> tuple[Column, Column]:
+    """Ecliptic (λ, β) columns; once per visit for the store's own ra, dec."""
+    return _per_visit("ecliptic", (ra, dec), lambda: _ecliptic_impl(ra, dec))
+
+
+def _ecliptic_impl(ra: Any, dec: Any) -> tuple[Column, Column]:
     (a, d), mask, n = _angles(ra, dec)
     a, d = np.broadcast_to(a, (n,)), np.broadcast_to(d, (n,))
     ce, se = math.cos(_OBLIQUITY_J2000), math.sin(_OBLIQUITY_J2000)
     lat = np.arcsin(np.clip(np.sin(d) * ce - np.cos(d) * se * np.sin(a), -1.0, 1.0))
     lon = np.arctan2(np.sin(a) * ce + np.tan(d) * se, np.cos(a))
-    return np.degrees(lon) % 360.0, np.degrees(lat), mask
+    return Column(np.degrees(lon) % 360.0, mask), Column(np.degrees(lat), mask)
 
 
 def ecliptic_latitude(ra: Any, dec: Any) -> Column:
     """Ecliptic latitude β in degrees (mean ecliptic and equinox of J2000) of (ra, dec)."""
-    _, lat, mask = _ecliptic(ra, dec)
-    return Column(lat, mask)
+    return _ecliptic(ra, dec)[1]
 
 
 def ecliptic_longitude(ra: Any, dec: Any) -> Column:
     """Ecliptic longitude λ in degrees [0, 360) (mean ecliptic and equinox of J2000)."""
-    lon, _, mask = _ecliptic(ra, dec)
-    return Column(lon, mask)
+    return _ecliptic(ra, dec)[0]
 
 
 sky = Namespace(
