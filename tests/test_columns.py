@@ -269,3 +269,19 @@ def test_cutouts_parse_like_astropy(real) -> None:
     assert isinstance(img, Image) and img.shape == theirs.shape
     assert img.centre() == pytest.approx(float(theirs[theirs.shape[0] // 2, theirs.shape[1] // 2]))
     assert img.box(2).shape == (5, 5) and not img._a.flags.writeable
+
+
+def test_lightcurve_arithmetic_covers_every_column_operator() -> None:
+    """`**`, `//` and `%` act point by point on lightcurves, as on columns (err ** 2 works)."""
+    import pyarrow as pa
+
+    from sandbox.columns import ColumnStore
+
+    batch = pa.RecordBatch.from_pylist(
+        [{"lc": [{"e": 2.0}, {"e": 3.0}]}, {"lc": None}, {"lc": [{"e": 5.0}]}],
+        schema=pa.schema([("lc", pa.list_(pa.struct([("e", pa.float64())])))]),
+    )
+    lc = ColumnStore(batch).get("lc.e")
+    assert (lc ** 2).sum().tolist() == [13.0, 0.0, 25.0]
+    assert (lc // 2).max().tolist() == [1.0, None, 2.0]
+    assert (lc % 2).min().tolist() == [0.0, None, 1.0]
