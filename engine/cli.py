@@ -120,10 +120,7 @@ def _cmd_test(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, config: Config) -> int:
-    from engine.evaluate import Evaluator
-    from engine.night import night_info, read_night
-    from engine.pipeline import run_visits
-    from engine.progress import Progress
+    from engine.pipeline import run_night
     from engine.publish import Publisher
     from engine.registry import discover
 
@@ -133,19 +130,7 @@ def _cmd_run(args: argparse.Namespace, config: Config) -> int:
     if not fs.active:
         raise ConfigError(f"no usable filter under {args.filters}")
     client = _redis(config.redis_url)
-    schema, visits = night_info(args.night)
-    bar = Progress(len(visits) if visits else None, enabled=not args.no_progress)
-    done = 0
-
-    def on_visit(vr, visit, outcomes):  # type: ignore[no-untyped-def]
-        nonlocal done
-        done += 1
-        bar.update(done, vr.summary())
-
-    with Evaluator(fs.active, config) as evaluator:
-        report = run_visits(read_night(args.night), schema, fs.active, evaluator,
-                            Publisher(client, config), on_visit=on_visit)
-    bar.close()
+    report = run_night(args.night, fs.active, config, Publisher(client, config), progress=not args.no_progress)
     print(f"{report.alerts} alerts, {len(report.visits)} visits, {len(fs.active)} filters: "
           f"{report.published} entries published")
     return 0

@@ -14,9 +14,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from engine.config import Config
-from engine.evaluate import Evaluator
-from engine.night import night_info, read_night
-from engine.pipeline import run_visits
+from engine.night import night_info
+from engine.pipeline import run_night
 from engine.progress import Progress
 from engine.publish import Publisher, stream_key
 from engine.registry import discover
@@ -96,19 +95,9 @@ def run_demo(config: Config, *, visits: int = 10, alerts_per_visit: int = 1000,
 
         thread = threading.Thread(target=subscriber, daemon=True)
         thread.start()
-        done = 0
-
-        def on_visit(vr, visit, outcomes):  # type: ignore[no-untyped-def]
-            nonlocal done
-            done += 1
-            bar.update(done, vr.summary())
-
-        with Evaluator(fs.active, config) as evaluator:
-            report = run_visits(read_night(night), schema, fs.active, evaluator,
-                                Publisher(client, config), on_visit=on_visit)
+        report = run_night(night, fs.active, config, Publisher(client, config), progress=bar)
         stop.set()
         thread.join()
-        bar.close()
         print(f"\n{report.alerts} alerts processed, {report.published} entries published to "
               f"stream {stream_key(DEMO_USER)}")
         per_filter: dict[str, int] = {}

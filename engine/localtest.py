@@ -14,10 +14,7 @@ import numpy as np
 
 from engine.config import Config
 from engine.decode import VisitBatch
-from engine.evaluate import Evaluator
-from engine.night import night_info, read_night
-from engine.pipeline import NightReport, VisitReport, run_visits
-from engine.progress import Progress
+from engine.pipeline import NightReport, VisitReport, run_night
 from engine.registry import ActiveFilter
 from sandbox import CompiledFilter, Outcome, load_filter
 
@@ -96,15 +93,9 @@ def test_filter(
     out = out or sys.stdout
     compiled = load_filter(filter_path)
     active = [ActiveFilter("you", compiled)]
-    schema, visits = night_info(night)
     result = TestResult(compiled, NightReport(), nulls=report)
-    bar = Progress(len(visits) if visits else None, enabled=progress)
-    done = 0
 
     def on_visit(vr: VisitReport, visit: VisitBatch, outcomes: list[Outcome]) -> None:
-        nonlocal done
-        done += 1
-        bar.update(done, vr.summary())
         if report is not None:  # before the fault check: a faulty visit's nulls count too
             report.observe(visit, compiled)
         mask = outcomes[0].mask
@@ -123,9 +114,7 @@ def test_filter(
             result.matches.append(entry)
             result.packets.append(visit.wire(row))
 
-    with Evaluator(active, config) as evaluator:
-        result.report = run_visits(read_night(night), schema, active, evaluator, None, on_visit=on_visit)
-    bar.close()
+    result.report = run_night(night, active, config, None, progress=progress, on_visit=on_visit)
     _print_report(compiled.name, result, out)
     return result
 

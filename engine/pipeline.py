@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from engine.config import Config
 from engine.decode import VisitBatch, decode_block
 from engine.evaluate import Evaluator, columns_needed
-from engine.night import NightBlock
+from engine.night import NightBlock, night_info, read_night
+from engine.progress import Progress
 from engine.publish import Publisher, PublishReport
 from engine.registry import ActiveFilter
 from engine.schema import AlertSchema
 from sandbox import Outcome
 
-__all__ = ["NightReport", "VisitReport", "run_visits"]
+__all__ = ["NightReport", "VisitReport", "run_night", "run_visits"]
 
 
 @dataclass(frozen=True)
@@ -92,3 +95,33 @@ def run_visits(
         if on_visit is not None:
             on_visit(vr, visit, outcomes)
     return report
+
+
+def run_night(
+    night: str | os.PathLike[str],
+    filters: list[ActiveFilter],
+    config: Config,
+    publisher: Publisher | None,
+    *,
+    progress: bool | Progress = True,
+    on_visit: Callable[[VisitReport, VisitBatch, list[Outcome]], None] | None = None,
+) -> NightReport:
+    """Run a night file through the pipeline with the runner ``config`` chooses, showing
+    progress per visit (pass a :class:`Progress` to share its line with other output);
+    ``on_visit`` sees each visit after it is published."""
+    schema, visits = night_info(night)
+    bar = progress if isinstance(progress, Progress) else Progress(len(visits) if visits else None, enabled=progress)
+    done = 0
+
+    def each(vr: VisitReport, visit: VisitBatch, outcomes: list[Outcome]) -> None:
+        nonlocal done
+        done += 1
+        bar.update(done, vr.summary())
+        if on_visit is not None:
+            on_visit(vr, visit, outcomes)
+
+    try:
+        with Evaluator(filters, config) as evaluator:
+            return run_visits(read_night(night), schema, filters, evaluator, publisher, on_visit=each)
+    finally:
+        bar.close()

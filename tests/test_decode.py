@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import io
-import math
 
 import fastavro
 import pytest
-from alertdata import packet_files
+from alertdata import assert_same, packet_files
 
 from engine.decode import decode_block, decode_messages, frame, project_schema, unframe
 from engine.errors import DecodeError
 from engine.night import read_night
 from engine.schema import load_schema
-
-
-def assert_same(a: object, b: object, path: str = "") -> None:
-    """Deep equality where NaN equals NaN and nested paths are named on failure."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list) and isinstance(b, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) and isinstance(b, float) and math.isnan(a):
-        assert math.isnan(b), path
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
-        assert type(a) is type(b) or {type(a), type(b)} <= {int, float}, f"{path}: {type(a)} vs {type(b)}"
 
 
 def _fastavro(body: bytes) -> dict:

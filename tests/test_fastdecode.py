@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import fastavro
 import pyarrow as pa
 import pytest
-from alertdata import packet_files
+from alertdata import assert_same, packet_files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,26 +38,10 @@ PROJECTED_IDS = (1101, 900, 704)
 # helpers
 
 
-def same(a: object, b: object, path: str) -> None:
-    """Deep equality where NaN equals NaN; names the path on failure."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list) and isinstance(b, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            same(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) and isinstance(b, float) and math.isnan(a):
-        assert math.isnan(b), path
-    else:
-        assert type(a) is type(b) and a == b, f"{path}: {a!r} != {b!r}"
-
-
 def same_array(x: pa.Array, y: pa.Array, path: str) -> None:
     """Arrays equal value by value, struct children included even under null parents."""
     assert x.type == y.type, path
-    same(x.to_pylist(), y.to_pylist(), path)
+    assert_same(x.to_pylist(), y.to_pylist(), path)
     if pa.types.is_struct(x.type):
         for i, f in enumerate(x.type):
             same_array(x.field(i), y.field(i), f"{path}.{f.name}")
