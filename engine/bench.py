@@ -137,10 +137,8 @@ def measure(config: Config, *, rounds: int = 5, say: Callable[[str], None] | Non
             figures[f"visit_p95_ms_{label}"] = round(1000 * _p95(totals), 1)
             figures[f"visit_median_ms_{label}"] = round(1000 * statistics.median(totals), 1)
             figures[f"visit_parts_median_ms_{label}"] = {k: round(1000 * statistics.median(v), 1) for k, v in parts.items()}
-    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    figures["peak_rss_mb"] = round(usage / 1024, 1)
-    figures["peak_rss_children_mb"] = round(children / 1024, 1)
+    # The engine process only: a forked worker's own peak would count the pages it shares.
+    figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     figures["cores"] = len(os.sched_getaffinity(0))
     return figures
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import redis
 
 from engine.config import Config
@@ -76,19 +77,25 @@ class PublishReport:
 
 
 def _headline(visit: VisitBatch, rows: np.ndarray) -> list[dict[str, object]]:
-    batch = visit.batch.take(rows) if len(rows) else visit.batch.slice(0, 0)
+    """The headline fields of the given rows; only those few values are gathered (a visit's
+    rows also hold lightcurves and cutouts, which are not copied)."""
     out: list[dict[str, object]] = [{} for _ in rows]
-    names = batch.schema.names
-    ids = batch.column("diaSourceId").to_pylist() if "diaSourceId" in names else [None] * len(rows)
-    for i, v in enumerate(ids):
-        out[i]["diaSourceId"] = v
-    if "diaSource" in names:
+    if not len(rows):
+        return out
+    batch = visit.batch
+    index = pa.array(rows)
+    columns: dict[str, pa.Array] = {}
+    if "diaSourceId" in batch.schema.names:
+        columns["diaSourceId"] = batch.column("diaSourceId").take(index)
+    if "diaSource" in batch.schema.names:
         struct = batch.column("diaSource")
         present = {f.name for f in struct.type}
         for key, _group, child in _HEADLINE:
             if child in present:
-                for i, v in enumerate(struct.field(child).to_pylist()):
-                    out[i][key] = v
+                columns[key] = struct.field(child).take(index)
+    for key, values in columns.items():
+        for i, v in enumerate(values.to_pylist()):
+            out[i][key] = v
     return out
 
 
