@@ -1,85 +1,62 @@
-"""Decode speed: fastavro reference vs the generated C decoder, on one realistic visit.
+"""Decode speed: fastavro reference vs the generated C decoder, on the benchmark visit.
 
 Workload
 --------
-One visit of 10,000 v11.1 alerts from ``engine.simulate.simulate_night(seed=2026)`` (~57 KB
-each, three FITS cutouts, a year of lightcurve for the variables), cached under
-``$MINIBROKER_CACHE/bench`` after the first run. (Without ``engine.simulate``, the 64 real
-v11.1 shared packets are cycled to 10,000.) Measured on the same bytes, in one run:
+The benchmark visit shared by every file here (``conftest.py``: :func:`engine.bench.bench_block`,
+one simulated v11.1 visit of 10,000 alerts, seed 7, ~57 KB each with three FITS cutouts and up
+to a year of lightcurve; generated once into ``~/.cache/minibroker/nights``). Measured on the
+same bytes, in one run:
 
-- ``baseline``: ``decode_reference`` (fastavro → dicts → ``from_pylist``) on 1,000 of the
-  alerts, one round (it takes ~1 s per 1,000), scaled per alert;
-- ``projected``: the fast decoder with diaSource + diaObject scalars (the typical filter
-  projection), reading the night block where it lies;
+- ``baseline``: ``decode_reference`` (fastavro → dicts → ``from_pylist``, every column) on the
+  first 1,000 alerts, one round (it takes ~1 s per 1,000), scaled per alert;
+- ``projected``: the fast decoder with the columns the 100 typical filters can read plus the
+  delivery columns (``engine.evaluate.columns_needed``: what the engine decodes in service),
+  reading the block where it lies;
 - ``full``: every column, lightcurves and cutouts included (cutouts are copied once into the
-  large_binary columns);
+  large_binary columns); ``full minus cutouts`` leaves the three cutouts out;
 - ``full, Kafka bodies``: the full schema from 10,000 separate ``bytes`` datums
   (``decode_datums``; nothing joined);
-- ``2 processes``: both cores each decoding the visit (projected and full), aggregate rate.
+- ``N processes``: 1 and then 2 forked processes each decoding the visit 6 times side by side
+  (projected and full); aggregate alerts/s from the wall time, so 2 vs 1 is the scaling with
+  cores.
 
 Run on purpose (pyproject's addopts disable benchmarks by default)::
 
     python -m pytest benchmarks/bench_decode.py --benchmark-enable -s
 
-The summary (alerts/s, ms per visit, ratio to the baseline) is printed at the end.
+The summary (alerts/s, ms per visit, ratio to the baseline, scaling, peak memory) is printed
+at the end, and again in the run's terminal summary.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import time
-from pathlib import Path
 
 import pytest
 
 from engine import _fastdecode as fd
-from engine.decode import decode_reference, unframe
+from engine.decode import decode_reference
 from engine.schema import load_schema
 
-ALERTS = 10_000
 BASELINE_ALERTS = 1_000
+PROCESS_ROUNDS = 6
 SCHEMA = load_schema("11.1")
-PROJECTED = [f"diaSource.{f.name}" for f in SCHEMA.arrow.field("diaSource").type] + [
-    f"diaObject.{f.name}" for f in SCHEMA.arrow.field("diaObject").type
-]
 RESULTS: dict[str, float] = {}  # name -> seconds per alert
 
 pytestmark = pytest.mark.skipif(not fd.available(), reason=f"fast decoder: {fd.unavailable_reason()}")
 
 
-def _visit() -> tuple[memoryview, int, str]:
-    """The benchmark visit's block bytes, its alert count, and where it came from."""
-    try:
-        from engine.night import read_night
-        from engine.simulate import simulate_night
-    except ImportError:
-        return _shared_visit()
-    root = Path(os.environ.get("MINIBROKER_CACHE") or Path.home() / ".cache" / "minibroker")
-    path = root / "bench" / f"night-11.1-{ALERTS}-seed2026.avro"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        simulate_night(path, visits=1, alerts_per_visit=ALERTS, seed=2026, schema_version="11.1",
-                       progress=False)
-    block = next(iter(read_night(path)))
-    return block.data, block.count, f"simulated night {path.name}"
-
-
-def _shared_visit() -> tuple[memoryview, int, str]:
-    folder = Path(os.environ.get("MINIBROKER_SHARED_ALERTS", "/work/shared/data/alerts"))
-    datums = [bytes(unframe(p.read_bytes())[1]) for p in sorted((folder / "lsstcam/v11_1").glob("*.avro"))]
-    return memoryview(b"".join(datums[i % len(datums)] for i in range(ALERTS))), ALERTS, "shared v11.1 x cycle"
-
-
 @pytest.fixture(scope="module")
-def visit() -> dict[str, object]:
+def visit(bench_visit, projected_columns) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """The visit as one block and as separate datums (Kafka bodies), decoders built."""
-    data, count, origin = _visit()
+    data, count = bench_visit.data, bench_visit.count
+    projected = sorted(projected_columns) if projected_columns is not None else None
     batch, raw = fd.decode_block(data, count, SCHEMA, None, "bench")  # builds + warms buffers
-    fd.decode_block(data, count, SCHEMA, PROJECTED, "bench")
+    fd.decode_block(data, count, SCHEMA, projected, "bench")
     del batch
     datums = [bytes(r) for r in raw]  # separate objects, as a Kafka consumer hands them out
-    return {"data": data, "count": count, "datums": datums, "origin": origin,
+    return {"data": data, "count": count, "datums": datums, "projected": projected,
             "mb": data.nbytes / 1e6}
 
 
@@ -95,14 +72,14 @@ def test_baseline_reference(benchmark, visit) -> None:  # type: ignore[no-untype
 
 
 def test_fast_projected(benchmark, visit) -> None:  # type: ignore[no-untyped-def]
-    """Generated C, diaSource + diaObject scalars, from the night block."""
-    benchmark.pedantic(fd.decode_block, args=(visit["data"], visit["count"], SCHEMA, PROJECTED, "b"),
+    """Generated C, the typical filters' columns, from the visit's block."""
+    benchmark.pedantic(fd.decode_block, args=(visit["data"], visit["count"], SCHEMA, visit["projected"], "b"),
                        rounds=7, iterations=1, warmup_rounds=1)
     _record("fast projected", benchmark, visit["count"])
 
 
 def test_fast_full(benchmark, visit) -> None:  # type: ignore[no-untyped-def]
-    """Generated C, every column (lightcurves and cutouts), from the night block."""
+    """Generated C, every column (lightcurves and cutouts), from the visit's block."""
     benchmark.pedantic(fd.decode_block, args=(visit["data"], visit["count"], SCHEMA, None, "b"),
                        rounds=5, iterations=1, warmup_rounds=1)
     _record("fast full", benchmark, visit["count"])
@@ -133,14 +110,15 @@ def _worker(args: tuple[memoryview, int, list[str] | None, int, object, object])
     done.put(time.perf_counter())  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("name,cols", [("projected", PROJECTED), ("full", None)])
-def test_two_processes(visit, name: str, cols: list[str] | None) -> None:  # type: ignore[no-untyped-def]
-    """Two forked processes decode the visit side by side: aggregate alerts/s."""
+@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("name", ["projected", "full"])
+def test_processes(visit, name: str, processes: int) -> None:  # type: ignore[no-untyped-def]
+    """1 or 2 forked processes decode the visit side by side: aggregate alerts/s."""
+    cols = visit["projected"] if name == "projected" else None
     ctx = mp.get_context("fork")
-    rounds = 6
-    start, done = ctx.Barrier(3), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=((visit["data"], visit["count"], cols, rounds, start, done),))
-             for _ in range(2)]
+    start, done = ctx.Barrier(processes + 1), ctx.Queue()
+    job = (visit["data"], visit["count"], cols, PROCESS_ROUNDS, start, done)
+    procs = [ctx.Process(target=_worker, args=(job,)) for _ in range(processes)]
     for p in procs:
         p.start()
     start.wait()
@@ -148,15 +126,23 @@ def test_two_processes(visit, name: str, cols: list[str] | None) -> None:  # typ
     ends = [done.get(timeout=600) for _ in procs]
     for p in procs:
         p.join()
-    RESULTS[f"2 processes, {name}"] = (max(ends) - t0) / (2 * rounds * visit["count"])
+    RESULTS[f"{processes} process{'es' if processes > 1 else ''}, {name}"] = (
+        (max(ends) - t0) / (processes * PROCESS_ROUNDS * visit["count"]))
 
 
-def test_summary(visit) -> None:  # type: ignore[no-untyped-def]
-    """Print alerts/s, ms per 10,000-alert visit and the ratio to the baseline."""
+def test_summary(visit, peak_memory, summaries) -> None:  # type: ignore[no-untyped-def]
+    """Print alerts/s, ms per 10,000-alert visit, the ratio to the baseline and peak memory."""
     base = RESULTS.get("baseline (fastavro)")
-    lines = [f"\nworkload: {visit['count']} v11.1 alerts, {visit['mb']:.0f} MB ({visit['origin']})",
+    lines = [f"{visit['count']} v11.1 alerts, {visit['mb']:.0f} MB (the benchmark visit); "
+             "best round; N processes: aggregate",
              f"{'':28s} {'alerts/s':>10s} {'ms/visit':>9s} {'x baseline':>10s}"]
     for name, per_alert in RESULTS.items():
         ratio = f"{base / per_alert:10.0f}" if base else ""
-        lines.append(f"{name:28s} {1 / per_alert:10.0f} {per_alert * 1e7:9.1f} {ratio}")
-    print("\n".join(lines))
+        lines.append(f"{name:28s} {1 / per_alert:10.0f} {per_alert * visit['count'] * 1e3:9.1f} {ratio}")
+    for name in ("projected", "full"):
+        one, two = RESULTS.get(f"1 process, {name}"), RESULTS.get(f"2 processes, {name}")
+        if one and two:
+            lines.append(f"scaling, {name}: 2 processes give {one / two:.2f}x the alerts/s of 1")
+    lines.append(peak_memory())
+    print("\ndecode\n" + "\n".join(lines))
+    summaries.append(("decode (bench_decode.py)", lines))
