@@ -14,7 +14,7 @@ from pathlib import Path
 
 from engine import __version__
 from engine.config import Config, load_config
-from engine.errors import ConfigError, MinibrokerError
+from engine.errors import ConfigError, MinibrokerError, SourceError
 
 __all__ = ["main"]
 
@@ -131,8 +131,14 @@ def _cmd_run(args: argparse.Namespace, config: Config) -> int:
         raise ConfigError(f"no usable filter under {args.filters}")
     client = _redis(config.redis_url)
     report = run_night(args.night, fs.active, config, Publisher(client, config), progress=not args.no_progress)
+    for visit, why in report.skipped.items():
+        print(f"minibroker: visit {visit} skipped: {why}", file=sys.stderr)
     print(f"{report.alerts} alerts, {len(report.visits)} visits, {len(fs.active)} filters: "
           f"{report.published} entries published")
+    if report.skipped:
+        raise SourceError(f"{len(report.skipped)} visit(s) of {args.night} could not be decoded (listed above); "
+                          "the others were published. Regenerate or re-fetch the night and run it again: "
+                          "entries already published are not duplicated")
     return 0
 
 

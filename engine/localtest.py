@@ -127,6 +127,8 @@ def _print_report(name: str, result: TestResult, out: TextIO) -> None:
         passed = sum(v.passed.values())
         fault = "  FAULT: " + next(iter(v.faults.values())) if v.faults else ""
         print(f"{v.visit:>15} {v.alerts:>7} {passed:>7} {v.evaluate_s * 1000:>8.1f}{fault}", file=out)
+    for visit, why in rep.skipped.items():
+        print(f"{visit:>15}  SKIPPED: {why}", file=out)
     total = sum(sum(v.passed.values()) for v in rep.visits)
     eval_ms = sum(v.evaluate_s for v in rep.visits) * 1000
     frac = f" ({100 * total / rep.alerts:.2f}%)" if rep.alerts else ""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from engine.config import Config
 from engine.decode import VisitBatch, decode_block
+from engine.errors import DecodeError
 from engine.evaluate import Evaluator, columns_needed
 from engine.night import NightBlock, night_info, read_night
 from engine.progress import Progress
@@ -46,9 +47,10 @@ class VisitReport:
 
 @dataclass
 class NightReport:
-    """Every visit's report, in order."""
+    """Every visit's report, in order, and the visits that could not be decoded."""
 
     visits: list[VisitReport] = field(default_factory=list)
+    skipped: dict[int, str] = field(default_factory=dict)
 
     @property
     def alerts(self) -> int:
@@ -70,12 +72,20 @@ def run_visits(
     *,
     on_visit: Callable[[VisitReport, VisitBatch, list[Outcome]], None] | None = None,
 ) -> NightReport:
-    """Run every visit through the pipeline; ``publisher=None`` evaluates without publishing."""
+    """Run every visit through the pipeline; ``publisher=None`` evaluates without publishing.
+
+    A visit whose data is corrupt is skipped and named in ``report.skipped`` (the datums of a
+    block lie back to back, so nothing after a corrupt one can be trusted); the night goes on.
+    """
     columns = columns_needed(filters, schema)
     report = NightReport()
     for block in blocks:
         t0 = time.perf_counter()
-        visit = decode_block(block, schema, columns)
+        try:
+            visit = decode_block(block, schema, columns)
+        except DecodeError as exc:
+            report.skipped[block.visit] = str(exc)
+            continue
         t1 = time.perf_counter()
         outcomes = evaluator.evaluate(visit.batch)
         t2 = time.perf_counter()

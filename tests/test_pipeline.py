@@ -141,3 +141,36 @@ def test_worker_pool_delivers_what_in_process_does(small_night, filter_dir, redi
     assert [v.passed for v in report.visits] == [v.passed for v in reference.visits]
     assert reference.published == 0
     assert all(f"{unique_user}/broken" in v.faults for v in report.visits)
+
+
+def test_a_corrupt_visit_is_skipped_and_named_the_rest_is_published(
+    small_night, tmp_path, filter_dir, redis_url, redis_client, unique_user, capsys
+) -> None:
+    """Corrupt bytes in one visit's block cost that visit only: the CLI names it, publishes the
+    others and exits 1; a rerun on the repaired night adds the missing visit, duplicating nothing."""
+    from engine.cli import main
+
+    data = bytearray(small_night.read_bytes())
+    _, visits = night_info(small_night)
+    sync = bytes(data[-16:])  # every OCF block ends with the file's sync marker
+    second = data.index(sync, data.index(sync) + 16) + 16  # start of the second visit's block
+    data[second + 12 : second + 40] = b"\xff" * 28  # inside its first datum
+    broken = tmp_path / "broken.avro"
+    broken.write_bytes(bytes(data))
+
+    def matches() -> list[dict]:
+        return [f for _, f in redis_client.xrange(stream_key(unique_user)) if f[b"kind"] == b"match"]
+
+    args = ["run", "--night", str(broken), "--filters", str(filter_dir), "--redis-url", redis_url,
+            "--isolation", "inprocess", "--no-progress"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"visit {visits[1]} skipped" in err and "could not be decoded" in err
+    first = {int(f[b"visit"]) for f in matches()}
+    assert first and visits[1] not in first
+
+    args[2] = str(small_night)
+    assert main(args) == 0
+    after = matches()
+    assert visits[1] in {int(f[b"visit"]) for f in after}
+    assert len({f[b"diaSourceId"] for f in after}) == len(after)
