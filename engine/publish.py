@@ -113,19 +113,23 @@ class Publisher:
         """Write every match (capped per filter) and every fault of one visit."""
         report = PublishReport()
         by_key = {f.key: f for f in filters}
+        # Script objects in a pipeline make sure the server has the script before it runs.
         pipe = self.client.pipeline(transaction=False)
         pending: list[tuple[str, str]] = []
-        maxlen = str(self.config.stream_maxlen)
-        ttl = str(SEEN_TTL_S)
+        maxlen = str(self.config.stream_maxlen).encode()
+        ttl = str(SEEN_TTL_S).encode()
+        visit_b = str(visit.visit).encode()
+        schema_b = str(visit.schema.schema_id).encode()
         for outcome in outcomes:
             f = by_key[outcome.key]
-            stream = stream_key(f.user)
-            seen = _seen_key(f.user, f.compiled.name)
+            keys = [stream_key(f.user), _seen_key(f.user, f.compiled.name)]
+            common = [b"filter", f.compiled.name.encode(), b"filter_version", f.compiled.version.encode(),
+                      b"visit", visit_b]
             if outcome.fault is not None:
                 report.faults[f.key] = str(outcome.fault)
-                fields = ["kind", "fault", "filter", f.compiled.name, "filter_version", f.compiled.version,
-                          "visit", str(visit.visit), "reason", outcome.fault.reason, "message", str(outcome.fault)]
-                self._add_once(keys=[stream, seen], args=[f"fault:{visit.visit}", maxlen, ttl, *fields], client=pipe)
+                fields = [b"kind", b"fault", *common, b"reason", outcome.fault.reason.encode(),
+                          b"message", str(outcome.fault).encode()]
+                self._add_once(keys=keys, args=[b"fault:" + visit_b, maxlen, ttl, *fields], client=pipe)
                 pending.append((f.key, "fault"))
                 continue
             assert outcome.mask is not None
@@ -135,20 +139,21 @@ class Publisher:
                 report.capped[f.key] = len(rows) - cap
                 rows = rows[:cap]
             report.published.setdefault(f.key, 0)
-            for row, head in zip(rows, _headline(visit, rows), strict=True):
-                fields = ["kind", "match", "filter", f.compiled.name, "filter_version", f.compiled.version,
-                          "visit", str(visit.visit), "schema_id", str(visit.schema.schema_id)]
+            prefix = [b"kind", b"match", *common, b"schema_id", schema_b]
+            for row, head in zip(rows.tolist(), _headline(visit, rows), strict=True):
+                fields = list(prefix)
                 for k, v in head.items():
-                    fields += [k, "" if v is None else str(v)]
-                fields += ["alert", visit.wire(int(row))]
-                self._add_once(keys=[stream, seen], args=[f"alert:{head['diaSourceId']}", maxlen, ttl, *fields], client=pipe)
+                    fields += [k.encode(), b"" if v is None else str(v).encode()]
+                fields += [b"alert", visit.wire(row)]
+                member = b"alert:" + str(head["diaSourceId"]).encode()
+                self._add_once(keys=keys, args=[member, maxlen, ttl, *fields], client=pipe)
                 pending.append((f.key, "match"))
         try:
             results = pipe.execute()
         except redis.RedisError as exc:
             raise PublishError(
                 f"visit {visit.visit}: writing {len(pending)} entries to Redis failed ({exc}); "
-                "nothing is lost: the visit is retried and already-written entries are skipped"
+                "check the server and run the night again: entries already written are skipped"
             ) from exc
         for (key, kind), result in zip(pending, results, strict=True):
             if kind != "match":
