@@ -79,3 +79,19 @@ def test_missing_files_are_reported(args, tmp_path, capsys) -> None:
     args = [str(f) if a == "x.py" else a for a in args]
     assert main(args) == 1
     assert "minibroker simulate" in capsys.readouterr().err
+
+
+def test_subscribe_exits_cleanly_on_ctrl_c(redis_url, unique_user) -> None:
+    """Ctrl-C (SIGINT) ends `subscribe` with exit 0 and no traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "subscribe", "--user", unique_user,
+                             "--redis-url", redis_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(1.5)  # connected and blocked in XREAD
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err
