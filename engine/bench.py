@@ -132,7 +132,7 @@ def measure(config: Config, *, rounds: int = 5, say: Callable[[str], None] | Non
         for label, size, visits in (("10k", n, rounds + 3), ("40k", 4 * n, max(3, rounds // 2 + 1))):
             say(f"whole visits of {size} alerts: decode + 100 filters in the worker pool + publish")
             big = bench_block(config, size)
-            first, totals, parts = _visits(big, schema, active, columns, config, client, visits)
+            first, totals, parts = _visits(big, schema, active, config, client, visits)
             figures[f"visit_first_ms_{label}"] = round(1000 * first, 1)
             figures[f"visit_p95_ms_{label}"] = round(1000 * _p95(totals), 1)
             figures[f"visit_median_ms_{label}"] = round(1000 * statistics.median(totals), 1)
@@ -143,35 +143,23 @@ def measure(config: Config, *, rounds: int = 5, say: Callable[[str], None] | Non
     return figures
 
 
-def _visits(block, schema, active, columns, config, client, visits):  # type: ignore[no-untyped-def]
-    from engine.decode import decode_block
+def _visits(block, schema, active, config, client, visits):  # type: ignore[no-untyped-def]
+    """Run ``visits`` visits end to end through the service's own pipeline; return the first
+    visit's time (workers starting), the later visits' times and their parts."""
     from engine.evaluate import Evaluator
+    from engine.pipeline import run_visits
     from engine.publish import Publisher
 
-    """Run ``visits`` visits end to end; return the first visit's time (workers starting),
-    the later visits' times and their parts."""
-    first = 0.0
-    totals: list[float] = []
-    parts: dict[str, list[float]] = {"decode": [], "evaluate": [], "publish": []}
-    publisher = Publisher(client, config)
+    def flush(*_: object) -> None:
+        client.flushdb()  # after each visit's timing: the next one publishes afresh, not duplicates
+
+    flush()
     with Evaluator(active, config) as evaluator:
-        for i in range(visits):
-            client.flushdb()  # each round publishes afresh instead of finding duplicates
-            t0 = time.perf_counter()
-            visit = decode_block(block, schema, columns)
-            t1 = time.perf_counter()
-            outcomes = evaluator.evaluate(visit.batch)
-            t2 = time.perf_counter()
-            publisher.publish(visit, active, outcomes)
-            t3 = time.perf_counter()
-            faults = [o.fault for o in outcomes if o.fault is not None]
-            if faults:
-                raise MinibrokerError(f"a benchmark filter failed, so the figures would be wrong: {faults[0]}")
-            if i == 0:
-                first = t3 - t0  # includes starting the workers: reported on its own
-                continue
-            totals.append(t3 - t0)
-            parts["decode"].append(t1 - t0)
-            parts["evaluate"].append(t2 - t1)
-            parts["publish"].append(t3 - t2)
-    return first, totals, parts
+        report = run_visits([block] * visits, schema, active, evaluator, Publisher(client, config), on_visit=flush)
+    for vr in report.visits:
+        if vr.faults:
+            raise MinibrokerError(f"a benchmark filter failed, so the figures would be wrong: {next(iter(vr.faults.values()))}")
+    first, *rest = report.visits  # the first visit includes starting the workers: reported alone
+    parts = {"decode": [v.decode_s for v in rest], "evaluate": [v.evaluate_s for v in rest],
+             "publish": [v.publish_s for v in rest]}
+    return first.total_s, [v.total_s for v in rest], parts

@@ -93,20 +93,20 @@ def project_schema(schema: pa.Schema, columns: Iterable[str] | None) -> pa.Schem
     top-level columns such as ``cutoutScience``) of a visit schema; ``None`` keeps everything."""
     if columns is None:
         return schema
-    wanted: dict[str, set[str] | None] = {}
-    for path in columns:
-        top, _, rest = path.partition(".")
-        if top not in schema.names:
-            continue
+    wanted = _by_head(columns)
+    return pa.schema([_prune(f, wanted[f.name]) for f in schema if f.name in wanted])
+
+
+def _by_head(paths: Iterable[str]) -> dict[str, set[str] | None]:
+    """Group dotted paths by their first part; None means the whole of that part is wanted."""
+    out: dict[str, set[str] | None] = {}
+    for path in paths:
+        head, _, rest = path.partition(".")
         if not rest:
-            wanted[top] = None
-        elif wanted.get(top, set()) is not None:
-            wanted.setdefault(top, set()).add(rest)  # type: ignore[union-attr]
-    fields = []
-    for f in schema:
-        if f.name in wanted:
-            fields.append(_prune(f, wanted[f.name]))
-    return pa.schema(fields)
+            out[head] = None
+        elif out.get(head, set()) is not None:
+            out.setdefault(head, set()).add(rest)  # type: ignore[union-attr]
+    return out
 
 
 def _prune(f: pa.Field, keep: set[str] | None) -> pa.Field:
@@ -117,13 +117,7 @@ def _prune(f: pa.Field, keep: set[str] | None) -> pa.Field:
         return f.with_type(pa.list_(_prune(typ.value_field, keep)))
     if not pa.types.is_struct(typ):
         return f
-    children: dict[str, set[str] | None] = {}
-    for path in keep:
-        head, _, rest = path.partition(".")
-        if not rest:
-            children[head] = None
-        elif children.get(head, set()) is not None:
-            children.setdefault(head, set()).add(rest)  # type: ignore[union-attr]
+    children = _by_head(keep)
     return f.with_type(pa.struct([_prune(c, children[c.name]) for c in typ if c.name in children]))
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from engine.config import Config
+from engine.publish import HEADLINE_FIELDS
 from engine.registry import ActiveFilter
 from engine.schema import AlertSchema
 from sandbox import InProcessRunner, Outcome
@@ -19,21 +20,9 @@ from sandbox.pool import WorkerPool
 
 __all__ = ["DELIVERY_COLUMNS", "Evaluator", "columns_needed"]
 
-# What publishing needs whatever the filters read: the headline fields of every stream entry.
+# Decoded whatever the filters read: the visit id and what every stream entry carries.
 DELIVERY_COLUMNS = frozenset(
-    {
-        "diaSourceId",
-        "diaSource.diaSourceId",
-        "diaSource.visit",
-        "diaSource.diaObjectId",
-        "diaSource.ssObjectId",
-        "diaSource.ra",
-        "diaSource.dec",
-        "diaSource.band",
-        "diaSource.midpointMjdTai",
-        "diaSource.snr",
-        "diaSource.reliability",
-    }
+    {"diaSourceId", "diaSource.visit", *(f"diaSource.{name}" for name in HEADLINE_FIELDS)}
 )
 
 

@@ -28,7 +28,7 @@ from engine.errors import PublishError
 from engine.registry import ActiveFilter
 from sandbox import Outcome
 
-__all__ = ["PublishReport", "Publisher", "stream_key"]
+__all__ = ["HEADLINE_FIELDS", "PublishReport", "Publisher", "stream_key"]
 
 SEEN_TTL_S = 14 * 24 * 3600  # as long as a user may want to replay
 
@@ -40,16 +40,8 @@ for i = 4, #ARGV do args[#args + 1] = ARGV[i] end
 return redis.call(unpack(args))
 """
 
-_HEADLINE = (
-    ("diaObjectId", "diaSource", "diaObjectId"),
-    ("ssObjectId", "diaSource", "ssObjectId"),
-    ("ra", "diaSource", "ra"),
-    ("dec", "diaSource", "dec"),
-    ("band", "diaSource", "band"),
-    ("midpointMjdTai", "diaSource", "midpointMjdTai"),
-    ("snr", "diaSource", "snr"),
-    ("reliability", "diaSource", "reliability"),
-)
+# The diaSource fields every match entry carries besides its ids (decoded whatever filters read).
+HEADLINE_FIELDS = ("diaObjectId", "ssObjectId", "ra", "dec", "band", "midpointMjdTai", "snr", "reliability")
 
 
 def stream_key(user: str) -> str:
@@ -90,9 +82,9 @@ def _headline(visit: VisitBatch, rows: np.ndarray) -> list[dict[str, object]]:
     if "diaSource" in batch.schema.names:
         struct = batch.column("diaSource")
         present = {f.name for f in struct.type}
-        for key, _group, child in _HEADLINE:
-            if child in present:
-                columns[key] = struct.field(child).take(index)
+        for name in HEADLINE_FIELDS:
+            if name in present:
+                columns[name] = struct.field(name).take(index)
     for key, values in columns.items():
         for i, v in enumerate(values.to_pylist()):
             out[i][key] = v

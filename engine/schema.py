@@ -184,23 +184,19 @@ def _type(avro_type: Any, named: dict[str, pa.DataType]) -> pa.DataType:
     raise SchemaError(f"Avro type {kind!r} is not supported by the Arrow mapping")
 
 
-def leaf_paths(schema: pa.Schema, *, lists: bool = True) -> list[str]:
-    """Dotted paths of every scalar leaf: ``diaSource.snr``, ``prvDiaSources.psfFlux``, ...
-
-    With ``lists=False`` only paths that do not pass through a list are returned.
-    """
+def leaf_paths(schema: pa.Schema) -> list[str]:
+    """Dotted paths of every scalar leaf: ``diaSource.snr``, ``prvDiaSources.psfFlux``, ..."""
     out: list[str] = []
 
-    def walk(prefix: str, typ: pa.DataType, in_list: bool) -> None:
+    def walk(prefix: str, typ: pa.DataType) -> None:
         if pa.types.is_struct(typ):
             for child in typ:
-                walk(f"{prefix}.{child.name}", child.type, in_list)
+                walk(f"{prefix}.{child.name}", child.type)
         elif pa.types.is_list(typ):
-            if lists:
-                walk(prefix, typ.value_type, True)
+            walk(prefix, typ.value_type)
         else:
             out.append(prefix)
 
     for f in schema:
-        walk(f.name, f.type, False)
+        walk(f.name, f.type)
     return out

@@ -19,7 +19,8 @@ them) and are flagged read-only; every operation returns a new column.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -821,17 +822,18 @@ def _strings(arr: pa.Array) -> np.ndarray:
     return np.take(words, enc.indices.to_numpy()) if len(words) else np.zeros(n, dtype="<U1")
 
 
-_SCHEMAS: list[tuple[pa.Schema, frozenset[str], frozenset[str], dict[str, str]]] = []
+_SCHEMAS: list[tuple[pa.Schema, frozenset[str], frozenset[str], Mapping[str, str]]] = []
 
 
-def _schema_info(schema: pa.Schema) -> tuple[frozenset[str], frozenset[str], dict[str, str]]:
-    """Paths, groups and kinds of a schema; the last few schemas' are kept (visits share one)."""
+def _schema_info(schema: pa.Schema) -> tuple[frozenset[str], frozenset[str], Mapping[str, str]]:
+    """Leaf paths, groups and kinds of a schema; the last few schemas' are kept (visits share
+    one). The kinds come read-only, so every store can share them."""
     for known, paths, groups, kinds in _SCHEMAS:
         if known is schema or known.equals(schema):
             return paths, groups, kinds
-    paths = frozenset(_paths(schema))
+    kinds = MappingProxyType(_kinds(schema))
+    paths = frozenset(p for p, kind in kinds.items() if kind == "leaf")
     groups = frozenset(p.rsplit(".", 1)[0] for p in paths if "." in p)
-    kinds = _kinds(schema)
     _SCHEMAS.insert(0, (schema, paths, groups, kinds))
     del _SCHEMAS[4:]
     return paths, groups, kinds
@@ -847,8 +849,7 @@ class ColumnStore:
         self._sorted: dict[str, bool] = {}
         self._aux: dict[str, Any] = {}  # null masks and offsets for the per-alert view
         self._shapes: dict[str, tuple[_Segments, np.ndarray | None]] = {}  # per list column
-        self.paths, self.groups, kinds = _schema_info(batch.schema)
-        self.kinds = dict(kinds)  # a copy: callers may treat it as theirs
+        self.paths, self.groups, self.kinds = _schema_info(batch.schema)
 
     def __len__(self) -> int:
         return self.batch.num_rows
@@ -1069,23 +1070,6 @@ def _kinds(schema: pa.Schema) -> dict[str, str]:
             out[prefix] = "binary"
         else:
             out[prefix] = "leaf"
-
-    for f in schema:
-        walk(f.name, f.type)
-    return out
-
-
-def _paths(schema: pa.Schema) -> list[str]:
-    out = []
-
-    def walk(prefix: str, typ: pa.DataType) -> None:
-        if pa.types.is_struct(typ):
-            for f in typ:
-                walk(f"{prefix}.{f.name}", f.type)
-        elif pa.types.is_list(typ):
-            walk(prefix, typ.value_type)
-        elif not (pa.types.is_binary(typ) or pa.types.is_large_binary(typ)):
-            out.append(prefix)
 
     for f in schema:
         walk(f.name, f.type)
