@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from engine import __version__
 from engine.config import Config, load_config
@@ -95,6 +97,11 @@ def _redis(url: str | None):  # type: ignore[no-untyped-def]
 def _cmd_simulate(args: argparse.Namespace, config: Config) -> int:
     from engine.simulate import simulate_night
 
+    if args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a directory; give the night file to write, e.g. {args.out / 'night.avro'}")
+    if not args.out.parent.is_dir():
+        raise ConfigError(f"--out {args.out}: directory {args.out.parent} does not exist; create it first")
+
     s = simulate_night(args.out, visits=args.visits, alerts_per_visit=args.alerts_per_visit,
                        seed=args.seed, schema_version=args.schema_version, progress=not args.no_progress)
     print(f"wrote {s.alerts} alerts in {len(s.visits)} visits to {s.path} "
@@ -107,15 +114,17 @@ def _cmd_test(args: argparse.Namespace, config: Config) -> int:
 
     night = args.night or default_night(config, progress=not args.no_progress)
     config = dataclasses.replace(config, isolation=args.isolation)
-    if args.report is None:
-        test_filter(args.filter, night, config, progress=not args.no_progress, show=args.show)
-        return 0
-    from engine.report import NullCounts, write_report
+    result = test_filter(args.filter, night, config, progress=not args.no_progress, show=args.show)
+    if args.report is not None:
+        from engine.report import write_report
 
-    result = test_filter(args.filter, night, config, progress=not args.no_progress, show=args.show,
-                         report=NullCounts())
-    path = write_report(args.report, result, night=night, config=config)
-    print(f"report written to {path}")
+        path = write_report(args.report, result, night=night, config=config)
+        print(f"report written to {path}")
+    faulty = sum(1 for v in result.report.visits if v.faults)
+    if faulty:
+        print(f"minibroker: the filter faulted on {faulty} of {len(result.report.visits)} visits "
+              "(each fault listed above once); fix it and test again", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -125,8 +134,8 @@ def _cmd_run(args: argparse.Namespace, config: Config) -> int:
     from engine.registry import discover
 
     fs = discover(args.filters, owner=args.owner)
-    for key, rejection in fs.rejected.items():
-        print(f"minibroker: {key} left out: {rejection}", file=sys.stderr)
+    for problem in fs.problems():
+        print(f"minibroker: {problem}", file=sys.stderr)
     if not fs.active:
         raise ConfigError(f"no usable filter under {args.filters}")
     client = _redis(config.redis_url)
@@ -135,6 +144,8 @@ def _cmd_run(args: argparse.Namespace, config: Config) -> int:
         print(f"minibroker: visit {visit} skipped: {why}", file=sys.stderr)
     print(f"{report.alerts} alerts, {len(report.visits)} visits, {len(fs.active)} filters: "
           f"{report.published} entries published")
+    for key, n in sorted(report.capped().items()):
+        print(f"  {key}: {n} matches withheld by the cap of {config.max_matches_per_visit} per visit")
     if report.skipped:
         raise SourceError(f"{len(report.skipped)} visit(s) of {args.night} could not be decoded (listed above); "
                           "the others were published. Regenerate or re-fetch the night and run it again: "
@@ -195,6 +206,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("minibroker: error: a command is required (try --help)", file=sys.stderr)
         return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line  # restored on leaving: main() also runs inside tests
+        warnings.simplefilter("default")
+        return _run(args)
+
+
+def _one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+              file: TextIO | None = None, line: str | None = None) -> None:
+    """Print a warning as ``minibroker: warning: <message>``: no source line, no location."""
+    print(f"minibroker: warning: {message}", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         config = load_config(
             file=args.config,
@@ -207,6 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"minibroker: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file we were pointed at cannot be read or written
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"minibroker: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("minibroker: interrupted", file=sys.stderr)

@@ -61,8 +61,8 @@ def run_demo(config: Config, *, visits: int = 10, alerts_per_visit: int = 1000,
         print(f"generating a sample night: {visits} visits x {alerts_per_visit} alerts")
         simulate_night(night, visits=visits, alerts_per_visit=alerts_per_visit, seed=0, progress=True)
         fs = discover(filters or bundled_filters(), owner=DEMO_USER)
-        for key, rejection in fs.rejected.items():
-            print(f"left out {key}: {rejection}")
+        for problem in fs.problems():
+            print(problem)
         print(f"loaded {len(fs.active)} filters: {', '.join(f.compiled.name for f in fs.active)}")
 
         schema, visit_ids = night_info(night)
@@ -98,14 +98,18 @@ def run_demo(config: Config, *, visits: int = 10, alerts_per_visit: int = 1000,
         report = run_night(night, fs.active, config, Publisher(client, config), progress=bar)
         stop.set()
         thread.join()
-        print(f"\n{report.alerts} alerts processed, {report.published} entries published to "
-              f"stream {stream_key(DEMO_USER)}")
         per_filter: dict[str, int] = {}
         for v in report.visits:
             for key, n in v.passed.items():
                 per_filter[key] = per_filter.get(key, 0) + n
+        capped = report.capped()
+        cap = config.max_matches_per_visit
+        print(f"\n{report.alerts} alerts processed: {sum(per_filter.values())} matches, "
+              f"{sum(capped.values())} withheld by the cap of {cap} per filter per visit, "
+              f"{report.published} published to stream {stream_key(DEMO_USER)}")
         for key, n in sorted(per_filter.items()):
-            print(f"  {key:<40} {n:>6} matches")
+            withheld = f"  ({capped[key]} withheld by the cap)" if capped.get(key) else ""
+            print(f"  {key:<40} {n:>6} matches{withheld}")
         print(f"the subscriber received all {received} entries")
         mean_ms = 1000 * sum(v.total_s for v in report.visits) / max(1, len(report.visits))
         print(f"\nmean time per visit (decode + evaluate + publish): {mean_ms:.0f} ms")

@@ -21,7 +21,7 @@ from sandbox import CompiledFilter, Outcome, load_filter
 if TYPE_CHECKING:
     from engine.report import NullCounts
 
-__all__ = ["TestResult", "default_night", "test_filter"]
+__all__ = ["TestResult", "default_night", "distinct_faults", "test_filter"]
 
 DEFAULT_NIGHT = {"visits": 10, "alerts_per_visit": 1000, "seed": 0}
 
@@ -32,6 +32,7 @@ def default_night(config: Config, *, progress: bool = True) -> Path:
 
     path = config.cache_dir / "nights" / "default-v11.1-10x1000-seed0.avro"
     if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
         if progress:
             print(f"generating the default sample night into {path} (once)", file=sys.stderr)
         simulate_night(path, progress=progress, **DEFAULT_NIGHT)
@@ -90,9 +91,12 @@ def test_filter(
 
     Raises :class:`sandbox.FilterRejected` (with every problem) if the file breaks the policy.
     """
+    from engine.report import NullCounts
+
     out = out or sys.stdout
     compiled = load_filter(filter_path)
     active = [ActiveFilter("you", compiled)]
+    report = report if report is not None else NullCounts()  # cheap; explains a zero pass count
     result = TestResult(compiled, NightReport(), nulls=report)
 
     def on_visit(vr: VisitReport, visit: VisitBatch, outcomes: list[Outcome]) -> None:
@@ -115,17 +119,35 @@ def test_filter(
             result.packets.append(visit.wire(row))
 
     result.report = run_night(night, active, config, None, progress=progress, on_visit=on_visit)
-    _print_report(compiled.name, result, out)
+    _print_report(compiled.name, result, out, config.max_matches_per_visit)
     return result
 
 
-def _print_report(name: str, result: TestResult, out: TextIO) -> None:
+def distinct_faults(report: NightReport) -> dict[str, list[int]]:
+    """Each distinct fault message of a night, with the visits it hit, in order of first hit."""
+    faults: dict[str, list[int]] = {}
+    for v in report.visits:
+        for message in v.faults.values():
+            faults.setdefault(message, []).append(v.visit)
+    return faults
+
+
+def _visits(ids: list[int], limit: int = 5) -> str:
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def _print_report(name: str, result: TestResult, out: TextIO, cap: int) -> None:
+    from engine.report import nothing_passed
+
     rep = result.report
+    faults = distinct_faults(rep)
+    number = {message: i for i, message in enumerate(faults, 1)}
     print(f"filter {name}: {rep.alerts} alerts in {len(rep.visits)} visits", file=out)
     print(f"{'visit':>15} {'alerts':>7} {'passed':>7} {'eval ms':>8}", file=out)
     for v in rep.visits:
         passed = sum(v.passed.values())
-        fault = "  FAULT: " + next(iter(v.faults.values())) if v.faults else ""
+        fault = "".join(f"  FAULT [{number[m]}]" for m in v.faults.values())
         print(f"{v.visit:>15} {v.alerts:>7} {passed:>7} {v.evaluate_s * 1000:>8.1f}{fault}", file=out)
     for visit, why in rep.skipped.items():
         print(f"{visit:>15}  SKIPPED: {why}", file=out)
@@ -133,6 +155,17 @@ def _print_report(name: str, result: TestResult, out: TextIO) -> None:
     eval_ms = sum(v.evaluate_s for v in rep.visits) * 1000
     frac = f" ({100 * total / rep.alerts:.2f}%)" if rep.alerts else ""
     print(f"total: {total} of {rep.alerts} alerts passed{frac}; evaluation {eval_ms:.1f} ms", file=out)
+    over = [(v.visit, sum(v.passed.values()) - cap) for v in rep.visits if sum(v.passed.values()) > cap]
+    if over:
+        print(f"cap: the service would withhold {sum(n for _, n in over)} of these matches, over its cap of "
+              f"{cap} per filter per visit, in {len(over)} visit(s) ({_visits([v for v, _ in over])}); "
+              "tighten the cuts", file=out)
+    for message, hit in faults.items():
+        print(f"FAULT [{number[message]}] in {len(hit)} of {len(rep.visits)} visits ({_visits(hit)}): {message}",
+              file=out)
+    nothing = nothing_passed(result)
+    if nothing is not None:
+        print(f"warning: {nothing.message}", file=out)
     if result.matches:
         print(f"\nfirst {len(result.matches)} matches:", file=out)
         print("  ".join(f"{c:>19}" if c == "diaSourceId" else f"{c:>14}" for c in _SHOWN), file=out)

@@ -11,7 +11,7 @@ from engine.config import Config
 from engine.decode import VisitBatch, decode_block
 from engine.errors import DecodeError
 from engine.evaluate import Evaluator, columns_needed
-from engine.night import NightBlock, night_info, read_night
+from engine.night import NightBlock, open_night
 from engine.progress import Progress
 from engine.publish import Publisher, PublishReport
 from engine.registry import ActiveFilter
@@ -33,6 +33,7 @@ class VisitReport:
     passed: dict[str, int]
     faults: dict[str, str]
     published: int
+    capped: dict[str, int] = field(default_factory=dict)  # matches withheld by the cap, per filter
 
     @property
     def total_s(self) -> float:
@@ -61,6 +62,14 @@ class NightReport:
     def published(self) -> int:
         """Entries written to streams."""
         return sum(v.published for v in self.visits)
+
+    def capped(self) -> dict[str, int]:
+        """Per filter key, the matches the per-visit cap withheld over the night."""
+        out: dict[str, int] = {}
+        for v in self.visits:
+            for key, n in v.capped.items():
+                out[key] = out.get(key, 0) + n
+        return out
 
 
 def run_visits(
@@ -100,6 +109,7 @@ def run_visits(
             passed={o.key: o.passed for o in outcomes},
             faults={o.key: str(o.fault) for o in outcomes if o.fault is not None},
             published=published.total,
+            capped=dict(published.capped),
         )
         report.visits.append(vr)
         if on_visit is not None:
@@ -116,11 +126,11 @@ def run_night(
     progress: bool | Progress = True,
     on_visit: Callable[[VisitReport, VisitBatch, list[Outcome]], None] | None = None,
 ) -> NightReport:
-    """Run a night file through the pipeline with the runner ``config`` chooses, showing
-    progress per visit (pass a :class:`Progress` to share its line with other output);
-    ``on_visit`` sees each visit after it is published."""
-    schema, visits = night_info(night)
-    bar = progress if isinstance(progress, Progress) else Progress(len(visits) if visits else None, enabled=progress)
+    """Run a night (any form :func:`engine.night.open_night` reads) through the pipeline with
+    the runner ``config`` chooses, showing progress per visit (pass a :class:`Progress` to
+    share its line with other output); ``on_visit`` sees each visit after it is published."""
+    opened = open_night(night)
+    bar = progress if isinstance(progress, Progress) else Progress(len(opened.visits) or None, enabled=progress)
     done = 0
 
     def each(vr: VisitReport, visit: VisitBatch, outcomes: list[Outcome]) -> None:
@@ -132,6 +142,6 @@ def run_night(
 
     try:
         with Evaluator(filters, config) as evaluator:
-            return run_visits(read_night(night), schema, filters, evaluator, publisher, on_visit=each)
+            return run_visits(opened.blocks(), opened.schema, filters, evaluator, publisher, on_visit=each)
     finally:
         bar.close()

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from engine import __version__
 from engine.config import Config
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from engine.localtest import TestResult
     from sandbox import CompiledFilter
 
-__all__ = ["Finding", "NullCounts", "encode_png", "findings", "write_report"]
+__all__ = ["Finding", "NullCounts", "encode_png", "findings", "nothing_passed", "write_report"]
 
 #: The service is sized for about this many matches per filter per alert (20 per 10,000).
 DESIGN_RATE = 20 / 10_000
@@ -77,11 +78,16 @@ class NullCounts:
         Per dotted column path, the alerts in which it was missing.
     dynamic : bool
         True when the filter reaches columns dynamically, so which it reads is unknown.
+    values : dict[str, set]
+        Per scalar column path (not lightcurves), up to two distinct non-null values seen: one
+        value means the column is constant over the night (``ssObjectId`` 0 when no alert is of a
+        known solar-system object), which explains a cut that passes nothing.
     """
 
     def __init__(self) -> None:
         self.alerts = 0
         self.missing: dict[str, int] = {}
+        self.values: dict[str, set[object]] = {}
         self.dynamic = False
         self._paths: dict[int, frozenset[str]] = {}
 
@@ -101,6 +107,9 @@ class NullCounts:
                 continue
             n = int(_missing(batch.column(top), rest).sum())
             self.missing[path] = self.missing.get(path, 0) + n
+            seen = self.values.setdefault(path, set())
+            if len(seen) < 2:
+                seen.update(_distinct(batch.column(top), rest, 2))
         self.alerts += len(visit)
 
     def fractions(self) -> dict[str, float]:
@@ -108,6 +117,18 @@ class NullCounts:
         if not self.alerts:
             return {}
         return dict(sorted(((p, n / self.alerts) for p, n in self.missing.items()), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _distinct(column: pa.Array, parts: Sequence[str], most: int) -> set[object]:
+    """Up to ``most`` distinct non-null values of a scalar leaf (none for lightcurves)."""
+    arr = column
+    for part in parts:
+        if not pa.types.is_struct(arr.type):
+            return set()
+        arr = arr.field(part)
+    if pa.types.is_nested(arr.type) or pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+        return set()
+    return set(pc.unique(arr.drop_null()).slice(0, most).to_pylist())
 
 
 def _missing(column: pa.Array, parts: Sequence[str]) -> np.ndarray:
@@ -147,8 +168,8 @@ class Finding:
     Attributes
     ----------
     kind : str
-        ``"matches"`` (above the design rate), ``"cap"`` (above the per-visit cap), ``"slow"``,
-        ``"fault"`` or ``"nulls"``.
+        ``"nothing"`` (no alert passed), ``"matches"`` (above the design rate), ``"cap"``
+        (above the per-visit cap), ``"slow"``, ``"fault"`` or ``"nulls"``.
     message : str
         What was seen, where, and what to do about it (plain text).
     """
@@ -178,6 +199,10 @@ def findings(result: TestResult, config: Config | None = None) -> list[Finding]:
 
     def passed(v: Any) -> int:
         return sum(v.passed.values())
+
+    nothing = nothing_passed(result)
+    if nothing is not None:
+        out.append(nothing)
 
     faults: dict[str, list[int]] = {}
     for v in visits:
@@ -234,6 +259,38 @@ def findings(result: TestResult, config: Config | None = None) -> list[Finding]:
                                f"that needs a value rejects all of those alerts. Fine if you meant it "
                                f"(e.g. isnull(...)); otherwise use fill() or guard with notnull()"))
     return out
+
+
+def nothing_passed(result: TestResult) -> Finding | None:
+    """A finding when the filter ran without fault yet passed no alert, naming the columns it
+    reads whose values explain it: never null (a null test on them is always False), always
+    null (every comparison with them is False), or one value all night."""
+    rep = result.report
+    if not rep.visits or any(sum(v.passed.values()) for v in rep.visits):
+        return None
+    if all(v.faults for v in rep.visits):
+        return None  # the faults say why
+    msg = f"the filter passed none of the night's {rep.alerts:,} alerts"
+    nulls = result.nulls
+    if nulls is None or not nulls.alerts:
+        return Finding("nothing", msg + "; loosen its cuts one at a time to find the one that rejects everything")
+    tests_nulls = "isnull" in result.filter.source or "notnull" in result.filter.source
+    reasons = []
+    for path in sorted(nulls.missing):
+        seen = nulls.values.get(path, set())
+        one = f" and always {next(iter(seen))!r}" if len(seen) == 1 else ""
+        if nulls.missing[path] == 0 and tests_nulls:
+            reasons.append(f"{path} is never null{one} (isnull() on it is always False"
+                           + ("; ssObjectId is 0, not null, when no solar-system object is associated"
+                              if path.endswith("ssObjectId") else "") + ")")
+        elif nulls.missing[path] == nulls.alerts:
+            reasons.append(f"{path} is always null (every comparison with it is False)")
+        elif len(seen) == 1:
+            reasons.append(f"{path} is always {next(iter(seen))!r} where not null")
+    if not reasons:
+        return Finding("nothing", msg + "; no column it reads is always null, never null or constant "
+                       "here, so loosen its cuts one at a time to find the one that rejects everything")
+    return Finding("nothing", f"{msg}; of the columns it reads, " + "; ".join(reasons))
 
 
 def _brace(paths: Sequence[str]) -> str:
@@ -690,7 +747,7 @@ def _match_card(i: int, head: dict[str, Any], body: bytes) -> str:
 
 
 _KIND_TITLES = {"fault": "Faults", "cap": "Over the match cap", "matches": "Too many matches",
-                "slow": "Slow", "nulls": "Nulls that swallow alerts"}
+                "slow": "Slow", "nulls": "Nulls that swallow alerts", "nothing": "Nothing passed"}
 
 _CSS = """
 :root{--ink:#1d2330;--dim:#5d6677;--line:#d9dee7;--bg:#f5f7fa;--accent:#0b5cad;--warn:#b35c00;--bad:#b3261e}
