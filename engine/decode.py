@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -24,7 +25,7 @@ import fastavro
 import pyarrow as pa
 
 from engine import _fastdecode
-from engine.errors import DecodeError
+from engine.errors import DecodeError, MinibrokerWarning
 from engine.night import NightBlock
 from engine.schema import AlertSchema, load_schema
 
@@ -213,7 +214,20 @@ def _visit_of(batch: pa.RecordBatch) -> int:
     return -1
 
 
+_said_slow = False
+
+
 def _fast_decoder():  # type: ignore[no-untyped-def]
     """The compiled decoder when it can run here (gcc present, not switched off by
-    ``MINIBROKER_FASTDECODE=0``); None means use the fastavro reference."""
-    return _fastdecode if _fastdecode.available() else None
+    ``MINIBROKER_FASTDECODE=0``); None means use the fastavro reference, which is about a
+    hundred times slower: said once per process, unless it was switched off on purpose."""
+    global _said_slow
+    reason = _fastdecode.unavailable_reason()
+    if reason is None:
+        return _fastdecode
+    if not _said_slow and "MINIBROKER_FASTDECODE" not in reason:
+        _said_slow = True
+        warnings.warn(MinibrokerWarning(
+            f"fast decoding is off ({reason}): alerts are decoded with fastavro, about 100 times "
+            "slower; results are the same"), stacklevel=3)
+    return None
