@@ -274,12 +274,12 @@ def nothing_passed(result: TestResult) -> Finding | None:
     nulls = result.nulls
     if nulls is None or not nulls.alerts:
         return Finding("nothing", msg + "; loosen its cuts one at a time to find the one that rejects everything")
-    tests_nulls = "isnull" in result.filter.source or "notnull" in result.filter.source
+    null_tested = _null_tested(result.filter.source)
     reasons = []
     for path in sorted(nulls.missing):
         seen = nulls.values.get(path, set())
         one = f" and always {next(iter(seen))!r}" if len(seen) == 1 else ""
-        if nulls.missing[path] == 0 and tests_nulls:
+        if nulls.missing[path] == 0 and path.rsplit(".", 1)[-1] in null_tested:
             reasons.append(f"{path} is never null{one} (isnull() on it is always False"
                            + ("; ssObjectId is 0, not null, when no solar-system object is associated"
                               if path.endswith("ssObjectId") else "") + ")")
@@ -291,6 +291,35 @@ def nothing_passed(result: TestResult) -> Finding | None:
         return Finding("nothing", msg + "; no column it reads is always null, never null or constant "
                        "here, so loosen its cuts one at a time to find the one that rejects everything")
     return Finding("nothing", f"{msg}; of the columns it reads, " + "; ".join(reasons))
+
+
+def _null_tested(source: str) -> set[str]:
+    """Names inside ``isnull(...)``/``notnull(...)`` calls or before ``.isnull()``/``.notnull()``
+    (the source passed the policy already; it is only parsed, never run, here)."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name) and func.id in ("isnull", "notnull"):
+            inner: list[ast.AST] = list(node.args)
+        elif isinstance(func, ast.Attribute) and func.attr in ("isnull", "notnull"):
+            inner = [func.value]
+        else:
+            continue
+        for arg in inner:
+            for sub in ast.walk(arg):
+                if isinstance(sub, ast.Attribute):
+                    names.add(sub.attr)
+                elif isinstance(sub, ast.Constant) and isinstance(sub.value, str):
+                    names.add(sub.value.rsplit(".", 1)[-1])
+    return names
 
 
 def _brace(paths: Sequence[str]) -> str:
