@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,12 +33,13 @@ import pyarrow as pa
 from engine.errors import SchemaError
 
 __all__ = [
-    "DEFAULT_VERSION",
     "AlertSchema",
+    "DEFAULT_VERSION",
     "available_versions",
     "leaf_paths",
     "load_schema",
     "parse_version",
+    "project_schema",
 ]
 
 DEFAULT_VERSION = "11.1"
@@ -200,3 +202,36 @@ def leaf_paths(schema: pa.Schema) -> list[str]:
     for f in schema:
         walk(f.name, f.type)
     return out
+
+
+def project_schema(schema: pa.Schema, columns: Iterable[str] | None) -> pa.Schema:
+    """Keep only the given dotted paths (``diaSource.snr``, ``prvDiaSources.psfFlux``, or whole
+    top-level columns such as ``cutoutScience``) of a visit schema; ``None`` keeps everything."""
+    if columns is None:
+        return schema
+    wanted = _by_head(columns)
+    return pa.schema([_prune(f, wanted[f.name]) for f in schema if f.name in wanted])
+
+
+def _by_head(paths: Iterable[str]) -> dict[str, set[str] | None]:
+    """Group dotted paths by their first part; None means the whole of that part is wanted."""
+    out: dict[str, set[str] | None] = {}
+    for path in paths:
+        head, _, rest = path.partition(".")
+        if not rest:
+            out[head] = None
+        elif out.get(head, set()) is not None:
+            out.setdefault(head, set()).add(rest)  # type: ignore[union-attr]
+    return out
+
+
+def _prune(f: pa.Field, keep: set[str] | None) -> pa.Field:
+    if keep is None:
+        return f
+    typ = f.type
+    if pa.types.is_list(typ):
+        return f.with_type(pa.list_(_prune(typ.value_field, keep)))
+    if not pa.types.is_struct(typ):
+        return f
+    children = _by_head(keep)
+    return f.with_type(pa.struct([_prune(c, children[c.name]) for c in typ if c.name in children]))

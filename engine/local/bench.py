@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from engine.alerts.schema import load_schema
 from engine.config import Config
 from engine.errors import MinibrokerError
-from engine.night import NightBlock, read_night
-from engine.schema import load_schema
+from engine.sources.night import NightBlock, read_night
 
 __all__ = ["TYPICAL_FILTERS", "bench_block", "measure", "typical_filters"]
 
@@ -61,7 +61,7 @@ def bench_block(config: Config, alerts: int = 10_000, *, progress: bool = False)
     Larger visits repeat the 10,000-alert block, which costs the decoder and the filters the
     same as distinct alerts would.
     """
-    from engine.simulate import simulate_night
+    from engine.local.simulate import simulate_night
 
     path = config.cache_dir / "nights" / "bench-v11.1-1x10000-seed7.avro"
     if not path.exists():
@@ -93,8 +93,8 @@ def measure(config: Config, *, rounds: int = 5, say: Callable[[str], None] | Non
 
     from engine.decode import _split_block, decode_block, decode_reference
     from engine.evaluate import columns_needed
+    from engine.local.redis_server import PrivateRedis
     from engine.registry import ActiveFilter
-    from engine.server import PrivateRedis
     from sandbox import InProcessRunner
 
     say = say or (lambda text: print(text, file=sys.stderr))
@@ -147,8 +147,8 @@ def _visits(block, schema, active, config, client, visits):  # type: ignore[no-u
     """Run ``visits`` visits end to end through the service's own pipeline; return the first
     visit's time (workers starting), the later visits' times and their parts."""
     from engine.evaluate import Evaluator
-    from engine.pipeline import run_visits
-    from engine.publish import Publisher
+    from engine.service.pipeline import run_visits
+    from engine.sinks.streams import Publisher
 
     def flush(*_: object) -> None:
         client.flushdb()  # after each visit's timing: the next one publishes afresh, not duplicates

@@ -506,7 +506,7 @@ def emit(avro_schema: Any, target: pa.Schema, label: str = "") -> tuple[str, Lay
     avro_schema : dict
         The fastavro-parsed alert schema (``AlertSchema.avro``).
     target : pyarrow.Schema
-        The wanted columns, as returned by ``engine.decode.project_schema``.
+        The wanted columns, as returned by ``engine.alerts.schema.project_schema``.
     label : str
         A comment for the generated file's header (schema version and projection).
 

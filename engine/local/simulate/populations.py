@@ -1,11 +1,11 @@
-"""The astrophysics behind ``engine.simulate``: what each injected population looks like.
+"""The astrophysics behind ``engine.local.simulate``: what each injected population looks like.
 
-Private to :mod:`engine.simulate`. Each model receives the alerts of one chunk that belong to
+Private to :mod:`engine.local.simulate`. Each model receives the alerts of one chunk that belong to
 its population (their sky positions, the visit's time and band, the required current
 signal) and returns a :class:`Truth`: the *true* difference flux now, the template flux under
 the source, the object's earlier epochs with their true fluxes, and the diaSource fields the
 population sets itself (flags, dipole and trail measurements, ...). Measurement -- noise,
-detection, identifiers, records, cutouts -- is ``engine.simulate``'s job, so every
+detection, identifiers, records, cutouts -- is ``engine.local.simulate``'s job, so every
 population is measured the same way.
 
 Fluxes are in nJy (AB: ``m = 31.4 - 2.5 log10(f / nJy)``); times are MJD (TAI); a band is
@@ -621,7 +621,7 @@ def bogus(rng: np.random.Generator, ctx: Context) -> Truth:
 
 
 #: name -> (model, share of a visit's alerts). ``variable`` takes whatever the others leave;
-#: ``asteroid``'s share is scaled down away from the ecliptic (see engine.simulate).
+#: ``asteroid``'s share is scaled down away from the ecliptic (see engine.local.simulate).
 Model = Callable[[np.random.Generator, Context], Truth]
 POPULATIONS: dict[str, tuple[Model, float]] = {
     "bogus": (bogus, 0.60),

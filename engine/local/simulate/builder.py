@@ -1,6 +1,6 @@
 """Realistic sample nights: Rubin-like alert visits with known populations to find.
 
-``simulate_night`` writes a night file (see :mod:`engine.night`) of ``visits`` visits with
+``simulate_night`` writes a night file (see :mod:`engine.sources.night`) of ``visits`` visits with
 ``alerts_per_visit`` alerts each, in any alert schema version from 7.0 on, and a *truth*
 sidecar ``<out>.truth.json`` that says which population each alert was drawn from. Filters
 never see the sidecar (it is not in the alerts); tests and sample-filter authors read it with
@@ -132,11 +132,11 @@ from typing import Any
 
 import numpy as np
 
-from engine import _populations as pops
+from engine.alerts.schema import AlertSchema, load_schema
 from engine.errors import ConfigError, SourceError
-from engine.night import NightWriter
+from engine.local.simulate import populations as pops
 from engine.progress import Progress
-from engine.schema import AlertSchema, load_schema
+from engine.sources.night import NightWriter
 
 __all__ = ["POPULATIONS", "NightSummary", "simulate_night", "truth", "truth_path"]
 
@@ -245,7 +245,7 @@ def simulate_night(out: str | os.PathLike[str], *, visits: int = 10, alerts_per_
     seed : int
         Random seed (>= 0); the same arguments give the same alerts and truth.
     schema_version : str
-        Alert schema version, ``"7.0"`` or later (``engine.schema.available_versions()``).
+        Alert schema version, ``"7.0"`` or later (``engine.alerts.schema.available_versions()``).
     progress : bool
         Draw a progress bar on stderr.
     start_mjd : float
