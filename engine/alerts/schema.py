@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -34,10 +34,12 @@ from engine.errors import SchemaError
 
 __all__ = [
     "AlertSchema",
+    "AvroType",
     "DEFAULT_VERSION",
     "available_versions",
     "leaf_paths",
     "load_schema",
+    "parse_avro",
     "parse_version",
     "project_schema",
 ]
@@ -75,6 +77,11 @@ class AlertSchema:
     schema_id: int
     avro: dict[str, Any]
     arrow: pa.Schema
+
+    @functools.cached_property
+    def tree(self) -> AvroType:
+        """The schema as one resolved tree (see :func:`parse_avro`), walked once per version."""
+        return parse_avro(self.avro)
 
     @property
     def name(self) -> str:
@@ -146,44 +153,101 @@ def load_schema(version: str | int | tuple[int, int] = DEFAULT_VERSION) -> Alert
     return _load(*parse_version(version))
 
 
+_PRIMITIVE_KINDS = {"long", "int", "float", "double", "boolean", "string", "bytes"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The one walk of an Avro schema: a small resolved tree (named types become shared nodes).
+# The Arrow mapping, the fast decoder's generator and the simulator all read this tree.
+
+
+@dataclass(eq=False)
+class AvroType:
+    """One resolved Avro type. ``null`` positions live on the *use* (field or items), not here."""
+
+    kind: str  # record, array, long, int, float, double, boolean, string, bytes, timestamp
+    name: str = ""
+    fields: list[tuple[str, AvroType, int | None]] = field(default_factory=list)
+    items: AvroType | None = None
+    items_null: int | None = None  # union index of "null" for the items, if they are nullable
+
+    def min_size(self) -> int:
+        """Fewest bytes one value of this type takes (used to bound array block counts)."""
+        if self.kind == "record":
+            return sum(1 if n is not None else t.min_size() for _, t, n in self.fields)
+        return {"float": 4, "double": 8}.get(self.kind, 1)
+
+
+def parse_avro(avro: Any) -> AvroType:
+    """Resolve a (fastavro-parsed) alert schema into an :class:`AvroType` tree."""
+    named: dict[str, AvroType] = {}
+    typ, null = _parse(avro, named, "")
+    if null is not None or typ.kind != "record":
+        raise SchemaError("the alert schema must be a (non-nullable) record")
+    return typ
+
+
+def _parse(avro: Any, named: dict[str, AvroType], ns: str) -> tuple[AvroType, int | None]:
+    if isinstance(avro, list):
+        others = [t for t in avro if t != "null"]
+        if len(avro) != 2 or len(others) != 1:
+            raise SchemaError(f"unions other than [null, T] are not supported: {avro!r}")
+        typ, inner_null = _parse(others[0], named, ns)
+        if inner_null is not None:
+            raise SchemaError("nested unions are not supported")
+        return typ, avro.index("null")
+    if isinstance(avro, str):
+        if avro in _PRIMITIVE_KINDS:
+            return AvroType(avro), None
+        for candidate in (avro, f"{ns}.{avro}"):
+            if candidate in named:
+                return named[candidate], None
+        raise SchemaError(f"unknown Avro type {avro!r}")
+    kind = avro["type"]
+    if kind == "record":
+        name = avro["name"]
+        if "." not in name and avro.get("namespace"):
+            name = f"{avro['namespace']}.{name}"
+        node = AvroType("record", name=name)
+        named[name] = node  # before the fields: they may refer to it
+        inner_ns = name.rpartition(".")[0]
+        for f in avro["fields"]:
+            typ, null = _parse(f["type"], named, inner_ns)
+            node.fields.append((f["name"], typ, null))
+        return node, None
+    if kind == "array":
+        node = AvroType("array")
+        node.items, node.items_null = _parse(avro["items"], named, ns)
+        return node, None
+    if kind == "long" and avro.get("logicalType") == "timestamp-micros":
+        return AvroType("timestamp"), None
+    if isinstance(kind, str) and kind in _PRIMITIVE_KINDS:
+        return AvroType(kind), None
+    if isinstance(kind, (dict, list)):
+        return _parse(kind, named, ns)
+    raise SchemaError(f"Avro type {kind!r} is not supported")
+
+
+
 def arrow_schema(avro: dict[str, Any]) -> pa.Schema:
     """Map a parsed Avro alert record to the Arrow schema of a visit batch (see module doc)."""
-    named: dict[str, pa.DataType] = {}
-    fields = [_field(f["name"], f["type"], named) for f in avro["fields"]]
-    return pa.schema(fields)
+    return pa.schema([_arrow_field(name, typ, null) for name, typ, null in parse_avro(avro).fields])
 
 
-def _field(name: str, avro_type: Any, named: dict[str, pa.DataType]) -> pa.Field:
-    nullable = False
-    if isinstance(avro_type, list):
-        branches = [t for t in avro_type if t != "null"]
-        if len(branches) != 1:
-            raise SchemaError(f"field {name!r}: unions other than [null, T] are not supported")
-        nullable = len(branches) < len(avro_type)
-        avro_type = branches[0]
+def _arrow_field(name: str, typ: AvroType, null: int | None) -> pa.Field:
     # Arrow's nullability mirrors Avro's exactly: a non-nullable child of a null struct is fine.
-    return pa.field(name, _type(avro_type, named), nullable=nullable)
+    return pa.field(name, _arrow_type(typ), nullable=null is not None)
 
 
-def _type(avro_type: Any, named: dict[str, pa.DataType]) -> pa.DataType:
-    if isinstance(avro_type, str):
-        if avro_type in _PRIMITIVES:
-            return _PRIMITIVES[avro_type]
-        if avro_type in named:
-            return named[avro_type]
-        raise SchemaError(f"unknown Avro type {avro_type!r}")
-    kind = avro_type["type"]
-    if kind == "record":
-        struct = pa.struct([_field(f["name"], f["type"], named) for f in avro_type["fields"]])
-        named[avro_type["name"]] = struct
-        return struct
-    if kind == "array":
-        return pa.list_(pa.field("item", _type(avro_type["items"], named)))
-    if kind == "long" and avro_type.get("logicalType") == "timestamp-micros":
+def _arrow_type(typ: AvroType) -> pa.DataType:
+    if typ.kind == "record":
+        return pa.struct([_arrow_field(name, child, null) for name, child, null in typ.fields])
+    if typ.kind == "array":
+        assert typ.items is not None
+        return pa.list_(pa.field("item", _arrow_type(typ.items)))
+    if typ.kind == "timestamp":
         return pa.timestamp("us", tz="UTC")
-    if isinstance(kind, str) and kind in _PRIMITIVES:
-        return _PRIMITIVES[kind]
-    raise SchemaError(f"Avro type {kind!r} is not supported by the Arrow mapping")
+    return _PRIMITIVES[typ.kind]
 
 
 def leaf_paths(schema: pa.Schema) -> list[str]:

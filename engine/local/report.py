@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine import __version__
+from engine.alerts.fields import AB_ZERO_POINT_NJY
 from engine.alerts.schema import leaf_paths
 from engine.config import Config
 from engine.errors import ConfigError
@@ -665,7 +666,7 @@ def _decode(body: bytes) -> dict[str, Any]:
 def _mag(flux: float | None) -> str:
     if flux is None or not flux > 0:
         return "no magnitude (flux ≤ 0)"
-    return f"{31.4 - 2.5 * math.log10(flux):.2f} mag (AB)"
+    return f"{AB_ZERO_POINT_NJY - 2.5 * math.log10(flux):.2f} mag (AB)"
 
 
 def _cell(value: object) -> str:
