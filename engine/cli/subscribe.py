@@ -10,7 +10,7 @@ from engine.config import Config
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``subscribe`` verb to the command's sub-parsers."""
     u = sub.add_parser("subscribe", help="print a user's matches as they arrive (Ctrl-C to stop)")
     u.add_argument("--user", required=True)
