@@ -80,8 +80,8 @@ def test_a_packet_directory_and_a_foreign_file_are_nights(tmp_path, capsys) -> N
     assert err.count("minibroker: warning:") == 1 and len(err.strip().splitlines()) == 1
     assert "UserWarning" not in err and "warnings.warn" not in err
 
-    from engine.decode import unframe
-    from engine.schema import load_schema
+    from engine.alerts.schema import load_schema
+    from engine.alerts.wire import unframe
 
     schema = load_schema("11.1")
     import io
@@ -150,7 +150,7 @@ def test_demo_totals_add_up(redis_url, capsys) -> None:
     import re
 
     from engine.config import Config
-    from engine.demo import run_demo
+    from engine.local.demo import run_demo
 
     config = dataclasses.replace(Config(), redis_url=redis_url, max_matches_per_visit=20)
     assert run_demo(config, visits=2, alerts_per_visit=300, isolation="inprocess") == 0

@@ -39,7 +39,7 @@ ALL_EXAMPLES = EXAMPLES + [
 def sample_batches(sample_night):
     """The default sample night, every visit decoded in full once for this module."""
     from engine.decode import decode_block
-    from engine.night import open_night
+    from engine.sources import open_night
 
     night = open_night(sample_night)
     return [decode_block(b, night.schema).batch for b in night.blocks()]

@@ -14,10 +14,11 @@ import fastavro
 import pytest
 from alertdata import SHARED_ALERTS, packet_files
 
-from engine.decode import decode_block, unframe
+from engine.alerts.schema import load_schema
+from engine.alerts.wire import unframe
+from engine.decode import decode_block
 from engine.errors import MinibrokerWarning, SourceError
-from engine.night import _ordered, open_night
-from engine.schema import load_schema
+from engine.sources.night import _ordered, open_night
 
 V11 = "lsstcam/v11_1"
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import fastavro
 
+from engine.alerts.schema import AlertSchema, available_versions, load_schema
 from engine.errors import SchemaError, SourceError
-from engine.night import NightBlock
-from engine.schema import AlertSchema, available_versions, load_schema
+from engine.sources.block import NightBlock
 
 __all__ = ["identify_schema", "read_container", "regroup"]
 

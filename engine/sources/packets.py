@@ -8,7 +8,7 @@ Each file holds one alert, in one of three forms, told apart by its first bytes:
   newest first, until one reads the whole file exactly (or given by the caller);
 - an Avro container file holding one record (or a few), e.g. what fastavro writes.
 
-:func:`read_packets` returns one :class:`~engine.night.NightBlock` per visit (``diaSource.visit``),
+:func:`read_packets` returns one :class:`~engine.sources.block.NightBlock` per visit (``diaSource.visit``),
 visits ascending, files in name order within a visit. Every file of a directory must use the
 same schema version: a visit batch has one schema.
 """
@@ -17,22 +17,21 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import fastavro
 
+from engine.alerts.schema import AlertSchema, available_versions, load_schema
+from engine.alerts.wire import unframe
 from engine.errors import SchemaError, SourceError
-from engine.foreign import read_container
-from engine.night import NightBlock
-from engine.schema import AlertSchema, available_versions, load_schema
+from engine.sources.block import NightBlock
+from engine.sources.foreign import read_container
 
 __all__ = ["read_packets"]
 
 _OCF_MAGIC = b"Obj\x01"
-_WIRE = struct.Struct(">bI")
 # Files beside the alerts that are not alerts (a README, a manifest).
 _NOT_ALERTS = (".md", ".txt", ".json", ".csv", ".html", ".yaml", ".yml", ".toml", ".py")
 
@@ -87,7 +86,7 @@ def _read_one(path: Path, schema: AlertSchema | None) -> Iterator[tuple[Path, Al
             yield path, found, None, record
         return
     if len(data) >= 5 and data[0] == 0:
-        schema_id = _WIRE.unpack_from(data)[1]
+        schema_id, _ = unframe(data, where=str(path))
         try:
             wire_schema = load_schema(schema_id)
         except SchemaError as exc:

@@ -7,15 +7,15 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from engine.alerts.schema import AlertSchema
 from engine.config import Config
 from engine.decode import VisitBatch, decode_block
 from engine.errors import DecodeError
 from engine.evaluate import Evaluator, columns_needed
-from engine.night import NightBlock, open_night
 from engine.progress import Progress
-from engine.publish import Publisher, PublishReport
 from engine.registry import ActiveFilter
-from engine.schema import AlertSchema
+from engine.sinks.streams import Publisher, PublishReport
+from engine.sources.night import NightBlock, open_night
 from sandbox import Outcome
 
 __all__ = ["NightReport", "VisitReport", "run_night", "run_visits"]
@@ -126,7 +126,7 @@ def run_night(
     progress: bool | Progress = True,
     on_visit: Callable[[VisitReport, VisitBatch, list[Outcome]], None] | None = None,
 ) -> NightReport:
-    """Run a night (any form :func:`engine.night.open_night` reads) through the pipeline with
+    """Run a night (any form :func:`engine.sources.open_night` reads) through the pipeline with
     the runner ``config`` chooses, showing progress per visit (pass a :class:`Progress` to
     share its line with other output); ``on_visit`` sees each visit after it is published."""
     opened = open_night(night)

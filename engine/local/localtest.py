@@ -1,6 +1,6 @@
 """``minibroker test``: run one filter over a sample night on a laptop, no servers needed.
 
-The same pipeline as the service (:func:`engine.pipeline.run_visits`), without publishing.
+The same pipeline as the service (:func:`engine.service.pipeline.run_visits`), without publishing.
 """
 
 from __future__ import annotations
@@ -8,27 +8,32 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import Protocol, TextIO
 
 import numpy as np
 
 from engine.config import Config
 from engine.decode import VisitBatch
-from engine.pipeline import NightReport, VisitReport, run_night
 from engine.registry import ActiveFilter
+from engine.service.pipeline import NightReport, VisitReport, run_night
 from sandbox import CompiledFilter, Outcome, load_filter
 
-if TYPE_CHECKING:
-    from engine.report import NullCounts
+__all__ = ["TestResult", "VisitObserver", "default_night", "distinct_faults", "test_filter"]
 
-__all__ = ["TestResult", "default_night", "distinct_faults", "test_filter"]
+
+class VisitObserver(Protocol):
+    """Something that looks at every decoded visit of a test run (the report's
+    :class:`engine.local.report.NullCounts`); the report imports this module, not the reverse."""
+
+    def observe(self, visit: VisitBatch, compiled: CompiledFilter) -> None:
+        """Look at one decoded visit."""
 
 DEFAULT_NIGHT = {"visits": 10, "alerts_per_visit": 1000, "seed": 0}
 
 
 def default_night(config: Config, *, progress: bool = True) -> Path:
     """The cached default sample night, generated on first use."""
-    from engine.simulate import simulate_night
+    from engine.local.simulate import simulate_night
 
     path = config.cache_dir / "nights" / "default-v11.1-10x1000-seed0.avro"
     if not path.exists():
@@ -55,9 +60,9 @@ class TestResult:
         The full alerts of those matches (Confluent-framed), in the same order.
     positions : list of (ra, dec)
         Where every match lies (for a sky map; at most ``MAX_POSITIONS``).
-    nulls : NullCounts or None
+    nulls : VisitObserver or None
         How often the columns the filter reads are null, when ``test_filter(report=...)``
-        collected it (for :func:`engine.report.write_report`).
+        collected it (for :func:`engine.local.report.write_report`).
     """
 
     filter: CompiledFilter
@@ -65,7 +70,7 @@ class TestResult:
     matches: list[dict[str, object]] = field(default_factory=list)
     packets: list[bytes] = field(default_factory=list)
     positions: list[tuple[float, float]] = field(default_factory=list)
-    nulls: NullCounts | None = None
+    nulls: VisitObserver | None = None
 
 
 MAX_POSITIONS = 20_000
@@ -82,21 +87,18 @@ def test_filter(
     out: TextIO | None = None,
     progress: bool = True,
     show: int = 10,
-    report: NullCounts | None = None,
+    report: VisitObserver | None = None,
 ) -> TestResult:
     """Run one filter over a night and print per-visit counts, totals and the first matches.
 
-    ``report`` (an :class:`engine.report.NullCounts`) counts, on every decoded visit, how often
+    ``report`` (an :class:`engine.local.report.NullCounts`) counts, on every decoded visit, how often
     the columns the filter reads are null; it is returned as ``result.nulls``.
 
     Raises :class:`sandbox.FilterRejected` (with every problem) if the file breaks the policy.
     """
-    from engine.report import NullCounts
-
     out = out or sys.stdout
     compiled = load_filter(filter_path)
     active = [ActiveFilter("you", compiled)]
-    report = report if report is not None else NullCounts()  # cheap; explains a zero pass count
     result = TestResult(compiled, NightReport(), nulls=report)
 
     def on_visit(vr: VisitReport, visit: VisitBatch, outcomes: list[Outcome]) -> None:
@@ -138,8 +140,6 @@ def _visits(ids: list[int], limit: int = 5) -> str:
 
 
 def _print_report(name: str, result: TestResult, out: TextIO, cap: int) -> None:
-    from engine.report import nothing_passed
-
     rep = result.report
     faults = distinct_faults(rep)
     number = {message: i for i, message in enumerate(faults, 1)}
@@ -163,9 +163,6 @@ def _print_report(name: str, result: TestResult, out: TextIO, cap: int) -> None:
     for message, hit in faults.items():
         print(f"FAULT [{number[message]}] in {len(hit)} of {len(rep.visits)} visits ({_visits(hit)}): {message}",
               file=out)
-    nothing = nothing_passed(result)
-    if nothing is not None:
-        print(f"warning: {nothing.message}", file=out)
     if result.matches:
         print(f"\nfirst {len(result.matches)} matches:", file=out)
         print("  ".join(f"{c:>19}" if c == "diaSourceId" else f"{c:>14}" for c in _SHOWN), file=out)

@@ -10,8 +10,8 @@ Reading maps the file and hands out each block's bytes where they lie, so the de
 the datums in place.
 
 :func:`open_night` is the one door for every form a scientist has alerts in: a minibroker night,
-an Avro container file written by any other tool (:mod:`engine.foreign`), or a directory of
-single-alert files (:mod:`engine.packets`). The last two are regrouped by ``diaSource.visit``,
+an Avro container file written by any other tool (:mod:`engine.sources.foreign`), or a directory of
+single-alert files (:mod:`engine.sources.packets`). The last two are regrouped by ``diaSource.visit``,
 which is slower; a one-line :class:`~engine.errors.MinibrokerWarning` says so.
 """
 
@@ -28,23 +28,17 @@ from typing import Any, BinaryIO
 
 import fastavro
 
+from engine.alerts.schema import AlertSchema, load_schema
 from engine.errors import MinibrokerWarning, SourceError
-from engine.schema import AlertSchema, load_schema
+from engine.sources.block import NightBlock
+from engine.sources.foreign import container_blocks
+from engine.sources.packets import read_packets
 
 __all__ = ["Night", "NightBlock", "NightWriter", "night_info", "open_night", "read_night"]
 
 _MAGIC = b"Obj\x01"
 _VISITS_KEY = "minibroker.visits"
 _SCHEMA_KEY = "minibroker.schema_version"
-
-
-@dataclass(frozen=True)
-class NightBlock:
-    """The raw alerts of one visit: ``count`` Avro datums back to back in ``data``."""
-
-    visit: int
-    count: int
-    data: memoryview
 
 
 class NightWriter:
@@ -202,8 +196,6 @@ def open_night(path: str | os.PathLike[str], *, schema: AlertSchema | None = Non
     """
     path = Path(path)
     if path.is_dir():
-        from engine.packets import read_packets
-
         found, blocks = read_packets(path, schema)
         _slow(path, "a directory of single-alert files")
         return Night(path, "packet directory", found, [b.visit for b in blocks], blocks)
@@ -211,8 +203,6 @@ def open_night(path: str | os.PathLike[str], *, schema: AlertSchema | None = Non
     if _VISITS_KEY in meta and _SCHEMA_KEY in meta and codec == "null":
         return Night(path, "minibroker night", load_schema(meta[_SCHEMA_KEY].decode()),
                      json.loads(meta[_VISITS_KEY]))
-    from engine.foreign import container_blocks
-
     found, blocks = container_blocks(path)
     _slow(path, "an Avro container file not written by minibroker" + (f" ({codec} codec)" if codec != "null" else ""))
     return Night(path, "Avro container file", found, [b.visit for b in blocks], blocks)
