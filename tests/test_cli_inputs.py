@@ -182,3 +182,17 @@ def test_simulate_same_bytes_in_separate_processes(tmp_path) -> None:
         outs.append(out)
     assert outs[0].read_bytes() == outs[1].read_bytes()
     assert Path(f"{outs[0]}.truth.json").read_bytes() == Path(f"{outs[1]}.truth.json").read_bytes()
+
+
+def test_without_a_c_compiler_decoding_falls_back_and_says_so_once(tmp_path, small_night) -> None:
+    """With no compiler on PATH, `test` gives the same counts through fastavro and one warning line."""
+    f = tmp_path / "loose.py"
+    f.write_text(LOOSE)
+    env = {k: v for k, v in os.environ.items() if k not in ("CC", "MINIBROKER_CC", "MINIBROKER_DECODER")}
+    env["PATH"] = str(tmp_path)  # no gcc, no cc
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "test", str(f), "--night", str(small_night),
+                           "--no-progress", "--show", "0"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "total: 900 of 900 alerts passed" in proc.stdout
+    assert proc.stderr.count("minibroker: warning: fast decoding is off (no C compiler found") == 1
+    assert len(proc.stderr.strip().splitlines()) == 1
