@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 
@@ -28,7 +28,7 @@ class VisitObserver(Protocol):
     def observe(self, visit: VisitBatch, compiled: CompiledFilter) -> None:
         """Look at one decoded visit."""
 
-DEFAULT_NIGHT = {"visits": 10, "alerts_per_visit": 1000, "seed": 0}
+DEFAULT_NIGHT: dict[str, Any] = {"visits": 10, "alerts_per_visit": 1000, "seed": 0}
 
 
 def default_night(config: Config, *, progress: bool = True) -> Path:
@@ -169,7 +169,7 @@ def _print_report(name: str, result: TestResult, out: TextIO, cap: int) -> None:
         for m in result.matches:
             cells = []
             for c in _SHOWN:
-                v = m.get(c)
-                text = f"{v:.5f}" if isinstance(v, float) else str(v)
+                value = m.get(c)
+                text = f"{value:.5f}" if isinstance(value, float) else str(value)
                 cells.append(f"{text:>19}" if c == "diaSourceId" else f"{text:>14}")
             print("  ".join(cells), file=out)

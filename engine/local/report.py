@@ -245,7 +245,7 @@ def findings(result: TestResult, config: Config | None = None) -> list[Finding]:
                            f"{budget(worst) * 1000:.1f} ms); in the service an overrunning filter is "
                            f"stopped and the visit counts as a fault: vectorize loops, reduce lightcurves once"))
 
-    if result.nulls is not None:
+    if isinstance(result.nulls, NullCounts):
         # Columns of one record or list missing equally often share a cause (a null diaObject,
         # no history): one finding names them all.
         causes: dict[tuple[str, int], list[str]] = {}
@@ -273,7 +273,7 @@ def nothing_passed(result: TestResult) -> Finding | None:
         return None  # the faults say why
     msg = f"the filter passed none of the night's {rep.alerts:,} alerts"
     nulls = result.nulls
-    if nulls is None or not nulls.alerts:
+    if not isinstance(nulls, NullCounts) or not nulls.alerts:
         return Finding("nothing", msg + "; loosen its cuts one at a time to find the one that rejects everything")
     null_tested = _null_tested(result.filter.source)
     reasons = []
@@ -599,7 +599,7 @@ def _fields(ra: np.ndarray, dec: np.ndarray, radius: float = 8.0, limit: int = 5
     Returns at most ``limit + 1`` groups (more means "scattered"; the caller then maps only).
     """
     left = np.arange(len(ra))
-    groups = []
+    groups: list[np.ndarray] = []
     while len(left) and len(groups) <= limit:
         a, d = ra[left[0]], dec[left[0]]
         near = (np.abs(dec[left] - d) <= radius) & (np.abs(_wrap(ra[left], a)) * math.cos(math.radians(d)) <= radius)
@@ -763,7 +763,9 @@ def _decode(body: bytes) -> dict[str, Any]:
 
     schema_id, datum = unframe(body)
     schema = load_schema(schema_id)
-    return fastavro.schemaless_reader(io.BytesIO(datum), schema.avro, schema.avro)
+    record = fastavro.schemaless_reader(io.BytesIO(datum), schema.avro, schema.avro)
+    assert isinstance(record, dict)  # an alert is a record
+    return record
 
 
 def _mag(flux: float | None) -> str:
@@ -906,8 +908,8 @@ def _render(result: TestResult, night: Path | None, config: Config) -> str:
         out.append('<p class="empty">The night had no visits.</p>')
     out.append("</section>")
 
-    firsts = [(float(m["ra"]), float(m["dec"])) for m in result.matches
-              if isinstance(m.get("ra"), float) and isinstance(m.get("dec"), float)]
+    firsts = [(ra, dec) for ra, dec in ((m.get("ra"), m.get("dec")) for m in result.matches)
+              if isinstance(ra, float) and isinstance(dec, float)]
     out.append(f'<section id="sky"><h2>Sky map of matches</h2>{_sky_svg(result.positions, firsts)}'
                '<p class="dim">Red rings: the first matches, numbered as below.</p></section>')
 
@@ -926,7 +928,7 @@ def _render(result: TestResult, night: Path | None, config: Config) -> str:
 
     out.append('<section id="columns"><h2>Columns the filter may read</h2>')
     nulls = result.nulls
-    if nulls is None:
+    if not isinstance(nulls, NullCounts):
         out.append('<p class="empty">Null counts were not collected (pass <code>report=NullCounts()</code> to test_filter).</p>')
     elif nulls.dynamic:
         out.append('<p class="empty">The filter reaches columns dynamically, so which it reads is unknown.</p>')

@@ -117,10 +117,14 @@ def read_container(path: Path, data: bytes | None = None) -> tuple[AlertSchema, 
         reader = fastavro.reader(bio)
     except Exception as exc:  # fastavro raises ValueError, EOFError, ... for a bad header
         raise _unreadable(path, len(raw), bio.tell(), exc) from None
-    schema = identify_schema(reader.writer_schema, where=str(path))
-    records = []
+    writer = reader.writer_schema
+    if not isinstance(writer, dict):
+        raise SourceError(f"{path}: its records are not Avro records, so they are not LSST alerts")
+    schema = identify_schema(writer, where=str(path))
+    records: list[dict[str, Any]] = []
     try:
         for record in reader:
+            assert isinstance(record, dict)  # the writer schema is a record
             records.append(record)
     except Exception as exc:
         raise _unreadable(path, len(raw), bio.tell(), exc, after=len(records)) from None

@@ -77,7 +77,7 @@ class NightWriter:
         # order some keys by set iteration, which changes with the process's hash seed.
         self._writer = fastavro.write.Writer(
             self._fo, _ordered(self.schema.avro), codec="null", sync_interval=2**62, metadata=metadata,
-            sync_marker=self._sync,
+            sync_marker=self._sync or b"",
         )
         return self
 

@@ -926,7 +926,7 @@ class _VisitBuilder:
         err = np.sqrt(sig_sky**2 + 0.5 * science)  # sky + source photon noise (0.5 nJy/e-)
         obs = diff + err * rng.standard_normal(diff.size)
         sci = template + diff + err * rng.standard_normal(diff.size)
-        return tuple(a.astype(np.float32).astype(np.float64) for a in (obs, err, sci))  # type: ignore[return-value]
+        return tuple(a.astype(np.float32).astype(np.float64) for a in (obs, err, sci))
 
     def _history(self, c: _Chunk, is_sso: np.ndarray) -> tuple[_History, np.ndarray]:
         """Detect and measure the earlier epochs; returns them and each alert's first detection."""
