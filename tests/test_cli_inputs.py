@@ -126,7 +126,8 @@ def test_bad_night_is_one_line_naming_it(make, tmp_path, small_night, capsys) ->
 def test_run_skips_bad_users_lists_every_problem_and_counts_withheld(
         tmp_path, small_night, redis_url, unique_user, capsys, monkeypatch) -> None:
     """Directories that cannot be user names and a rejected file are each listed and left out;
-    the good user's filter runs, and `run` says how many matches the cap withheld."""
+    the good user's filters run, and `run` says how many matches the cap withheld and each
+    fault once with its visits."""
     monkeypatch.setenv("MINIBROKER_MAX_MATCHES", "100")
     root = tmp_path / "filters"
     for bad in ("bad name", "odd!"):
@@ -135,14 +136,16 @@ def test_run_skips_bad_users_lists_every_problem_and_counts_withheld(
     (root / unique_user).mkdir()
     (root / unique_user / "loose.py").write_text(LOOSE)
     (root / unique_user / "broken.py").write_text("import os\n")
+    (root / unique_user / "zero.py").write_text('"""Faults."""\ndef filter(alerts):\n    return alerts.diaSource.snr > 1 / 0\n')
     code = main(["run", "--night", str(small_night), "--filters", str(root), "--redis-url", redis_url,
                  "--isolation", "inprocess", "--no-progress"])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert f"{root / 'bad name'} left out: 'bad name' cannot be a user name" in err
     assert f"{root / 'odd!'} left out" in err and f"{unique_user}/broken left out: filter rejected" in err
-    assert "1 filters: 300 entries published" in out
+    assert "2 filters: 300 entries published" in out
     assert f"{unique_user}/loose: 600 matches withheld by the cap of 100 per visit" in out
+    assert out.count(f"{unique_user}/zero: faulted on 3 of 3 visits") == 1 and "ZeroDivisionError" in out
 
 
 def test_demo_totals_add_up(redis_url, capsys) -> None:

@@ -45,6 +45,14 @@ def run(args: argparse.Namespace, config: Config) -> int:
           f"{report.published} entries published")
     for key, n in sorted(report.capped().items()):
         print(f"  {key}: {n} matches withheld by the cap of {config.max_matches_per_visit} per visit")
+    faults: dict[tuple[str, str], list[int]] = {}
+    for v in report.visits:
+        for key, message in v.faults.items():
+            faults.setdefault((key, message), []).append(v.visit)
+    for (key, message), visits in sorted(faults.items()):
+        shown = ", ".join(map(str, visits[:5])) + (f" and {len(visits) - 5} more" if len(visits) > 5 else "")
+        print(f"  {key}: faulted on {len(visits)} of {len(report.visits)} visits ({shown}); its owner's "
+              f"stream says why: {message}")
     if report.skipped:
         raise SourceError(f"{len(report.skipped)} visit(s) of {args.night} could not be decoded (listed above); "
                           "the others were published. Regenerate or re-fetch the night and run it again: "
