@@ -15,6 +15,8 @@ isolation                  ``MINIBROKER_ISOLATION``       ``pool`` (worker proce
 workers                    ``MINIBROKER_WORKERS``         2 worker processes running at once
 idle_workers               ``MINIBROKER_IDLE_WORKERS``    256 users' workers kept between visits
 cache_dir                  ``MINIBROKER_CACHE``           ``~/.cache/minibroker``
+vo_authority               ``MINIBROKER_VO_AUTHORITY``    ``minibroker.local``: IVORN authority
+vo_packet_url              ``MINIBROKER_VO_PACKET_URL``   ``ivo://{authority}/alerts#{diaSourceId}``
 =========================  ============================  =====================================
 """
 
@@ -47,6 +49,11 @@ class Config:
     # Each idle worker costs ~6 MB; one per active user avoids a fork per user per visit.
     idle_workers: int = 256
     cache_dir: Path = Path("~/.cache/minibroker").expanduser()
+    # VOEvent naming: packets are ivo://<vo_authority>/<user>/<filter>#<diaSourceId>; set it to
+    # the authority your IVOA registry entry names. Checked in engine.formats.voevent.
+    vo_authority: str = "minibroker.local"
+    # Where a VOEvent's Reference says the full Avro packet is ({authority}, {diaSourceId}, {schema_id}).
+    vo_packet_url: str = "ivo://{authority}/alerts#{diaSourceId}"
 
     def __post_init__(self) -> None:
         if self.budget_s <= 0:
@@ -70,6 +77,8 @@ _ENV = {
     "MINIBROKER_WORKERS": "workers",
     "MINIBROKER_IDLE_WORKERS": "idle_workers",
     "MINIBROKER_CACHE": "cache_dir",
+    "MINIBROKER_VO_AUTHORITY": "vo_authority",
+    "MINIBROKER_VO_PACKET_URL": "vo_packet_url",
 }
 
 
