@@ -63,6 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--full", action="store_true", help="include the decoded alert (cutouts as sizes)")
     u.add_argument("--exit-when-idle", action="store_true", help="stop when no entry arrives for a second")
 
+    v = sub.add_parser("vtp", help="send a user's matches as VOEvents to their own VTP broker (e.g. Comet)")
+    v.add_argument("action", choices=("add", "remove", "list", "forward"),
+                   help="add/remove/list a user's receivers; forward: run the VTP author until Ctrl-C")
+    v.add_argument("receiver", nargs="?", metavar="HOST:PORT", help="the broker's author port (Comet --receive)")
+    v.add_argument("--user", action="append", help="whose matches (forward: repeat to limit it; default all)")
+    v.add_argument("--since", default="now", choices=("now", "0"), help="add: new matches only, or all kept")
+    v.add_argument("--exit-when-idle", action="store_true", help="forward: stop once every receiver caught up")
+    v.add_argument("--redis-url")
+
     b = sub.add_parser("bench", help="measure decode, evaluate and whole-visit speed on this machine")
     b.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     b.add_argument("--rounds", type=int, default=5, help="repetitions per figure (more = steadier)")
@@ -154,6 +163,38 @@ def _cmd_subscribe(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _cmd_vtp(args: argparse.Namespace, config: Config) -> int:
+    from engine.formats.voevent import VOEventSettings
+    from engine.sinks import vtp
+
+    settings = VOEventSettings.from_config(config)  # checks the authority before anything runs
+    if args.action != "forward" and (not args.user or len(args.user) != 1):
+        raise ConfigError(f"vtp {args.action}: give exactly one --user")
+    if args.action in ("add", "remove") and not args.receiver:
+        raise ConfigError(f"vtp {args.action}: give the receiver as HOST:PORT")
+    client, user = _redis(config.redis_url), (args.user or [None])[0]
+    if args.action == "add":
+        start = vtp.add_receiver(client, user, vtp.Receiver.parse(args.receiver), since=args.since)
+        print(f"{user}: matches after stream entry {start} go to {args.receiver}; run `minibroker vtp forward`")
+    elif args.action == "remove":
+        if not vtp.remove_receiver(client, user, vtp.Receiver.parse(args.receiver)):
+            raise ConfigError(f"{user} has no receiver {args.receiver}; see `minibroker vtp list --user {user}`")
+        print(f"{user}: no longer forwarding to {args.receiver}")
+    elif args.action == "list":
+        for s in vtp.list_receivers(client, user):
+            print(f"{s.receiver}  position {s.position}  acked {s.acked}  nakked {s.nakked}"
+                  + (f"  last nak: {s.last_nak}" if s.last_nak else ""))
+    else:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="minibroker vtp: %(message)s")
+        try:
+            vtp.forward(client, settings, users=args.user, until_idle=args.exit_when_idle)
+        except KeyboardInterrupt:
+            pass  # positions are saved after every answer: nothing to finish
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace, config: Config) -> int:
     import json
 
@@ -182,6 +223,7 @@ _COMMANDS = {
     "test": _cmd_test,
     "run": _cmd_run,
     "subscribe": _cmd_subscribe,
+    "vtp": _cmd_vtp,
     "bench": _cmd_bench,
     "demo": _cmd_demo,
 }
