@@ -25,16 +25,16 @@ class CometBroker:
     """``with CometBroker(tmp_path) as broker:`` a Comet receiver at ``broker.port`` saving each
     accepted event as a file in ``broker.events``."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, port: int = 0):
         self.root = root
         self.events = root / "events"
-        self.port = 0
+        self.port = port
         self._proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> CometBroker:
         self.events.mkdir(parents=True, exist_ok=True)
         (self.root / "db").mkdir(exist_ok=True)
-        args = ["--receive", "--receive-port", "0", "--local-ivo", LOCAL_IVO,
+        args = ["--receive", "--receive-port", str(self.port), "--local-ivo", LOCAL_IVO,
                 "--eventdb", str(self.root / "db"), "--save-event",
                 "--save-event-directory", str(self.events)]
         # cwd: the save-event plugin puts its lock files in the working directory.

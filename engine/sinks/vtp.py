@@ -398,7 +398,7 @@ def forward(client: redis.Redis, settings: VOEventSettings, *, users: Iterable[s
                     del running[key]
             if until_idle and all(fw.pending() == 0 for fw, _ in running.values()):
                 return
-            stop.wait(refresh_s)
+            stop.wait(min(refresh_s, 0.1) if until_idle else refresh_s)
     finally:
         for fw, _ in running.values():
             fw.stop.set()
