@@ -15,7 +15,7 @@ MODULES = [
     "sandbox", "sandbox.compile", "sandbox.errors", "sandbox.run", "sandbox.pool",
     "engine.errors", "engine.schema", "engine.night", "engine.decode", "engine.evaluate",
     "engine.publish", "engine.subscribe", "engine.config", "engine.registry", "engine.simulate",
-    "engine.server", "engine.report", "engine.bench",
+    "engine.server", "engine.report", "engine.bench", "engine.formats.voevent", "engine.sinks.vtp",
 ]
 
 

@@ -143,7 +143,7 @@ def _scripted_broker(answers: list[bytes], seen: list[bytes]) -> tuple[int, thre
         with conn, server:
             seen.append(vtp._read_message(conn))
             for answer in answers:
-                conn.sendall(vtp.frame(answer))
+                conn.sendall(vtp.frame_message(answer))
                 if b'role="iamalive"' in answer:
                     seen.append(vtp._read_message(conn))
 

@@ -50,6 +50,7 @@ __all__ = [
     "packet_filename",
     "render",
     "render_entry",
+    "utc_isotime",
 ]
 
 VOEVENT_NS = "http://www.ivoa.net/xml/VOEvent/v2.0"
@@ -227,10 +228,10 @@ def _param(parent: etree._Element, name: str, value: Any, spec: _Field | None = 
     if isinstance(value, str):
         text, data_type = value, "string"
     else:
-        text = _number(value)
-        if text is None:
+        number = _number(value)
+        if number is None:
             return
-        data_type = "int" if isinstance(value, int) else "float"
+        text, data_type = number, "int" if isinstance(value, int) else "float"
     attrs = {"name": name, "value": text, "dataType": data_type}
     if spec is not None:
         if spec.unit:
@@ -387,8 +388,8 @@ def decode_packet(body: bytes) -> dict[str, Any]:
     """A full packet (Confluent wire header + Avro datum) → the alert record."""
     schema_id, datum = unframe(body)
     schema = load_schema(schema_id)
-    record: dict[str, Any] = fastavro.schemaless_reader(io.BytesIO(datum), schema.avro, schema.avro)
-    return record
+    record: Any = fastavro.schemaless_reader(io.BytesIO(datum), schema.avro, schema.avro)
+    return dict(record)
 
 
 def _published(entry_id: str) -> dt.datetime | None:

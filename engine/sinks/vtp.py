@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import redis
 from lxml import etree
@@ -55,7 +56,7 @@ __all__ = [
     "Verdict",
     "add_receiver",
     "forward",
-    "frame",
+    "frame_message",
     "list_receivers",
     "registered",
     "remove_receiver",
@@ -73,6 +74,11 @@ USERS_KEY = "minibroker:vtp:users"
 # A user's name is a hash tag, so that all of one user's keys land on one cluster slot.
 Describe = Callable[[str, str, str], str]
 """``describe(user, filter, version)`` → the filter's docstring ("" when unknown)."""
+
+
+def _text(value: Any) -> str:
+    """A reply from redis-py (bytes, as clients here do not decode responses) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _receivers_key(user: str) -> str:
@@ -143,14 +149,14 @@ def add_receiver(client: redis.Redis, user: str, receiver: Receiver, *, since: s
     start = "0-0"
     if since == "now":
         try:
-            start = client.xinfo_stream(stream_key(user))["last-generated-id"]
-            start = start.decode() if isinstance(start, bytes) else str(start)
+            info: Any = client.xinfo_stream(stream_key(user))
+            start = _text(info["last-generated-id"])
         except redis.ResponseError:  # no stream yet: everything to come is new
             start = "0-0"
     client.hsetnx(_receivers_key(user), str(receiver), start)
     client.sadd(USERS_KEY, user)
     position = client.hget(_receivers_key(user), str(receiver))
-    return position.decode() if position else start
+    return _text(position) if position else start
 
 
 def remove_receiver(client: redis.Redis, user: str, receiver: Receiver) -> bool:
@@ -165,19 +171,21 @@ def remove_receiver(client: redis.Redis, user: str, receiver: Receiver) -> bool:
 
 def list_receivers(client: redis.Redis, user: str) -> list[ReceiverStatus]:
     """``user``'s receivers with their positions and counts, sorted by address."""
-    positions = client.hgetall(_receivers_key(user))
-    stats = {k.decode(): v.decode() for k, v in client.hgetall(_stats_key(user)).items()}
+    positions: Any = client.hgetall(_receivers_key(user))
+    stats_raw: Any = client.hgetall(_stats_key(user))
+    stats = {_text(k): _text(v) for k, v in stats_raw.items()}
     out = []
     for name, position in positions.items():
-        r = name.decode()
-        out.append(ReceiverStatus(Receiver.parse(r), position.decode(), int(stats.get(f"{r}|ack", 0)),
+        r = _text(name)
+        out.append(ReceiverStatus(Receiver.parse(r), _text(position), int(stats.get(f"{r}|ack", 0)),
                                   int(stats.get(f"{r}|nak", 0)), stats.get(f"{r}|last_nak", "")))
     return sorted(out, key=lambda s: s.receiver)
 
 
 def registered(client: redis.Redis, users: Iterable[str] | None = None) -> list[tuple[str, Receiver]]:
     """Every (user, receiver) registered, optionally only for ``users``."""
-    names = sorted(m.decode() for m in client.smembers(USERS_KEY)) if users is None else sorted(users)
+    members: Any = client.smembers(USERS_KEY)
+    names = sorted(_text(m) for m in members) if users is None else sorted(users)
     return [(u, s.receiver) for u in names for s in list_receivers(client, u)]
 
 
@@ -193,7 +201,7 @@ return 1
 
 # ---- the wire ------------------------------------------------------------------------------
 
-def frame(message: bytes) -> bytes:
+def frame_message(message: bytes) -> bytes:
     """VTP framing: 4-byte big-endian length, then the message."""
     return _LENGTH.pack(len(message)) + message
 
@@ -236,7 +244,7 @@ def send_packet(receiver: Receiver, packet: bytes, *, author_ivorn: str,
     where = f"VTP broker {receiver}"
     try:
         with socket.create_connection((receiver.host, receiver.port), timeout=timeout_s) as sock:
-            sock.sendall(frame(packet))
+            sock.sendall(frame_message(packet))
             deadline = time.monotonic() + timeout_s
             while True:
                 remaining = deadline - time.monotonic()
@@ -249,7 +257,7 @@ def send_packet(receiver: Receiver, packet: bytes, *, author_ivorn: str,
                     raise DeliveryError(f"{where}: answered with text that is not XML ({exc})") from None
                 role = message.get("role")
                 if role == "iamalive":
-                    sock.sendall(frame(_iamalive_response(message, author_ivorn)))
+                    sock.sendall(frame_message(_iamalive_response(message, author_ivorn)))
                 elif role == "ack":
                     return Reply(Verdict.ACK)
                 elif role == "nak":
@@ -289,7 +297,7 @@ class Forwarder:
     def position(self) -> str | None:
         """The last entry handled, or None once the receiver is no longer registered."""
         value = self.client.hget(_receivers_key(self.user), str(self.receiver))
-        return value.decode() if value is not None else None
+        return _text(value) if value is not None else None
 
     def step(self, block_ms: int = 1000, count: int = 100) -> int:
         """Forward what is pending (waiting up to ``block_ms`` for something new); returns
@@ -297,11 +305,11 @@ class Forwarder:
         position = self.position()
         if position is None:
             return 0
-        batch = self.client.xread({stream_key(self.user): position}, count=count,
-                                  block=block_ms or None)
+        batch: Any = self.client.xread({stream_key(self.user): position}, count=count,
+                                       block=block_ms or None)
         handled = 0
         for raw_id, fields in batch[0][1] if batch else []:
-            entry_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+            entry_id = _text(raw_id)
             verdict, reason = "skip", ""
             if fields.get(b"kind", b"match") == b"match":
                 try:
@@ -357,7 +365,8 @@ class Forwarder:
         position = self.position()
         if position is None:
             return 0
-        return len(self.client.xrange(stream_key(self.user), min=f"({position}", count=1))
+        after: Any = self.client.xrange(stream_key(self.user), min=f"({position}", count=1)
+        return len(after)
 
 
 def _run_logged(fw: Forwarder) -> None:
