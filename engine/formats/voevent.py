@@ -355,8 +355,9 @@ def render(match: Match, settings: VOEventSettings) -> bytes:
 
     why = etree.SubElement(root, "Why")
     etree.SubElement(why, "Name").text = f"{match.user}/{match.filter}"
+    # Without a docstring at hand (the caller could not look it up) say only what is known.
     etree.SubElement(why, "Description").text = match.filter_description or (
-        f"selected by filter {match.filter} (version {match.filter_version}), which has no docstring"
+        f"selected by filter {match.filter} (version {match.filter_version}) of {match.user}"
     )
 
     etree.SubElement(root, "Description").text = (
