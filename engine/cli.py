@@ -183,13 +183,15 @@ def _cmd_vtp(args: argparse.Namespace, config: Config) -> int:
     elif args.action == "list":
         for s in vtp.list_receivers(client, user):
             print(f"{s.receiver}  position {s.position}  acked {s.acked}  nakked {s.nakked}"
-                  + (f"  last nak: {s.last_nak}" if s.last_nak else ""))
+                  + (f"  last nak: {s.last_nak}" if s.last_nak else "")
+                  + (f"  last error: {s.last_error}" if s.last_error else ""))
     else:
         import logging
 
         logging.basicConfig(level=logging.INFO, format="minibroker vtp: %(message)s")
         try:
-            vtp.forward(client, settings, users=args.user, until_idle=args.exit_when_idle)
+            vtp.forward(client, settings, users=args.user, until_idle=args.exit_when_idle,
+                        allow_private=config.vtp_allow_private)
         except KeyboardInterrupt:
             pass  # positions are saved after every answer: nothing to finish
     return 0

@@ -65,7 +65,8 @@ def test_comet_receives_exactly_the_users_matches(redis_client, two_users, comet
     user, mine, other, theirs = two_users
     receiver = vtp.Receiver("127.0.0.1", comet.port)
     vtp.add_receiver(redis_client, user, receiver, since="0")
-    vtp.forward(redis_client, SETTINGS, users=[user, other], until_idle=True, refresh_s=0.1)
+    vtp.forward(redis_client, SETTINGS, users=[user, other], until_idle=True, refresh_s=0.1,
+                allow_private=True)
 
     received = _received(comet)
     assert len(received) == len(set(received)) == len(mine) == 64
@@ -82,11 +83,11 @@ def test_a_restarted_forwarder_neither_loses_nor_duplicates(redis_client, two_us
     user, mine, _, _ = two_users
     receiver = vtp.Receiver("127.0.0.1", comet.port)
     vtp.add_receiver(redis_client, user, receiver, since="0")
-    first = vtp.Forwarder(redis_client, user, receiver, SETTINGS)
+    first = vtp.Forwarder(redis_client, user, receiver, SETTINGS, allow_private=True)
     assert first.step(block_ms=0, count=20) == 20
     assert first.position() == mine[19][0]
 
-    second = vtp.Forwarder(redis_client, user, receiver, SETTINGS)  # "restarted"
+    second = vtp.Forwarder(redis_client, user, receiver, SETTINGS, allow_private=True)  # "restarted"
     while second.step(block_ms=0):
         pass
     assert sorted(_received(comet)) == sorted(_ivorns(user, mine))
@@ -116,17 +117,19 @@ def test_an_unreachable_broker_is_retried_until_it_answers(redis_client, two_use
     stop = threading.Event()
     worker = threading.Thread(target=vtp.forward, args=(redis_client, SETTINGS),
                               kwargs={"users": [user], "stop": stop, "refresh_s": 0.1,
-                                      "max_backoff_s": 0.2, "timeout_s": 5})
+                                      "max_backoff_s": 0.2, "timeout_s": 5, "allow_private": True})
     worker.start()
     try:
         stop.wait(0.8)
-        assert vtp.list_receivers(redis_client, user)[0].position == "0-0"
+        status = vtp.list_receivers(redis_client, user)[0]
+        assert status.position == "0-0" and "Connection refused" in status.last_error
         with CometBroker(tmp_path / "late", port=port) as broker:
             for _ in range(200):
                 if vtp.list_receivers(redis_client, user)[0].position == mine[-1][0]:
                     break
                 stop.wait(0.05)
             assert set(_received(broker)) == _ivorns(user, mine)
+            assert vtp.list_receivers(redis_client, user)[0].last_error == ""
     finally:
         stop.set()
         worker.join(timeout=10)
@@ -164,7 +167,7 @@ def test_iamalive_is_answered_and_a_nak_reason_is_returned() -> None:
         seen: list[bytes] = []
         port, thread = _scripted_broker([iamalive(LOCAL_IVO).raw_bytes, final.raw_bytes], seen)
         reply = vtp.send_packet(vtp.Receiver("127.0.0.1", port), b"<VOEvent/>",
-                                author_ivorn=SETTINGS.author_ivorn, timeout_s=5)
+                                author_ivorn=SETTINGS.author_ivorn, timeout_s=5, allow_private=True)
         thread.join(timeout=5)
         assert reply == expected
         assert seen[0] == b"<VOEvent/>"
@@ -189,7 +192,7 @@ def test_a_peer_that_is_not_vtp_is_reported() -> None:
     threading.Thread(target=serve, daemon=True).start()
     with pytest.raises(DeliveryError, match=f"VTP broker 127.0.0.1:{port}: .*is this port a VTP broker"):
         vtp.send_packet(vtp.Receiver("127.0.0.1", port), b"<VOEvent/>", author_ivorn="ivo://x/y",
-                        timeout_s=5)
+                        timeout_s=5, allow_private=True)
 
 
 def test_cli_adds_lists_forwards_and_removes(redis_url, redis_client, two_users, comet, capsys,
@@ -199,7 +202,7 @@ def test_cli_adds_lists_forwards_and_removes(redis_url, redis_client, two_users,
     user, mine, _, _ = two_users
     where = f"127.0.0.1:{comet.port}"
     config = tmp_path / "minibroker.toml"
-    config.write_text('vo_authority = "minibroker.test"\n')
+    config.write_text('vo_authority = "minibroker.test"\nvtp_allow_private = true\n')
     common = ["--redis-url", redis_url, "--user", user]
 
     def main(argv: list[str]) -> int:
@@ -216,6 +219,14 @@ def test_cli_adds_lists_forwards_and_removes(redis_url, redis_client, two_users,
     assert main(["vtp", "remove", where, *common]) == 1
     assert main(["vtp", "add", "nohostport", *common]) == 1
     assert "give HOST:PORT" in capsys.readouterr().err
+
+
+def test_private_addresses_are_refused_unless_the_operator_allows_them() -> None:
+    """A receiver on loopback or a private network is refused by default (users pick the host:
+    they must not aim the service at its own network); nothing is sent."""
+    for host in ("127.0.0.1", "10.1.2.3", "169.254.169.254", "localhost"):
+        with pytest.raises(DeliveryError, match="is not a public address.*vtp_allow_private"):
+            vtp.send_packet(vtp.Receiver(host, 8098), b"<VOEvent/>", author_ivorn="ivo://x/y")
 
 
 def test_receiver_addresses_parse() -> None:

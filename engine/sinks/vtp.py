@@ -11,7 +11,11 @@ A user registers receivers (``host:port`` of their own broker, e.g. Comet run wi
 - a ``nak`` is final for that packet: the reason is kept in the stats and the next packet goes.
   A broker NAKs an IVORN it has already seen, which is what a resend after a crash produces;
 - a broker that cannot be reached, times out or drops the connection before answering gets the
-  same packet again after a backoff (1 s doubling up to ``max_backoff_s``).
+  same packet again after a backoff (1 s doubling up to ``max_backoff_s``); the last such error
+  is kept for ``vtp list``;
+- receivers must have public addresses (checked after resolving, on every connection) unless
+  the operator sets ``vtp_allow_private``: users choose the host, and must not be able to aim
+  the service at its own network.
 
 Where each receiver has got to is the id of the last stream entry it answered for, kept in Redis
 beside the registration and moved only after the answer: a restarted forwarder resumes there,
@@ -22,7 +26,7 @@ Keys (one user's keys share the ``{user}`` hash tag, as the user's stream does):
 =====================================  ======  ============================================
 ``minibroker:{<user>}:vtp``            hash    ``host:port`` → position (last entry handled)
 ``minibroker:{<user>}:vtp:stats``      hash    ``host:port|ack``, ``|nak``, ``|skip``,
-                                               ``|error``, ``|last_nak``
+                                               ``|error``, ``|last_nak``, ``|last_error``
 ``minibroker:vtp:users``               set     users with at least one receiver
 =====================================  ======  ============================================
 """
@@ -30,6 +34,7 @@ Keys (one user's keys share the ``{user}`` hash tag, as the user's stream does):
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import logging
 import select
 import socket
@@ -119,6 +124,7 @@ class ReceiverStatus:
     acked: int = 0
     nakked: int = 0
     last_nak: str = ""
+    last_error: str = ""
 
 
 class Verdict(Enum):
@@ -163,7 +169,7 @@ def remove_receiver(client: redis.Redis, user: str, receiver: Receiver) -> bool:
     """Stop forwarding ``user``'s matches to ``receiver``; False if it was not registered."""
     removed = bool(client.hdel(_receivers_key(user), str(receiver)))
     stats = _stats_key(user)
-    client.hdel(stats, *(f"{receiver}|{k}" for k in ("ack", "nak", "skip", "error", "last_nak")))
+    client.hdel(stats, *(f"{receiver}|{k}" for k in ("ack", "nak", "skip", "error", "last_nak", "last_error")))
     if not client.hlen(_receivers_key(user)):
         client.srem(USERS_KEY, user)
     return removed
@@ -178,7 +184,8 @@ def list_receivers(client: redis.Redis, user: str) -> list[ReceiverStatus]:
     for name, position in positions.items():
         r = _text(name)
         out.append(ReceiverStatus(Receiver.parse(r), _text(position), int(stats.get(f"{r}|ack", 0)),
-                                  int(stats.get(f"{r}|nak", 0)), stats.get(f"{r}|last_nak", "")))
+                                  int(stats.get(f"{r}|nak", 0)), stats.get(f"{r}|last_nak", ""),
+                                  stats.get(f"{r}|last_error", "")))
     return sorted(out, key=lambda s: s.receiver)
 
 
@@ -234,16 +241,37 @@ def _iamalive_response(incoming: etree._Element, author_ivorn: str) -> bytes:
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
 
 
+def _address(receiver: Receiver, allow_private: bool) -> tuple[Any, ...]:
+    """The socket address to connect to, resolved once and checked: by default only public
+    addresses, so that a user cannot aim the forwarder at the service's own network."""
+    try:
+        infos = socket.getaddrinfo(receiver.host, receiver.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise DeliveryError(f"VTP broker {receiver}: cannot resolve {receiver.host} ({exc.strerror})") from None
+    for family, _, _, _, address in infos:
+        ip = ipaddress.ip_address(address[0])
+        if allow_private or ip.is_global:
+            return (family, address)
+    raise DeliveryError(
+        f"VTP broker {receiver}: {receiver.host} is not a public address ({infos[0][4][0]}); "
+        "register a broker reachable from the internet, or (operator) set vtp_allow_private"
+    )
+
+
 def send_packet(receiver: Receiver, packet: bytes, *, author_ivorn: str,
-                timeout_s: float = 20.0) -> Reply:
+                timeout_s: float = 20.0, allow_private: bool = False) -> Reply:
     """Send one VOEvent to a VTP broker as an author and return its ack or nak.
 
-    Raises :class:`DeliveryError` when the broker cannot be reached, times out, closes the
-    connection before answering or answers with something that is not VTP.
+    Raises :class:`DeliveryError` when the broker's address is not public (unless
+    ``allow_private``), it cannot be reached, times out, closes the connection before
+    answering or answers with something that is not VTP.
     """
     where = f"VTP broker {receiver}"
+    family, address = _address(receiver, allow_private)
     try:
-        with socket.create_connection((receiver.host, receiver.port), timeout=timeout_s) as sock:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout_s)
+            sock.connect(address)
             sock.sendall(frame_message(packet))
             deadline = time.monotonic() + timeout_s
             while True:
@@ -289,6 +317,7 @@ class Forwarder:
     describe: Describe = _no_description
     timeout_s: float = 20.0
     max_backoff_s: float = 60.0
+    allow_private: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -342,12 +371,15 @@ class Forwarder:
         while not self.stop.is_set():
             try:
                 reply = send_packet(self.receiver, packet, author_ivorn=self.settings.author_ivorn,
-                                    timeout_s=self.timeout_s)
+                                    timeout_s=self.timeout_s, allow_private=self.allow_private)
             except DeliveryError as exc:
                 log.warning("%s: %s; trying again in %.0f s", self.user, exc, backoff)
+                self.client.hset(_stats_key(self.user), f"{self.receiver}|last_error",
+                                 f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ} {exc}")
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
                 continue
+            self.client.hdel(_stats_key(self.user), f"{self.receiver}|last_error")
             if reply.verdict is Verdict.ACK:
                 log.info("%s → %s: entry %s acknowledged", self.user, self.receiver, entry_id)
             else:
@@ -379,7 +411,7 @@ def _run_logged(fw: Forwarder) -> None:
 def forward(client: redis.Redis, settings: VOEventSettings, *, users: Iterable[str] | None = None,
             stop: threading.Event | None = None, until_idle: bool = False,
             describe: Describe = _no_description, refresh_s: float = 2.0,
-            timeout_s: float = 20.0, max_backoff_s: float = 60.0) -> None:
+            timeout_s: float = 20.0, max_backoff_s: float = 60.0, allow_private: bool = False) -> None:
     """Run one forwarder thread per registered (user, receiver) until ``stop`` is set.
 
     Receivers added or removed while it runs are picked up every ``refresh_s``. With
@@ -394,7 +426,8 @@ def forward(client: redis.Redis, settings: VOEventSettings, *, users: Iterable[s
             current = set(registered(client, wanted))
             for key in current - running.keys():
                 fw = Forwarder(client, key[0], key[1], settings, describe=describe,
-                               timeout_s=timeout_s, max_backoff_s=max_backoff_s)
+                               timeout_s=timeout_s, max_backoff_s=max_backoff_s,
+                               allow_private=allow_private)
                 thread = threading.Thread(target=_run_logged, args=(fw,), name=f"vtp {key[0]} {key[1]}",
                                           daemon=True)
                 thread.start()
