@@ -2,7 +2,7 @@
 
 Workload: the 64 real LSSTCam v11.1 packets (``/work/shared/data/alerts/lsstcam/v11_1``,
 ~60 KB each with cutouts) published by the real Publisher as one user's matches on a private
-Redis server (:class:`engine.server.PrivateRedis`). Rendering reads each stream entry as the
+Redis server (:class:`engine.local.redis_server.PrivateRedis`). Rendering reads each stream entry as the
 forwarder does: decode the packet, build the VOEvent. The baseline in the same run is
 ``subscribe``'s JSON line with the decoded alert (``render_json(full=True)``), which decodes
 the same packet. The VTP figure forwards all 64 to a real Comet broker on loopback (the test
@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from cometbroker import CometBroker  # noqa: E402
 from matches import publish_packets  # noqa: E402
 
+from engine.formats.json import render_json  # noqa: E402
 from engine.formats.voevent import VOEventSettings, render_entry  # noqa: E402
-from engine.server import PrivateRedis  # noqa: E402
+from engine.local.redis_server import PrivateRedis  # noqa: E402
 from engine.sinks import vtp  # noqa: E402
-from engine.subscribe import render_json  # noqa: E402
 
 SHARED = Path("/work/shared/data/alerts/lsstcam/v11_1")
 ROUNDS = 7

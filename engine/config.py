@@ -14,7 +14,10 @@ stream_maxlen              ``MINIBROKER_STREAM_MAXLEN``   100000 entries kept pe
 isolation                  ``MINIBROKER_ISOLATION``       ``pool`` (worker processes) or ``inprocess``
 workers                    ``MINIBROKER_WORKERS``         2 worker processes running at once
 idle_workers               ``MINIBROKER_IDLE_WORKERS``    256 users' workers kept between visits
-cache_dir                  ``MINIBROKER_CACHE``           ``~/.cache/minibroker``
+cache_dir                  ``MINIBROKER_CACHE``           ``~/.cache/minibroker`` (sample nights, decoders)
+decoder                    ``MINIBROKER_DECODER``         ``auto``: generated C when a compiler is
+                                                          found, else fastavro; ``fast`` or ``reference``
+compiler                   ``MINIBROKER_CC``, ``CC``      gcc or cc on ``PATH``
 vo_authority               ``MINIBROKER_VO_AUTHORITY``    ``minibroker.local``: IVORN authority
 vo_packet_url              ``MINIBROKER_VO_PACKET_URL``   ``ivo://{authority}/alerts#{diaSourceId}``
 vtp_allow_private          ``MINIBROKER_VTP_PRIVATE``     false: VTP receivers must be public
@@ -50,6 +53,8 @@ class Config:
     # Each idle worker costs ~6 MB; one per active user avoids a fork per user per visit.
     idle_workers: int = 256
     cache_dir: Path = Path("~/.cache/minibroker").expanduser()
+    decoder: str = "auto"
+    compiler: str | None = None
     # VOEvent naming: packets are ivo://<vo_authority>/<user>/<filter>#<diaSourceId>; set it to
     # the authority your IVOA registry entry names. Checked in engine.formats.voevent.
     vo_authority: str = "minibroker.local"
@@ -68,6 +73,8 @@ class Config:
             raise ConfigError(f"isolation must be 'pool' or 'inprocess', got {self.isolation!r}")
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.decoder not in ("auto", "fast", "reference"):
+            raise ConfigError(f"decoder must be 'auto', 'fast' or 'reference', got {self.decoder!r}")
         if self.idle_workers < 0:
             raise ConfigError(f"idle_workers must be 0 or more, got {self.idle_workers}")
 
@@ -81,6 +88,10 @@ _ENV = {
     "MINIBROKER_WORKERS": "workers",
     "MINIBROKER_IDLE_WORKERS": "idle_workers",
     "MINIBROKER_CACHE": "cache_dir",
+    "MINIBROKER_DECODER": "decoder",
+    # CC first: the more specific MINIBROKER_CC, read later, wins.
+    "CC": "compiler",
+    "MINIBROKER_CC": "compiler",
     "MINIBROKER_VO_AUTHORITY": "vo_authority",
     "MINIBROKER_VO_PACKET_URL": "vo_packet_url",
     "MINIBROKER_VTP_PRIVATE": "vtp_allow_private",

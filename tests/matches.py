@@ -9,8 +9,8 @@ import redis
 
 from engine.config import load_config
 from engine.decode import decode_messages
-from engine.publish import Publisher, stream_key
 from engine.registry import ActiveFilter
+from engine.sinks.streams import Publisher, stream_key
 from sandbox import Outcome, compile_filter
 
 EVERYTHING = '''"""Every alert: a test filter that passes all it sees."""

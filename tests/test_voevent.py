@@ -27,10 +27,10 @@ from engine.formats.voevent import (
     render,
     render_entry,
 )
-from engine.night import night_info, read_night
-from engine.pipeline import run_visits
-from engine.publish import Publisher, stream_key
 from engine.registry import ActiveFilter
+from engine.service.pipeline import run_visits
+from engine.sinks.streams import Publisher, stream_key
+from engine.sources.night import night_info, read_night
 from sandbox import compile_filter
 
 SCHEMA = etree.XMLSchema(etree.parse(str(VOEVENT_XSD)))

@@ -35,10 +35,10 @@ import erfa
 import fastavro
 from lxml import etree
 
+from engine.alerts.schema import load_schema
+from engine.alerts.wire import unframe
 from engine.config import Config
-from engine.decode import unframe
 from engine.errors import ConfigError
-from engine.schema import load_schema
 
 __all__ = [
     "Match",

@@ -51,7 +51,7 @@ from lxml import etree
 
 from engine.errors import ConfigError, DeliveryError, MinibrokerError
 from engine.formats.voevent import VOEventSettings, match_from_entry, render
-from engine.publish import stream_key
+from engine.sinks.streams import stream_key
 
 __all__ = [
     "Forwarder",
