@@ -40,4 +40,4 @@ def delete_user_keys(client: redis.Redis, user: str) -> None:
         keys = list(client.scan_iter(match=pattern.replace("{", "\\{").replace("}", "\\}")))
         if keys:
             client.delete(*keys)
-    client.srem("minibroker:vtp:users", user)
+    client.srem("minibroker:{!engine}:vtp_users", user)

@@ -26,6 +26,7 @@ from engine.formats.voevent import (
     packet_filename,
     render,
     render_entry,
+    renderer,
 )
 from engine.registry import ActiveFilter
 from engine.service.pipeline import run_visits
@@ -151,10 +152,14 @@ def test_headline_fields_alone_make_a_valid_packet(real_matches) -> None:
 
 def test_out_dir_file_names_are_unique_and_safe(real_matches, tmp_path) -> None:
     """One file per match named after its IVORN (``<user>.<filter>.<diaSourceId>.xml``):
-    writing them all gives as many files, each holding its packet."""
+    writing them all gives as many files, each holding its packet; the ``(entry_id, fields)``
+    renderer subscribe takes gives the same packets, with the filter's description."""
     user, entries = real_matches
+    render_one = renderer(user, SETTINGS, describe=lambda u, f, v: f"{u}'s {f} at {v}")
     for entry_id, fields in entries:
-        packet = render_entry(entry_id, fields, user=user, settings=SETTINGS)
+        packet = render_entry(entry_id, fields, user=user, settings=SETTINGS,
+                              description=f"{user}'s everything at {fields[b'filter_version'].decode()}")
+        assert render_one(entry_id, fields) == packet
         name = packet_filename(etree.fromstring(packet).get("ivorn"))
         assert re.fullmatch(r"[\w.-]+\.xml", name) and name.startswith(f"{user}.everything.")
         (tmp_path / name).write_bytes(packet)

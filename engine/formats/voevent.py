@@ -27,7 +27,7 @@ import io
 import math
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,7 @@ __all__ = [
     "packet_filename",
     "render",
     "render_entry",
+    "renderer",
     "utc_isotime",
 ]
 
@@ -430,3 +431,17 @@ def render_entry(entry_id: str, fields: Mapping[bytes, bytes], *, user: str,
     """The VOEvent packet of one ``kind=match`` stream entry (see :func:`match_from_entry`)."""
     match = match_from_entry(entry_id, fields, user=user, description=description, packet=packet)
     return render(match, settings)
+
+
+def renderer(user: str, settings: VOEventSettings,
+             describe: Callable[[str, str, str], str] | None = None) -> Callable[[str, Mapping[bytes, bytes]], bytes]:
+    """``render(entry_id, fields) -> bytes`` for one user's entries, as ``subscribe`` takes a
+    renderer; ``describe(user, filter, version)`` supplies each filter's docstring."""
+
+    def render_one(entry_id: str, fields: Mapping[bytes, bytes]) -> bytes:
+        name = fields.get(b"filter", b"").decode()
+        version = fields.get(b"filter_version", b"").decode()
+        description = describe(user, name, version) if describe is not None else ""
+        return render_entry(entry_id, fields, user=user, settings=settings, description=description)
+
+    return render_one

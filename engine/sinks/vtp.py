@@ -27,7 +27,7 @@ Keys (one user's keys share the ``{user}`` hash tag, as the user's stream does):
 ``minibroker:{<user>}:vtp``            hash    ``host:port`` → position (last entry handled)
 ``minibroker:{<user>}:vtp:stats``      hash    ``host:port|ack``, ``|nak``, ``|skip``,
                                                ``|error``, ``|last_nak``, ``|last_error``
-``minibroker:vtp:users``               set     users with at least one receiver
+``minibroker:{!engine}:vtp_users``     set     users with at least one receiver
 =====================================  ======  ============================================
 """
 
@@ -50,7 +50,7 @@ import redis
 from lxml import etree
 
 from engine.errors import ConfigError, DeliveryError, MinibrokerError
-from engine.formats.voevent import VOEventSettings, match_from_entry, render
+from engine.formats.voevent import VOEventSettings, entry_packet, match_from_entry, render
 from engine.sinks.streams import stream_key
 
 __all__ = [
@@ -74,7 +74,7 @@ TRANSPORT_NS = "http://www.telescope-networks.org/xml/Transport/v1.1"
 _LENGTH = struct.Struct(">I")
 # VTP peers refuse messages of 100 kB or more; a reply bigger than this is not VTP.
 MAX_MESSAGE = 100_000
-USERS_KEY = "minibroker:vtp:users"
+USERS_KEY = "minibroker:{!engine}:vtp_users"
 
 # A user's name is a hash tag, so that all of one user's keys land on one cluster slot.
 Describe = Callable[[str, str, str], str]
@@ -84,6 +84,12 @@ Describe = Callable[[str, str, str], str]
 def _text(value: Any) -> str:
     """A reply from redis-py (bytes, as clients here do not decode responses) as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _packet(client: redis.Redis, fields: dict[bytes, bytes]) -> bytes | None:
+    """The full packet of a match entry: the one place the forwarder reads packets from (point
+    it at the packet store where entries hold a reference instead of the packet)."""
+    return entry_packet(fields)
 
 
 def _receivers_key(user: str) -> str:
@@ -362,7 +368,7 @@ class Forwarder:
     def _render(self, entry_id: str, fields: dict[bytes, bytes]) -> bytes:
         filter_name = fields[b"filter"].decode()
         version = fields.get(b"filter_version", b"").decode()
-        match = match_from_entry(entry_id, fields, user=self.user,
+        match = match_from_entry(entry_id, fields, user=self.user, packet=_packet(self.client, fields),
                                  description=self.describe(self.user, filter_name, version))
         return render(match, self.settings)
 
