@@ -92,7 +92,7 @@ def test_a_restarted_forwarder_neither_loses_nor_duplicates(redis_client, two_us
         pass
     assert sorted(_received(comet)) == sorted(_ivorns(user, mine))
 
-    redis_client.hset(f"minibroker:{{{user}}}:vtp", str(receiver), mine[59][0])  # lost the last save
+    redis_client.hset(vtp._receivers_key(user), str(receiver), mine[59][0])  # lost the last save
     while second.step(block_ms=0):
         pass
     [status] = vtp.list_receivers(redis_client, user)
