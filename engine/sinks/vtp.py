@@ -224,7 +224,8 @@ def _read_exact(sock: socket.socket, n: int) -> bytes:
     while got < n:
         chunk = sock.recv(n - got)
         if not chunk:
-            raise DeliveryError("the broker closed the connection before answering")
+            raise DeliveryError("the broker closed the connection before answering (if it keeps "
+                                "doing so, check that its author whitelist lets this service in)")
         chunks.append(chunk)
         got += len(chunk)
     return b"".join(chunks)
