@@ -6,7 +6,8 @@ A user registers receivers (``host:port`` of their own broker, e.g. Comet run wi
 - every message is a 4-byte big-endian length followed by that many bytes of XML;
 - one connection per packet: connect, send the VOEvent, wait for the broker's ``ack`` or
   ``nak``, close. That is how Comet's own ``comet-sendvo`` talks to a broker, and Comet's
-  receiver closes the connection after each event, so it works with every broker;
+  receiver closes the connection after each event anyway; keeping one open would race that
+  close and could resend a packet the broker already took;
 - an ``iamalive`` from the broker while we wait is answered with an ``iamalive`` response;
 - a ``nak`` is final for that packet: the reason is kept in the stats and the next packet goes.
   A broker NAKs an IVORN it has already seen, which is what a resend after a crash produces;
@@ -76,7 +77,6 @@ _LENGTH = struct.Struct(">I")
 MAX_MESSAGE = 100_000
 USERS_KEY = "minibroker:{!engine}:vtp_users"
 
-# A user's name is a hash tag, so that all of one user's keys land on one cluster slot.
 Describe = Callable[[str, str, str], str]
 """``describe(user, filter, version)`` → the filter's docstring ("" when unknown)."""
 
@@ -92,6 +92,7 @@ def _packet(client: redis.Redis, fields: dict[bytes, bytes]) -> bytes | None:
     return entry_packet(fields)
 
 
+# A user's name is a hash tag, so that all of one user's keys land on one cluster slot.
 def _receivers_key(user: str) -> str:
     return f"minibroker:{{{user}}}:vtp"
 
@@ -443,7 +444,7 @@ def forward(client: redis.Redis, settings: VOEventSettings, *, users: Iterable[s
                 fw, thread = running.pop(key)
                 fw.stop.set()
             for key, (_, thread) in list(running.items()):
-                if not thread.is_alive():  # removed and re-added in between: start afresh
+                if not thread.is_alive():  # its receiver went, or it failed (logged): afresh next round
                     del running[key]
             if until_idle and all(fw.pending() == 0 for fw, _ in running.values()):
                 return
