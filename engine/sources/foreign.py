@@ -4,9 +4,13 @@ An Avro container file written by fastavro, the Java tools or a broker's archive
 alerts in one of ``lsst-alert-packet``'s schemas, but says so in different ways: a full name
 (``lsst.v11_1.alert``, which fastavro writes with no separate namespace), a namespace
 (``lsst.v11_1`` with name ``alert``), or only its fields (a schema copied under another name).
-:func:`identify_schema` accepts all three. :func:`regroup` reads such a file record by record
-(any codec fastavro reads) and re-encodes each alert in that schema, grouped by
-``diaSource.visit``: slower than a minibroker night, whose blocks are visits already.
+:func:`identify_schema` accepts all three, and only a schema whose bytes are those of a shipped
+version, so every datum is used as it lies, never re-encoded.
+
+:func:`container_datums` walks such a file block by block (any codec fastavro reads) and datum
+by datum, reading only ``diaSource.visit`` (fastavro skips the rest: a reader schema of that
+one field); :func:`group_by_visit` makes the visits. That is slower than a minibroker night,
+whose blocks are visits already, and faster than decoding every alert in full.
 """
 
 from __future__ import annotations
@@ -17,15 +21,15 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import fastavro
 
 from engine.alerts.schema import AlertSchema, available_versions, load_schema
-from engine.errors import SchemaError, SourceError
+from engine.errors import SourceError
 from engine.sources.block import NightBlock
 
-__all__ = ["identify_schema", "read_container", "regroup"]
+__all__ = ["container_blocks", "container_datums", "group_by_visit", "identify_schema", "read_visit", "visit_reader"]
 
 _VERSIONED = re.compile(r"(?:^|\.)v(\d+)_(\d+)(?:\.|$)")
 
@@ -42,9 +46,9 @@ def identify_schema(writer: dict[str, Any], *, where: str = "file") -> AlertSche
         raise SourceError(f"{where}: its records are not Avro records, so they are not LSST alerts")
     named = _version_in_name(writer)
     shape = _shape(writer, {})
-    if named is not None and named in _shapes() and _shapes()[named] == shape:
-        return load_schema(named)
-    same = [v for v, s in _shapes().items() if s == shape]
+    if named is not None and named in available_versions() and _shape_of(named) == shape:
+        return load_schema(named)  # the common case: only that version is loaded
+    same = [v for v in available_versions() if _shape_of(v) == shape]
     if same:
         return load_schema(same[-1])  # equal shapes mean equal bytes: any of them decodes it
     if named is not None:
@@ -101,38 +105,95 @@ def _name(t: dict[str, Any], named: dict[str, Any], shape: Any) -> Any:
 
 
 @functools.cache
-def _shapes() -> dict[str, Any]:
-    """Each shipped version's shape, oldest first."""
-    return {v: _shape(load_schema(v).avro, {}) for v in available_versions()}
+def _shape_of(version: str) -> Any:
+    """A shipped version's shape."""
+    return _shape(load_schema(version).avro, {})
 
 
-def read_container(path: Path, data: bytes | None = None) -> tuple[AlertSchema, list[dict[str, Any]]]:
-    """Every record of an Avro container file and the LSST schema its writer used.
+def container_datums(path: Path, data: bytes | None = None) -> tuple[AlertSchema, Iterator[tuple[int, bytes]]]:
+    """The LSST schema an Avro container file's writer used, and ``(visit, datum)`` for each of
+    its alerts, read lazily (files of cutouts are large: nothing is held but the current block).
 
     ``data`` is the file's content when the caller has read it already.
+
+    Raises
+    ------
+    SourceError
+        Not a container, not LSST alerts, truncated (with the byte where the file ends) or
+        corrupt; the message names ``path``.
     """
-    raw = path.read_bytes() if data is None else data
-    bio = io.BytesIO(raw)
+    fo: BinaryIO = io.BytesIO(data) if data is not None else open(path, "rb")  # closed below
+    size = len(data) if data is not None else os.fstat(fo.fileno()).st_size
     try:
-        reader = fastavro.reader(bio)
+        blocks = fastavro.block_reader(fo)
+        writer = blocks.writer_schema
+        if not isinstance(writer, dict):
+            raise SourceError(f"{path}: its records are not Avro records, so they are not LSST alerts")
+        schema = identify_schema(writer, where=str(path))
+        parsed = fastavro.parse_schema(writer)
+        assert isinstance(parsed, dict)  # a record, checked above
+        visit_only = visit_reader(parsed)
+    except SourceError:
+        fo.close()
+        raise
     except Exception as exc:  # fastavro raises ValueError, EOFError, ... for a bad header
-        raise _unreadable(path, len(raw), bio.tell(), exc) from None
-    writer = reader.writer_schema
-    if not isinstance(writer, dict):
-        raise SourceError(f"{path}: its records are not Avro records, so they are not LSST alerts")
-    schema = identify_schema(writer, where=str(path))
-    records: list[dict[str, Any]] = []
-    try:
-        for record in reader:
-            assert isinstance(record, dict)  # the writer schema is a record
-            records.append(record)
-    except Exception as exc:
-        raise _unreadable(path, len(raw), bio.tell(), exc, after=len(records)) from None
-    return schema, records
+        pos = fo.tell()
+        fo.close()
+        raise _unreadable(path, size, pos, exc) from None
+
+    def datums() -> Iterator[tuple[int, bytes]]:
+        done = 0
+        try:
+            for block in blocks:
+                bio = block.bytes_  # type: ignore[attr-defined]  # the block's datums, decompressed
+                view = bio.getbuffer()
+                for _ in range(block.num_records):
+                    start = bio.tell()
+                    visit = read_visit(bio, parsed, visit_only, where=f"{path}: alert {done}")
+                    yield visit, bytes(view[start : bio.tell()])
+                    done += 1
+                del view
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise _unreadable(path, size, fo.tell(), exc, after=done) from None
+        finally:
+            fo.close()
+
+    return schema, datums()
+
+
+def visit_reader(writer: dict[str, Any]) -> dict[str, Any]:
+    """A reader schema of ``writer`` (parsed) keeping only ``diaSource.visit``: fastavro skips
+    every other field, which is several times faster than decoding the alert."""
+    def one(t: Any) -> Any:
+        if isinstance(t, list):
+            return [one(b) for b in t]
+        if isinstance(t, dict) and t.get("type") == "record":
+            visit = [f for f in t["fields"] if f["name"] == "visit"]
+            return {"type": "record", "name": t["name"], "fields": visit}
+        return t
+
+    source = [f for f in writer["fields"] if f["name"] == "diaSource"]
+    if not source:
+        raise SourceError("the alerts have no diaSource; cannot tell their visits")
+    pruned = {"type": "record", "name": writer["name"],
+              "fields": [{"name": "diaSource", "type": one(source[0]["type"])}]}
+    parsed = fastavro.parse_schema(pruned)
+    assert isinstance(parsed, dict)
+    return parsed
+
+
+def read_visit(bio: BinaryIO, writer: dict[str, Any], reader: dict[str, Any], *, where: str) -> int:
+    """Walk one datum at ``bio``'s position and return its ``diaSource.visit``."""
+    record = fastavro.schemaless_reader(bio, writer, reader)
+    if not isinstance(record, dict):
+        raise SourceError(f"{where}: not an LSST alert")
+    return _visit_of(record, where)
 
 
 def _unreadable(path: Path, size: int, pos: int, exc: Exception, *, after: int | None = None) -> SourceError:
-    done = "" if after is None else f" after {after} records"
+    done = "" if after is None else f" after {after} alerts"
     if isinstance(exc, EOFError) or pos >= size:
         return SourceError(f"{path}: truncated: the file ends at byte {size}{done}, inside an Avro block; "
                            "copy or download it again")
@@ -141,20 +202,12 @@ def _unreadable(path: Path, size: int, pos: int, exc: Exception, *, after: int |
     return SourceError(f"{path}: not a readable Avro container file{done} ({exc})")
 
 
-def regroup(records: Iterable[tuple[str, dict[str, Any]]], schema: AlertSchema) -> Iterator[NightBlock]:
-    """Encode ``(where, record)`` pairs in ``schema`` as one block per visit, visits ascending."""
-    by_visit: dict[int, io.BytesIO] = {}
-    counts: dict[int, int] = {}
-    for where, record in records:
-        visit = _visit_of(record, where)
-        out = by_visit.setdefault(visit, io.BytesIO())
-        try:
-            fastavro.schemaless_writer(out, schema.avro, record)
-        except Exception as exc:  # a record that does not fit the schema it was identified as
-            raise SchemaError(f"{where}: the alert does not fit LSST alert schema {schema.name} ({exc})") from None
-        counts[visit] = counts.get(visit, 0) + 1
-    for visit in sorted(by_visit):
-        yield NightBlock(visit=visit, count=counts[visit], data=memoryview(by_visit[visit].getvalue()))
+def group_by_visit(datums: Iterable[tuple[int, bytes]]) -> list[NightBlock]:
+    """One block per visit, visits ascending, datums in the order given within each."""
+    parts: dict[int, list[bytes]] = {}
+    for visit, datum in datums:
+        parts.setdefault(visit, []).append(datum)
+    return [NightBlock(visit=v, count=len(parts[v]), data=memoryview(b"".join(parts[v]))) for v in sorted(parts)]
 
 
 def _visit_of(record: dict[str, Any], where: str) -> int:
@@ -165,8 +218,6 @@ def _visit_of(record: dict[str, Any], where: str) -> int:
 
 
 def container_blocks(path: str | os.PathLike[str]) -> tuple[AlertSchema, list[NightBlock]]:
-    """A foreign container file's visits, re-encoded in the LSST schema its writer used."""
-    path = Path(path)
-    schema, records = read_container(path)
-    where = str(path)
-    return schema, list(regroup(((f"{where}: record {i}", r) for i, r in enumerate(records)), schema))
+    """A foreign container file's alerts, one block per visit, in the LSST schema it uses."""
+    schema, datums = container_datums(Path(path))
+    return schema, group_by_visit(datums)

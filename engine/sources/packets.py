@@ -15,19 +15,18 @@ same schema version: a visit batch has one schema.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import fastavro
-
 from engine.alerts.schema import AlertSchema, available_versions, load_schema
 from engine.alerts.wire import unframe
 from engine.errors import SchemaError, SourceError
 from engine.sources.block import NightBlock
-from engine.sources.foreign import read_container
+from engine.sources.foreign import container_datums, group_by_visit, read_visit, visit_reader
 
 __all__ = ["read_packets"]
 
@@ -59,7 +58,7 @@ def read_packets(
             f"{root}: a directory given as a night must hold single-alert files (Kafka message "
             f"bodies, bare Avro datums or Avro container files); it holds none{hint}"
         )
-    alerts: list[tuple[Path, AlertSchema, bytes | None, dict[str, Any]]] = []
+    alerts: list[tuple[Path, AlertSchema, int, bytes]] = []
     for path in files:
         alerts.extend(_read_one(path, schema))
     versions: dict[str, list[Path]] = {}
@@ -71,19 +70,18 @@ def read_packets(
                           "put each version in a directory of its own")
     if not alerts:
         raise SourceError(f"{root}: its files hold no alerts")
-    the_schema = alerts[0][1]
-    return the_schema, list(_group(alerts, the_schema))
+    return alerts[0][1], group_by_visit((visit, datum) for _, _, visit, datum in alerts)
 
 
-def _read_one(path: Path, schema: AlertSchema | None) -> Iterator[tuple[Path, AlertSchema, bytes | None, dict[str, Any]]]:
-    """``(path, schema, datum or None, record)`` for each alert in one file."""
+def _read_one(path: Path, schema: AlertSchema | None) -> Iterator[tuple[Path, AlertSchema, int, bytes]]:
+    """``(path, schema, visit, datum)`` for each alert in one file."""
     data = path.read_bytes()
     if not data:
         raise SourceError(f"{path}: empty file; an alert packet has at least a few hundred bytes")
     if data[:4] == _OCF_MAGIC:
-        found, records = read_container(path, data)
-        for record in records:
-            yield path, found, None, record
+        found, datums = container_datums(path, data)
+        for visit, datum in datums:
+            yield path, found, visit, datum
         return
     if len(data) >= 5 and data[0] == 0:
         schema_id, _ = unframe(data, where=str(path))
@@ -93,15 +91,15 @@ def _read_one(path: Path, schema: AlertSchema | None) -> Iterator[tuple[Path, Al
             raise SourceError(f"{path}: Confluent wire header names schema id {schema_id}, "
                               f"not an LSST alert schema the installed lsst-alert-packet ships ({exc})") from None
         datum = data[5:]
-        yield path, wire_schema, datum, _decode(path, datum, wire_schema, offset=5)
+        yield path, wire_schema, _walk(path, datum, wire_schema, offset=5), datum
         return
     candidates = [schema] if schema is not None else [load_schema(v) for v in reversed(available_versions())]
     for candidate in candidates:
         try:
-            record = _decode(path, data, candidate, offset=0)
+            visit = _walk(path, data, candidate, offset=0)
         except SourceError:
             continue
-        yield path, candidate, data, record
+        yield path, candidate, visit, data
         return
     tried = candidates[0].name if schema is not None else "any shipped version"
     raise SourceError(
@@ -110,11 +108,18 @@ def _read_one(path: Path, schema: AlertSchema | None) -> Iterator[tuple[Path, Al
     )
 
 
-def _decode(path: Path, datum: bytes, schema: AlertSchema, *, offset: int) -> dict[str, Any]:
-    """Decode one datum with fastavro; it must use exactly its bytes."""
+@functools.cache
+def _visit_only(version: str) -> dict[str, Any]:
+    return visit_reader(load_schema(version).avro)
+
+
+def _walk(path: Path, datum: bytes, schema: AlertSchema, *, offset: int) -> int:
+    """Walk one datum with fastavro (reading only its visit); it must use exactly its bytes."""
     bio = io.BytesIO(datum)
     try:
-        record = fastavro.schemaless_reader(bio, schema.avro, schema.avro)
+        visit = read_visit(bio, schema.avro, _visit_only(schema.name), where=str(path))
+    except SourceError:
+        raise
     except EOFError:
         raise SourceError(f"{path}: truncated: the file ends at byte {offset + len(datum)}, inside its "
                           f"LSST alert (schema {schema.name}); save it again") from None
@@ -124,23 +129,4 @@ def _decode(path: Path, datum: bytes, schema: AlertSchema, *, offset: int) -> di
     if bio.tell() != len(datum):
         raise SourceError(f"{path}: {len(datum) - bio.tell()} bytes follow its alert (schema "
                           f"{schema.name}), which ends at byte {offset + bio.tell()}; is it one alert?")
-    if not isinstance(record, dict):
-        raise SourceError(f"{path}: not an LSST alert")
-    return record
-
-
-def _group(alerts: list[tuple[Path, AlertSchema, bytes | None, dict[str, Any]]], schema: AlertSchema) -> Iterator[NightBlock]:
-    """One block per visit: datums as they are, container records re-encoded."""
-    parts: dict[int, list[bytes]] = {}
-    for path, _, datum, record in alerts:
-        try:
-            visit = int(record["diaSource"]["visit"])
-        except (KeyError, TypeError, ValueError):
-            raise SourceError(f"{path}: an alert without diaSource.visit; cannot tell its visit") from None
-        if datum is None:
-            out = io.BytesIO()
-            fastavro.schemaless_writer(out, schema.avro, record)
-            datum = out.getvalue()
-        parts.setdefault(visit, []).append(datum)
-    for visit in sorted(parts):
-        yield NightBlock(visit=visit, count=len(parts[visit]), data=memoryview(b"".join(parts[visit])))
+    return visit
