@@ -37,6 +37,12 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.basetemp = str(_SESSION_TMP / "basetemp")
 
 
+@pytest.fixture(scope="session")
+def session_tmp() -> Path:
+    """The session's own temporary directory (removed when the session ends)."""
+    return _SESSION_TMP
+
+
 def _size(path: Path) -> int:
     if path.is_symlink() or not path.is_dir():
         return path.lstat().st_size

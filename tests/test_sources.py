@@ -18,7 +18,7 @@ from engine.alerts.schema import load_schema
 from engine.alerts.wire import unframe
 from engine.decode import decode_block
 from engine.errors import MinibrokerWarning, SourceError
-from engine.sources.night import _ordered, open_night
+from engine.sources.night import NightForm, _ordered, open_night
 
 V11 = "lsstcam/v11_1"
 
@@ -76,7 +76,7 @@ def test_container_schema_identified_by_name_namespace_or_fields(tmp_path: Path,
     with open(path, "wb") as fo:
         fastavro.writer(fo, fastavro.parse_schema(_schema_as(form)), records)
     night, got = _read(path)
-    assert night.schema.name == "11.1" and night.form == "Avro container file"
+    assert night.schema.name == "11.1" and night.form is NightForm.CONTAINER
     assert got == _expected(records)
     assert night.visits == sorted(got)
 
@@ -107,7 +107,7 @@ def test_directory_of_kafka_message_bodies() -> None:
     folder = SHARED_ALERTS / V11
     _, records = _records()
     night, got = _read(folder)
-    assert night.form == "packet directory" and night.schema.name == "11.1"
+    assert night.form is NightForm.PACKETS and night.schema.name == "11.1"
     assert got == _expected(records)
 
 
@@ -221,4 +221,4 @@ def test_minibroker_night_reads_in_place_without_a_warning(small_night: Path) ->
         warnings.simplefilter("error")
         night = open_night(small_night)
         counts = Counter(b.visit for b in night.blocks())
-    assert night.form == "minibroker night" and list(counts) == night.visits and set(counts.values()) == {1}
+    assert night.form is NightForm.MINIBROKER and list(counts) == night.visits and set(counts.values()) == {1}

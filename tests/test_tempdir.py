@@ -7,13 +7,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from conftest import _SESSION_TMP
 
-
-def test_tmp_paths_and_child_processes_write_in_the_session_directory(tmp_path: Path) -> None:
+def test_tmp_paths_and_child_processes_write_in_the_session_directory(tmp_path: Path, session_tmp: Path) -> None:
     """tmp_path, tempfile and the temp dir of a child process all lie in the session's own
     directory, which the session removes at its end."""
     child = subprocess.run([sys.executable, "-c", "import tempfile; print(tempfile.gettempdir())"],
                            capture_output=True, text=True, check=True).stdout.strip()
     for path in (tmp_path, Path(tempfile.gettempdir()), Path(child)):
-        assert path.resolve().is_relative_to(_SESSION_TMP.resolve()), path
+        assert path.resolve().is_relative_to(session_tmp.resolve()), path

@@ -13,6 +13,6 @@ learn its visit: slower, and said once).
 """
 
 from engine.sources.block import NightBlock
-from engine.sources.night import Night, night_info, open_night, read_night
+from engine.sources.night import Night, NightForm, night_info, open_night, read_night
 
-__all__ = ["Night", "NightBlock", "night_info", "open_night", "read_night"]
+__all__ = ["Night", "NightBlock", "NightForm", "night_info", "open_night", "read_night"]

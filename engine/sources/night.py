@@ -22,7 +22,8 @@ import mmap
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -34,7 +35,7 @@ from engine.sources.block import NightBlock
 from engine.sources.foreign import container_blocks
 from engine.sources.packets import read_packets
 
-__all__ = ["Night", "NightBlock", "NightWriter", "night_info", "open_night", "read_night"]
+__all__ = ["Night", "NightBlock", "NightForm", "NightWriter", "night_info", "open_night", "read_night"]
 
 _MAGIC = b"Obj\x01"
 _VISITS_KEY = "minibroker.visits"
@@ -154,6 +155,14 @@ def _read_header(buf: memoryview) -> tuple[dict[str, bytes], bytes, int]:
     return meta, sync, pos + 16
 
 
+class NightForm(StrEnum):
+    """The forms of alerts on disk that :func:`open_night` reads."""
+
+    MINIBROKER = "minibroker night"  # one block per visit: read where it lies
+    CONTAINER = "Avro container file"  # written by any other Avro tool
+    PACKETS = "packet directory"  # one alert per file
+
+
 @dataclass(frozen=True)
 class Night:
     """Alerts of a night, whatever form they came in, ready to be read visit by visit.
@@ -162,8 +171,8 @@ class Night:
     ----------
     path : Path
         The file or directory.
-    form : str
-        ``"minibroker night"``, ``"Avro container file"`` or ``"packet directory"``.
+    form : NightForm
+        Which form the alerts came in.
     schema : AlertSchema
         The schema every block's datums are written in.
     visits : list of int
@@ -171,10 +180,10 @@ class Night:
     """
 
     path: Path
-    form: str
+    form: NightForm
     schema: AlertSchema
     visits: list[int]
-    _blocks: list[NightBlock] | None = None
+    _blocks: list[NightBlock] | None = field(default=None, repr=False)
 
     def blocks(self) -> Iterator[NightBlock]:
         """Each visit's raw alerts, in order (a minibroker night is read where it lies)."""
@@ -198,20 +207,20 @@ def open_night(path: str | os.PathLike[str], *, schema: AlertSchema | None = Non
     if path.is_dir():
         found, blocks = read_packets(path, schema)
         _slow(path, "a directory of single-alert files")
-        return Night(path, "packet directory", found, [b.visit for b in blocks], blocks)
+        return Night(path, NightForm.PACKETS, found, [b.visit for b in blocks], blocks)
     meta, codec = _head(path)
     if _VISITS_KEY in meta and _SCHEMA_KEY in meta and codec == "null":
-        return Night(path, "minibroker night", load_schema(meta[_SCHEMA_KEY].decode()),
+        return Night(path, NightForm.MINIBROKER, load_schema(meta[_SCHEMA_KEY].decode()),
                      json.loads(meta[_VISITS_KEY]))
     found, blocks = container_blocks(path)
     _slow(path, "an Avro container file not written by minibroker" + (f" ({codec} codec)" if codec != "null" else ""))
-    return Night(path, "Avro container file", found, [b.visit for b in blocks], blocks)
+    return Night(path, NightForm.CONTAINER, found, [b.visit for b in blocks], blocks)
 
 
 def _slow(path: Path, what: str) -> None:
     warnings.warn(MinibrokerWarning(
-        f"{path} is {what}: its alerts were regrouped by visit record by record, which is slower "
-        "than a night written by `minibroker simulate`"), stacklevel=3)
+        f"{path} is {what}: its alerts were walked one by one to group them by visit, which is "
+        "slower than a night written by `minibroker simulate`"), stacklevel=3)
 
 
 def _head(path: Path) -> tuple[dict[str, bytes], str]:
