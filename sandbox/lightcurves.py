@@ -51,15 +51,17 @@ def thin_mask(times: np.ndarray, offsets: np.ndarray, min_gap: float, *, time_so
     by_len = np.argsort(-counts, kind="stable")  # the alerts still going form a prefix
     desc = counts[by_len]
     first = starts[by_len]
-    last = np.full(len(by_len), -np.inf)
+    # going[s]: how many alerts have more than s points (a prefix of by_len).
+    going = np.searchsorted(-desc, -np.arange(int(desc[0])), side="left").tolist()
     take = np.zeros(len(cand), bool)
-    for s in range(int(desc[0])):
-        k = int(np.searchsorted(-desc, -s, side="left"))  # alerts with more than s points
+    take[first[: going[0]]] = True  # the earliest point of every list
+    last = ct[first[: going[0]]]
+    for s, k in enumerate(going[1:], start=1):
         idx = first[:k] + s
         t = ct[idx]
         keep = t >= last[:k] + min_gap
         take[idx] = keep
-        last[:k] = np.where(keep, t, last[:k])
+        np.copyto(last[:k], t, where=keep)
     kept[cand[take]] = True
     return kept
 
