@@ -14,7 +14,8 @@ as ``minibroker test``; each round is one whole visit. The 100 filters are
   counterpart, so no ratio).
 
 - ``new: ...``: one filter each using a helper added by issue 12 (``thin``, trigonometry, the
-  null test of a record, ``rate_between`` with ``equal_times="inf"``), columns converted in the
+  null test of a record, ``rate_between`` with ``equal_times="inf"``, the elongation of every
+  difference cutout of the visit), columns converted in the
   round; read them against ``vectorized, 1 filter``.
 
 Extra, not the shared workload: ``test_hundred_typical_filters_report_real_packets`` runs the
@@ -160,6 +161,7 @@ NEW_HELPERS = {
                                "    x = cos(dec) * cos(radians(ds.ra))\n"
                                "    return (degrees(atan2(cos(dec) * sin(radians(ds.ra)), x)) > 0) & (hypot(x, sin(dec)) > 0.5)"),
     "isnull(record)": "return isnull(alerts.diaObject) | notnull(alerts.prvDiaSources)",
+    "cutout_elongation": 'return cutout_elongation(alerts, "cutoutDifference", half=7) < 3',
     "rate_between inf": ('ds = alerts.diaSource\n    prv = alerts.prvDiaSources.psfFlux\n'
                                      '    return rate_between(ds.psfFlux, ds.midpointMjdTai, prv.last(), prv.last_time(), equal_times="inf") > 0'),
 }

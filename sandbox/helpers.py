@@ -15,6 +15,8 @@ Groups:
   ``mag_err``, ``colour``, ``flux_ratio``;
 - time and cadence: ``days_since_first_detection``, ``rate_between``, ``thin``
   (:mod:`sandbox.lightcurves`);
+- cutouts of the whole visit (:mod:`sandbox.images`): ``cutout_centroid``,
+  ``cutout_second_moments``, ``cutout_elongation``, ``cutout_median``;
 - sky (the ``sky`` namespace, all angles in degrees): ``sky.separation``, ``sky.cone``,
   ``sky.watchlist``, ``sky.nearest``, ``sky.galactic_latitude``, ``sky.galactic_longitude``,
   ``sky.ecliptic_latitude``, ``sky.ecliptic_longitude``; ``arcsec`` and ``arcmin`` in degrees.
@@ -36,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from sandbox import images
 from sandbox.alert import AlertRecord
 from sandbox.columns import BANDS, AlertsView, Column, ListColumn, _Group, _readonly, memo_of
 from sandbox.lightcurves import thin
@@ -478,6 +481,77 @@ def rate_between(value_now: Any, time_now: Any, value_then: Any, time_then: Any,
     return Column(np.where(null, 0.0, out), null)
 
 
+# --- cutouts -------------------------------------------------------------------------------
+
+_CUTOUTS = ("cutoutDifference", "cutoutScience", "cutoutTemplate")
+
+
+def _cutout_values(alerts: Any, name: str, what: str, half: Any, threshold: Any, nan: Any) -> Any:
+    """Moments ("moments": r0, c0, Mrr, Mcc, Mrc, elongation) or the median of a cutout: per
+    alert from its Image, or for the whole visit as columns (:func:`sandbox.images.per_cutout`)."""
+    if name not in _CUTOUTS:
+        raise KeyError(f"no cutout {name!r}; the cutouts are {', '.join(_CUTOUTS)}")
+    if half is not None and (not isinstance(half, int) or isinstance(half, bool) or half < 0):
+        raise ValueError("half is None (the whole cutout) or a non-negative integer, as in img.box(half)")
+    k = 6 if what == "moments" else 1
+    if type(alerts) is AlertRecord:
+        img = alerts.get(name)
+        if img is None:
+            return (None,) * k
+        a = img._a if half is None else img.box(half)._a
+        if what == "median":
+            return (images.reduce(a, np.median, np.nanmedian, nan),)
+        m = images.stack_moments(a[None], threshold, nan)
+        return (*(float(x[0]) for x in m), float(images.stack_elongation(*m[2:])[0]))
+    if not isinstance(alerts, AlertsView):
+        raise TypeError(f"cutout helpers take the alerts view (or one alert) and a cutout name, "
+                        f"e.g. cutout_elongation(alerts, 'cutoutDifference'), not {type(alerts).__name__}")
+    store = alerts._store
+    if store.kinds.get(name) != "binary":
+        raise KeyError(f"the cutout {name!r} is not in this batch")
+    key = f"cutout.{what}.{name}.{half!r}.{threshold!r}.{nan!r}"
+    hit = store._aux.get(key)
+    if hit is None:
+        if what == "median":
+            def stat(st: np.ndarray) -> tuple[np.ndarray, ...]:
+                return (images.stack_reduce(st, np.median, np.nanmedian, nan),)
+        else:
+            def stat(st: np.ndarray) -> tuple[np.ndarray, ...]:
+                m = images.stack_moments(st, threshold, nan)
+                return (*m, images.stack_elongation(*m[2:]))
+        images.stack_moments(np.zeros((1, 1, 1)), threshold, nan)  # refuse bad options even on an empty visit
+        values, null = images.per_cutout(store.batch.column(name), stat, k, half)
+        hit = store._aux[key] = tuple(Column(v, null) for v in values)
+    return hit
+
+
+def cutout_centroid(alerts: Any, name: str = "cutoutDifference", *, half: int | None = None,
+                    threshold: float = 0.0, nan: str = "ignore") -> tuple[Any, Any]:
+    """(row, column) of the light of each alert's cutout, as ``img.centroid()``: two columns
+    (null where the alert has no cutout), or two numbers for one alert. ``half`` looks only
+    at the central square, as ``img.box(half)``."""
+    return _cutout_values(alerts, name, "moments", half, threshold, nan)[:2]
+
+
+def cutout_second_moments(alerts: Any, name: str = "cutoutDifference", *, half: int | None = None,
+                          threshold: float = 0.0, nan: str = "ignore") -> tuple[Any, Any, Any]:
+    """(Mrr, Mcc, Mrc) of each alert's cutout, as ``img.second_moments()``."""
+    return _cutout_values(alerts, name, "moments", half, threshold, nan)[2:5]
+
+
+def cutout_elongation(alerts: Any, name: str = "cutoutDifference", *, half: int | None = None,
+                      threshold: float = 0.0, nan: str = "ignore") -> Any:
+    """Axis ratio of the light of each alert's cutout, as ``img.elongation()``: ~1 for a point
+    source, large for a trail; NaN where no pixel is above ``threshold``, null without cutout."""
+    return _cutout_values(alerts, name, "moments", half, threshold, nan)[5]
+
+
+def cutout_median(alerts: Any, name: str = "cutoutDifference", *, half: int | None = None,
+                  nan: str = "ignore") -> Any:
+    """Median pixel of each alert's cutout, as ``img.median(nan=...)``."""
+    return _cutout_values(alerts, name, "median", half, 0.0, nan)[0]
+
+
 # --- sky geometry ------------------------------------------------------------------------------
 
 ARCSEC = 1.0 / 3600.0
@@ -736,6 +810,8 @@ def implied_names(names: Iterable[str]) -> frozenset[str]:
     extra = {"midpointMjdTai", "band"}
     if names & {"isnull", "notnull"}:
         extra |= _RECORD_IDS
+    if any(n.startswith("cutout_") for n in names):  # their default cutout
+        extra |= {"cutoutDifference"}
     if names & {"history", "days_since_first_detection"}:
         extra |= {"diaSource", "prvDiaSources"}
     if "band_field" in names:
@@ -777,6 +853,10 @@ def exported() -> dict[str, Any]:
         "days_since_first_detection": days_since_first_detection,
         "rate_between": rate_between,
         "thin": thin,
+        "cutout_centroid": cutout_centroid,
+        "cutout_second_moments": cutout_second_moments,
+        "cutout_elongation": cutout_elongation,
+        "cutout_median": cutout_median,
         "sky": sky,
         "arcsec": ARCSEC,
         "arcmin": ARCMIN,

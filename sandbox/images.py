@@ -25,11 +25,16 @@ No weight at all (a blank or all-NaN cutout) gives NaN everywhere.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+from numpy.lib.stride_tricks import sliding_window_view
 
-__all__ = ["NAN_MODES", "centroid", "elongation", "reduce", "second_moments"]
+__all__ = ["NAN_MODES", "centroid", "elongation", "reduce", "second_moments", "stack_elongation",
+           "stack_moments", "stack_reduce"]
 
 NAN_MODES = ("ignore", "zero", "propagate")
 
@@ -40,71 +45,205 @@ def _mode(nan: object) -> str:
     return str(nan)
 
 
-def reduce(a: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], nanfn: Callable[[np.ndarray], np.ndarray],
+def reduce(a: np.ndarray, fn: Callable[..., np.ndarray], nanfn: Callable[..., np.ndarray],
            nan: object = "ignore") -> float:
     """One pixel statistic under a NaN treatment: ``fn`` on all pixels, ``nanfn`` skipping NaN."""
+    return float(stack_reduce(a[None], fn, nanfn, nan)[0])
+
+
+def _threshold(threshold: object) -> float:
+    if not isinstance(threshold, int | float) or isinstance(threshold, bool) or math.isnan(threshold):
+        raise TypeError("threshold is a number (a pixel value)")
+    return float(threshold)
+
+
+def stack_moments(a: np.ndarray, threshold: float = 0.0, nan: object = "ignore") -> tuple[np.ndarray, ...]:
+    """(r0, c0, Mrr, Mcc, Mrc) of each image of a stack ``(n, rows, cols)``: five arrays of n.
+
+    The one implementation behind ``Image.centroid`` (a stack of one) and the column helpers
+    (every cutout of a visit at once)."""
+    mode, thr = _mode(nan), _threshold(threshold)
+    nans = np.isnan(a)
+    vals = np.where(nans, 0.0 if mode == "zero" else -np.inf, a)
+    with np.errstate(all="ignore"):
+        w = np.where(vals > thr, vals - thr, 0.0)
+        rows = np.arange(a.shape[1], dtype=np.float64)
+        cols = np.arange(a.shape[2], dtype=np.float64)
+        wr, wc = w.sum(axis=2), w.sum(axis=1)  # light per row, per column
+        total = wr.sum(axis=1)
+        bad = ~((total > 0) & np.isfinite(total))
+        if mode == "propagate":
+            bad |= nans.any(axis=(1, 2))
+        total = np.where(bad, 1.0, total)
+        r0 = wr @ rows / total
+        c0 = wc @ cols / total
+        # Central moments from sums about the centroid (not E[x²] - E[x]²: no cancellation).
+        dr = rows[None, :] - r0[:, None]
+        dc = cols[None, :] - c0[:, None]
+        mrr = np.einsum("nr,nr->n", wr, dr * dr) / total
+        mcc = np.einsum("nc,nc->n", wc, dc * dc) / total
+        mrc = np.einsum("nrc,nr,nc->n", w, dr, dc) / total
+    out = tuple(np.where(bad, np.nan, x) for x in (r0, c0, mrr, mcc, mrc))
+    return out
+
+
+def stack_elongation(mrr: np.ndarray, mcc: np.ndarray, mrc: np.ndarray) -> np.ndarray:
+    """Axis ratio sqrt(λ1/λ2) of each second-moment ellipse (≥ 1; inf for a line; NaN in, NaN out)."""
+    with np.errstate(all="ignore"):
+        half_trace = (mrr + mcc) / 2
+        root = np.hypot((mrr - mcc) / 2, mrc)
+        big, small = half_trace + root, np.maximum(half_trace - root, 0.0)
+        ratio = np.sqrt(big / np.where(small > 0, small, 1.0))
+        out = np.where(small <= 1e-12 * big, np.inf, ratio)
+        out = np.where(big <= 0, 1.0, out)  # all the light in one pixel: round by convention
+    return np.where(np.isnan(mrr), np.nan, out)
+
+
+def stack_reduce(a: np.ndarray, fn: Callable[..., np.ndarray], nanfn: Callable[..., np.ndarray],
+                 nan: object = "ignore") -> np.ndarray:
+    """One pixel statistic of each image of a stack under a NaN treatment."""
     mode = _mode(nan)
     with np.errstate(all="ignore"):
         if mode == "zero":
-            return float(fn(np.nan_to_num(a, nan=0.0, posinf=np.inf, neginf=-np.inf)))
+            return np.asarray(fn(np.nan_to_num(a, nan=0.0, posinf=np.inf, neginf=-np.inf), axis=(1, 2)), np.float64)
         if mode == "propagate":
-            return float(fn(a))
-        return float(nanfn(a)) if np.isfinite(a).any() else math.nan
-
-
-def _weights(a: np.ndarray, threshold: float, nan: object) -> np.ndarray | None:
-    """The weights of each pixel, or None when the moments are NaN."""
-    mode = _mode(nan)
-    if not isinstance(threshold, int | float) or isinstance(threshold, bool) or math.isnan(threshold):
-        raise TypeError("threshold is a number (a pixel value)")
-    nans = np.isnan(a)
-    if mode == "propagate" and nans.any():
-        return None
-    vals = np.where(nans, 0.0 if mode == "zero" else -np.inf, a)
-    with np.errstate(all="ignore"):
-        w = np.where(vals > threshold, vals - threshold, 0.0)
-    total = float(w.sum())
-    if not (total > 0 and math.isfinite(total)):
-        return None
-    return w
-
-
-def _moments(a: np.ndarray, threshold: float, nan: object) -> tuple[float, float, float, float, float]:
-    w = _weights(a, threshold, nan)
-    if w is None:
-        return (math.nan,) * 5
-    total = w.sum()
-    rows = np.arange(a.shape[0], dtype=np.float64)[:, None]
-    cols = np.arange(a.shape[1], dtype=np.float64)[None, :]
-    r0 = float((w * rows).sum() / total)
-    c0 = float((w * cols).sum() / total)
-    dr, dc = rows - r0, cols - c0
-    mrr = float((w * dr * dr).sum() / total)
-    mcc = float((w * dc * dc).sum() / total)
-    mrc = float((w * dr * dc).sum() / total)
-    return r0, c0, mrr, mcc, mrc
+            return np.asarray(fn(a, axis=(1, 2)), np.float64)
+        finite = np.isfinite(a).any(axis=(1, 2))
+        safe = np.where(finite[:, None, None], a, 0.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN images: handled below
+            return np.where(finite, np.asarray(nanfn(safe, axis=(1, 2)), np.float64), np.nan)
 
 
 def centroid(a: np.ndarray, threshold: float = 0.0, nan: object = "ignore") -> tuple[float, float]:
     """Light-weighted (row, column) of the pixels above ``threshold``."""
-    r0, c0, *_ = _moments(a, threshold, nan)
-    return r0, c0
+    r0, c0, *_ = stack_moments(a[None], threshold, nan)
+    return float(r0[0]), float(c0[0])
 
 
 def second_moments(a: np.ndarray, threshold: float = 0.0, nan: object = "ignore") -> tuple[float, float, float]:
     """(Mrr, Mcc, Mrc) about the centroid, in pixels²."""
-    _, _, mrr, mcc, mrc = _moments(a, threshold, nan)
-    return mrr, mcc, mrc
+    _, _, mrr, mcc, mrc = stack_moments(a[None], threshold, nan)
+    return float(mrr[0]), float(mcc[0]), float(mrc[0])
 
 
 def elongation(a: np.ndarray, threshold: float = 0.0, nan: object = "ignore") -> float:
     """Axis ratio sqrt(λ1/λ2) of the second-moment ellipse (≥ 1; inf for a line)."""
-    _, _, mrr, mcc, mrc = _moments(a, threshold, nan)
-    if math.isnan(mrr):
-        return math.nan
-    half_trace = (mrr + mcc) / 2
-    root = math.hypot((mrr - mcc) / 2, mrc)
-    big, small = half_trace + root, max(half_trace - root, 0.0)
-    if big <= 0:  # all the light in one pixel: a point, round by convention
-        return 1.0
-    return math.inf if small <= 1e-12 * big else math.sqrt(big / small)
+    _, _, mrr, mcc, mrc = stack_moments(a[None], threshold, nan)
+    return float(stack_elongation(mrr, mcc, mrc)[0])
+
+
+# --- every cutout of a visit at once (the column form) ------------------------------------------
+
+_BLOCK = 2880
+_CARD = 80
+_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+_STRUCTURAL = ("BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "BSCALE", "BZERO")
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the image of one FITS file sits: every cutout with the same header keywords in
+    the same order and the same structural cards has its pixels at the same place."""
+
+    data_start: int
+    shape: tuple[int, int]
+    dtype: str
+    scale: float
+    zero: float
+    keywords: bytes  # the 8-byte keyword of every card before the data
+    cards: tuple[tuple[int, bytes], ...]  # (offset, 80 bytes) of each structural card
+
+    @property
+    def data_end(self) -> int:
+        return self.data_start + np.dtype(self.dtype).itemsize * self.shape[0] * self.shape[1]
+
+
+def _layout(data: bytes) -> _Layout:
+    """The first 2-D image HDU of a FITS file, as :func:`sandbox.alert.parse_fits_image` finds it."""
+    pos = 0
+    while pos < len(data):
+        header: dict[str, str] = {}
+        cards: list[tuple[int, bytes]] = []
+        done = False
+        while not done:
+            block = data[pos: pos + _BLOCK]
+            if len(block) < _BLOCK:
+                raise ValueError("cutout: truncated FITS header")
+            for k in range(0, _BLOCK, _CARD):
+                card = block[k: k + _CARD]
+                key = card[:8].decode("ascii", "replace").strip()
+                if key == "END":
+                    done = True
+                    break
+                if card[8:10] == b"= ":
+                    header[key] = card[10:].decode("ascii", "replace").split("/", 1)[0].strip()
+                    if key in _STRUCTURAL:
+                        cards.append((pos + k, bytes(card)))
+            pos += _BLOCK
+        bitpix = int(header.get("BITPIX", "8"))
+        naxis = int(header.get("NAXIS", "0"))
+        dims = [int(header.get(f"NAXIS{i}", "0")) for i in range(1, naxis + 1)]
+        nbytes = abs(bitpix) // 8 * (int(np.prod(dims)) if dims else 0)
+        if naxis == 2 and nbytes:
+            if bitpix not in _DTYPES:
+                raise ValueError(f"cutout: unsupported FITS BITPIX {bitpix}")
+            keywords = b"".join(data[k: k + 8] for k in range(0, pos, _CARD))
+            return _Layout(pos, (dims[1], dims[0]), _DTYPES[bitpix], float(header.get("BSCALE", "1")),
+                           float(header.get("BZERO", "0")), keywords, tuple(cards))
+        pos += -(-nbytes // _BLOCK) * _BLOCK
+    raise ValueError("cutout: no 2-D image in this FITS file")
+
+
+def per_cutout(arr: pa.Array, stat: Callable[[np.ndarray], tuple[np.ndarray, ...]], k: int,
+               half: int | None = None) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """``stat`` on every cutout of a binary column, as stacks: ``k`` float arrays (one value
+    per alert) and the null mask (no cutout).
+
+    Cutouts are grouped by layout: the first unprocessed cutout's header is read (Python, once
+    per layout), every cutout whose keywords and structural cards are byte-for-byte the same
+    is matched with one vectorized comparison, and their pixels are gathered into one
+    ``(m, rows, cols)`` stack. The loop runs once per distinct layout (a handful of cutout
+    sizes per visit), never once per alert. ``half`` keeps the central (2*half+1)² square, as
+    ``Image.box(half)``.
+    """
+    n = len(arr)
+    out = tuple(np.full(n, np.nan) for _ in range(k))
+    null = np.asarray(arr.is_null()) if arr.null_count else np.zeros(n, bool)
+    if n == 0:
+        return out, null
+    if not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
+        raise TypeError("cutout helpers take a cutout column such as 'cutoutDifference'")
+    otype = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
+    bufs = arr.buffers()
+    off = np.frombuffer(bufs[1], otype, n + 1, arr.offset * np.dtype(otype).itemsize).astype(np.int64)
+    raw = np.frombuffer(bufs[2], np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(off)
+    todo = ~null & (lengths > 0)
+    null = null | (lengths == 0)
+    while todo.any():
+        first = int(np.flatnonzero(todo)[0])
+        lay = _layout(raw[off[first]: off[first + 1]].tobytes())
+        rows = np.flatnonzero(todo)
+        rows = rows[lengths[rows] >= lay.data_end]
+        # Zero-copy windows of the byte buffer; indexing them copies just the rows wanted.
+        head = sliding_window_view(raw, lay.data_start)[off[rows]]  # (m, header bytes)
+        want = np.frombuffer(lay.keywords, np.uint8).reshape(-1, 8)
+        same = (head.reshape(len(rows), -1, _CARD)[:, :, :8] == want).all(axis=(1, 2))
+        for at, card in lay.cards:
+            same &= (head[:, at: at + _CARD] == np.frombuffer(card, np.uint8)).all(axis=1)
+        rows = rows[same]
+        if first not in rows:  # pragma: no cover - the template always matches itself
+            raise ValueError("cutout: inconsistent FITS header")
+        nbytes = lay.data_end - lay.data_start
+        pix = sliding_window_view(raw, nbytes)[off[rows] + lay.data_start]
+        stack = pix.view(lay.dtype).reshape(len(rows), *lay.shape).astype(np.float64)
+        if (lay.scale, lay.zero) != (1.0, 0.0):
+            stack = stack * lay.scale + lay.zero
+        if half is not None:
+            r, c = lay.shape[0] // 2, lay.shape[1] // 2
+            stack = stack[:, max(r - half, 0): r + half + 1, max(c - half, 0): c + half + 1]
+        for dst, values in zip(out, stat(stack), strict=True):
+            dst[rows] = values
+        todo[rows] = False
+    return out, null

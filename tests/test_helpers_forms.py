@@ -100,7 +100,8 @@ CASES: list[tuple[str, Any, tuple[Any, ...], dict[str, Any]]] = [
     ("sky.ecliptic_longitude", h.ecliptic_longitude, ("ra", "dec"), {}),
 ]
 # Covered with real alerts below (they take the view, a record or a lightcurve).
-ON_REAL_ALERTS = {"days_since_first_detection", "thin"}
+ON_REAL_ALERTS = {"days_since_first_detection", "thin", "cutout_centroid", "cutout_second_moments",
+                  "cutout_elongation", "cutout_median"}
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -410,3 +411,81 @@ def test_new_helpers_return_plain_values_or_read_only_data(real) -> None:
     assert not h.isnull(view.diaObject)._v.flags.writeable
     assert not h.sin(view.diaSource.ra)._v.flags.writeable
     assert type(h.days_since_first_detection(rec)) is float
+
+
+def _with_missing_cutouts(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The batch with the difference cutout of every fifth alert set to null."""
+    i = batch.schema.get_field_index("cutoutDifference")
+    values = batch.column(i).to_pylist()
+    values = [None if k % 5 == 0 else v for k, v in enumerate(values)]
+    return batch.set_column(i, batch.schema.field(i), pa.array(values, type=batch.schema.field(i).type))
+
+
+@pytest.mark.parametrize("options", [{}, {"half": 7}, {"half": 3, "threshold": 50.0, "nan": "propagate"}])
+def test_cutout_helpers_equal_the_image_methods(real, options) -> None:
+    """The column helpers measure every cutout of the visit at once (cutouts of several sizes)
+    and give, alert by alert, the Image methods' values; the per-alert call gives them too;
+    an alert without its cutout is null (None per alert)."""
+    _, _, batch = real
+    batch = _with_missing_cutouts(batch)
+    store = ColumnStore(batch)
+    view = AlertsView(store)
+    half = options.get("half")
+    kw = {k: v for k, v in options.items() if k != "half"}
+    row, col_ = (c.tolist() for c in h.cutout_centroid(view, half=half, **kw))
+    mrr = h.cutout_second_moments(view, half=half, **kw)[0].tolist()
+    elong = h.cutout_elongation(view, half=half, **kw).tolist()
+    median = h.cutout_median(view, half=half, nan=kw.get("nan", "ignore")).tolist()
+    sizes = set()
+    for i, rec in enumerate(_records(store)):
+        img = rec["cutoutDifference"]
+        if img is None:
+            assert row[i] is None and elong[i] is None and median[i] is None
+            assert h.cutout_elongation(rec) is None and h.cutout_centroid(rec) == (None, None)
+            continue
+        sizes.add(img.shape)
+        img = img if half is None else img.box(half)
+        want = [*img.centroid(**kw), img.second_moments(**kw)[0], img.elongation(**kw), img.median(nan=kw.get("nan", "ignore"))]
+        got = [row[i], col_[i], mrr[i], elong[i], median[i]]
+        assert all(_close(g, w) for g, w in zip(got, want, strict=True)), (i, got, want)
+        assert _close(h.cutout_elongation(rec, half=half, **kw), want[3])
+    assert len(sizes) >= 2 and sum(r is None for r in row) == 13
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and (math.isnan(a) or math.isinf(a)):
+        return (math.isnan(a) and math.isnan(b)) or a == b
+    return a == pytest.approx(b, rel=1e-9, abs=1e-9)
+
+
+def test_cutout_helpers_in_a_filter(real, v11_packets) -> None:
+    """A trail cut on columns decodes the cutout through the compiler's projection and passes
+    the same alerts as the same cut in refine."""
+    from engine.evaluate import columns_needed
+    from engine.registry import ActiveFilter
+    from engine.schema import load_schema
+
+    vec = '"""v"""\ndef filter(alerts):\n    return cutout_elongation(alerts, half=7) < 1.1\n'
+    ref = ('"""r"""\ndef filter(alerts):\n    return True\n\ndef refine(alert):\n'
+           '    return alert["cutoutDifference"].box(7).elongation() < 1.1\n')
+    compiled = compile_filter(vec, "v.py")
+    needed = columns_needed([ActiveFilter("u", compiled)], load_schema("11.1"))
+    assert needed is not None and "cutoutDifference" in needed
+    batch = decode_messages(v11_packets, needed).batch
+    (a,) = InProcessRunner([("v", compiled)]).run(batch)
+    (b,) = InProcessRunner([("r", compile_filter(ref, "r.py"))]).run(real[2])
+    assert a.fault is None and b.fault is None, (a.fault, b.fault)
+    assert (a.mask == b.mask).all() and 0 < a.passed < len(batch)
+
+
+def test_cutout_helpers_refuse_bad_arguments(real) -> None:
+    """Unknown cutouts, bad options and non-views are refused with a message."""
+    view, store, _ = real
+    with pytest.raises(KeyError):
+        h.cutout_elongation(view, "cutoutNothing")
+    with pytest.raises(ValueError):
+        h.cutout_median(view, nan="drop")
+    with pytest.raises(ValueError):
+        h.cutout_centroid(view, half=-1)
+    with pytest.raises(TypeError):
+        h.cutout_elongation(view.diaSource.ra)

@@ -243,5 +243,9 @@ ATTACKS += [
       "ds = alerts.diaSource\nreturn rate_between(ds.psfFlux, ds.midpointMjdTai, 0.0, 0.0, equal_times=alerts) > 0"),
     A("image NaN option as an object (runtime)", "helpers", "error", _REFINE + "    return img.median(nan=alert) > 0\n"),
     A("image moments threshold as an object (runtime)", "helpers", "error", _REFINE + "    return img.elongation(threshold=img) > 0\n"),
+    A("cutout helper code", "helpers", "rejected:restricted", "return cutout_centroid.__code__"),
+    A("cutout helper on a foreign name (runtime)", "helpers", "error", "return cutout_elongation(alerts, alerts) > 1"),
+    A("cutout helper result internals (runtime)", "helpers", "error", "return cutout_median(alerts).base is None"),
+    A("cutout helper on a record's internals (runtime)", "helpers", "error", "return cutout_median(alerts.diaSource) > 0"),
     A("moments tuple internals (runtime)", "helpers", "error", _REFINE + "    m = img.second_moments()\n    return m.count(0.0) >= 0 and img.flags is None\n"),
 ]
