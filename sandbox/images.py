@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 __all__ = ["NAN_MODES", "centroid", "elongation", "reduce", "second_moments", "stack_elongation",
            "stack_moments", "stack_reduce"]
@@ -195,6 +195,14 @@ def _layout(data: bytes) -> _Layout:
     raise ValueError("cutout: no 2-D image in this FITS file")
 
 
+def _windows(raw: np.ndarray, shape: tuple[int, ...], strides: tuple[int, ...]) -> np.ndarray:
+    """A read-only view with one window of ``shape`` (byte ``strides``) per start position in
+    ``raw``; only starts whose window fits inside ``raw`` exist."""
+    extent = 1 + sum((n - 1) * st for n, st in zip(shape, strides, strict=True))
+    count = max(len(raw) - extent + 1, 0)
+    return as_strided(raw, (count, *shape), (1, *strides), writeable=False)
+
+
 def per_cutout(arr: pa.Array, stat: Callable[[np.ndarray], tuple[np.ndarray, ...]], k: int,
                half: int | None = None) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     """``stat`` on every cutout of a binary column, as stacks: ``k`` float arrays (one value
@@ -226,23 +234,27 @@ def per_cutout(arr: pa.Array, stat: Callable[[np.ndarray], tuple[np.ndarray, ...
         lay = _layout(raw[off[first]: off[first + 1]].tobytes())
         rows = np.flatnonzero(todo)
         rows = rows[lengths[rows] >= lay.data_end]
-        # Zero-copy windows of the byte buffer; indexing them copies just the rows wanted.
-        head = sliding_window_view(raw, lay.data_start)[off[rows]]  # (m, header bytes)
-        want = np.frombuffer(lay.keywords, np.uint8).reshape(-1, 8)
-        same = (head.reshape(len(rows), -1, _CARD)[:, :, :8] == want).all(axis=(1, 2))
+        # Read-only strided windows on the byte buffer, one per possible start; indexing them
+        # with the cutouts' offsets copies only what is compared or measured.
+        ncards = lay.data_start // _CARD
+        keys = _windows(raw, (ncards, 8), (_CARD, 1))[off[rows]]  # (m, cards, 8)
+        same = (keys == np.frombuffer(lay.keywords, np.uint8).reshape(-1, 8)).all(axis=(1, 2))
         for at, card in lay.cards:
-            same &= (head[:, at: at + _CARD] == np.frombuffer(card, np.uint8)).all(axis=1)
+            same &= (_windows(raw, (_CARD,), (1,))[off[rows] + at] == np.frombuffer(card, np.uint8)).all(axis=1)
         rows = rows[same]
         if first not in rows:  # pragma: no cover - the template always matches itself
             raise ValueError("cutout: inconsistent FITS header")
-        nbytes = lay.data_end - lay.data_start
-        pix = sliding_window_view(raw, nbytes)[off[rows] + lay.data_start]
-        stack = pix.view(lay.dtype).reshape(len(rows), *lay.shape).astype(np.float64)
+        # Only the central (2*half+1)² square is gathered and converted, as Image.box(half).
+        (nr, nc), size = lay.shape, np.dtype(lay.dtype).itemsize
+        r0 = c0 = 0
+        if half is not None:
+            r0, c0 = max(nr // 2 - half, 0), max(nc // 2 - half, 0)
+            nr, nc = min(nr // 2 + half + 1, nr) - r0, min(nc // 2 + half + 1, nc) - c0
+        start = lay.data_start + (r0 * lay.shape[1] + c0) * size
+        pix = _windows(raw, (nr, nc * size), (lay.shape[1] * size, 1))[off[rows] + start]
+        stack = np.ascontiguousarray(pix).view(lay.dtype).astype(np.float64)
         if (lay.scale, lay.zero) != (1.0, 0.0):
             stack = stack * lay.scale + lay.zero
-        if half is not None:
-            r, c = lay.shape[0] // 2, lay.shape[1] // 2
-            stack = stack[:, max(r - half, 0): r + half + 1, max(c - half, 0): c + half + 1]
         for dst, values in zip(out, stat(stack), strict=True):
             dst[rows] = values
         todo[rows] = False
