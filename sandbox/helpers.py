@@ -280,7 +280,7 @@ def _map(x: Any, fn: Callable[[np.ndarray], np.ndarray]) -> Any:
         return x._with(_map(x._items, fn))
     if isinstance(x, bool | int | float):
         with np.errstate(all="ignore"):
-            return float(fn(np.float64(x)))
+            return float(fn(np.asarray(x, dtype=np.float64)))
     if x is None:  # a null in the per-alert form
         return None
     raise TypeError(f"expected a column or a number, got {type(x).__name__}")
@@ -447,7 +447,9 @@ def days_since_first_detection(alerts: AlertsView | AlertRecord) -> Any:
         raise TypeError("days_since_first_detection takes the alerts view (or one alert): "
                         "days_since_first_detection(alerts)")
     t = alerts.history("midpointMjdTai")
-    return alerts._store.get("diaSource.midpointMjdTai") - t.min()  # type: ignore[operator]
+    now = alerts._store.get("diaSource.midpointMjdTai")
+    assert isinstance(now, Column)
+    return now - t.min()
 
 
 @_numbers_too(4)
@@ -578,12 +580,16 @@ def _angles(*xs: Any) -> tuple[list[np.ndarray], np.ndarray | None, int]:
                 raise ValueError(f"columns of different lengths ({n} and {len(x)}) cannot be combined")
             if x._m is not None:
                 mask = x._m if mask is None else mask | x._m
-            out.append(_per_visit("radians", (x,), lambda x=x: _readonly(np.radians(x._v.astype(np.float64, copy=False)))))
+            out.append(_per_visit("radians", (x,), functools.partial(_radians_of, x)))
         elif isinstance(x, bool | int | float):
             out.append(np.radians(np.float64(x)))
         else:
             raise TypeError(f"sky helpers take columns or numbers in degrees, not {type(x).__name__}")
     return out, mask, n
+
+
+def _radians_of(x: Column) -> np.ndarray:
+    return _readonly(np.radians(x._v.astype(np.float64, copy=False)))
 
 
 def _haversine(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray, dec2: np.ndarray) -> np.ndarray:
