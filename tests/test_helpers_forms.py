@@ -210,9 +210,9 @@ def test_isnull_of_a_whole_record(real) -> None:
 def test_isnull_of_a_record_decodes_the_record(real, v11_packets) -> None:
     """A filter that only mentions `diaObject` still gets the record decoded: the compiler's
     projection includes its id, so the null test works in the engine's path."""
+    from engine.alerts.schema import load_schema
     from engine.evaluate import columns_needed
     from engine.registry import ActiveFilter
-    from engine.alerts.schema import load_schema
 
     src = '"""r"""\ndef filter(alerts):\n    return isnull(alerts.diaObject)\n'
     compiled = compile_filter(src, "r.py")
@@ -227,9 +227,9 @@ def test_isnull_of_a_record_decodes_the_record(real, v11_packets) -> None:
 def test_days_since_first_detection_decodes_the_history(real, v11_packets) -> None:
     """`days_since_first_detection(alerts)` alone gets the previous sources decoded (the
     compiler sees the helper's name), so the engine computes the same ages as the full batch."""
+    from engine.alerts.schema import load_schema
     from engine.evaluate import columns_needed
     from engine.registry import ActiveFilter
-    from engine.alerts.schema import load_schema
 
     src = '"""a"""\ndef filter(alerts):\n    return days_since_first_detection(alerts) > 1\n'
     compiled = compile_filter(src, "a.py")
@@ -461,9 +461,9 @@ def _close(a: Any, b: Any) -> bool:
 def test_cutout_helpers_in_a_filter(real, v11_packets) -> None:
     """A trail cut on columns decodes the cutout through the compiler's projection and passes
     the same alerts as the same cut in refine."""
+    from engine.alerts.schema import load_schema
     from engine.evaluate import columns_needed
     from engine.registry import ActiveFilter
-    from engine.alerts.schema import load_schema
 
     vec = '"""v"""\ndef filter(alerts):\n    return cutout_elongation(alerts, half=7) < 1.1\n'
     ref = ('"""r"""\ndef filter(alerts):\n    return True\n\ndef refine(alert):\n'
