@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from sandbox import images
-from sandbox.alert import AlertRecord
+from sandbox.alert import AlertRecord, Image
 from sandbox.columns import BANDS, AlertsView, Column, ListColumn, _Group, _readonly, memo_of
 from sandbox.lightcurves import thin
 
@@ -151,7 +151,10 @@ def isnull(x: Any) -> Any:
     if type(x) is _Group:
         mask = _record_null(x)
         return Column(np.zeros(len(x._store), bool) if mask is None else mask.copy())
-    return x is None
+    if x is None or isinstance(x, _PLAIN | tuple | list | AlertRecord | Image):
+        return x is None
+    raise TypeError(f"isnull() takes a column, a record such as alerts.diaObject, or a value, "
+                    f"not {type(x).__name__}")
 
 
 def notnull(x: Any) -> Any:

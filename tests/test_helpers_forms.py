@@ -205,6 +205,8 @@ def test_isnull_of_a_whole_record(real) -> None:
     assert 0 < sum(h.isnull(view.diaObject).tolist()) < len(rows)
     for rec, want in zip(_records(store), h.isnull(view.diaObject).tolist(), strict=True):
         assert h.isnull(rec["diaObject"]) is want and h.notnull(rec["diaObject"]) is (not want)
+    with pytest.raises(TypeError):
+        h.isnull(view)
 
 
 def test_isnull_of_a_record_decodes_the_record(real, v11_packets) -> None:
