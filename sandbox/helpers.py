@@ -151,7 +151,7 @@ def isnull(x: Any) -> Any:
     if type(x) is _Group:
         mask = _record_null(x)
         return Column(np.zeros(len(x._store), bool) if mask is None else mask.copy())
-    if x is None or isinstance(x, _PLAIN | tuple | list | AlertRecord | Image):
+    if x is None or isinstance(x, (*_PLAIN, tuple, list, AlertRecord, Image)):
         return x is None
     raise TypeError(f"isnull() takes a column, a record such as alerts.diaObject, or a value, "
                     f"not {type(x).__name__}")
