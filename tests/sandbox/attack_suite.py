@@ -247,5 +247,8 @@ ATTACKS += [
     A("cutout helper on a foreign name (runtime)", "helpers", "error", "return cutout_elongation(alerts, alerts) > 1"),
     A("cutout helper result internals (runtime)", "helpers", "error", "return cutout_median(alerts).base is None"),
     A("cutout helper on a record's internals (runtime)", "helpers", "error", "return cutout_median(alerts.diaSource) > 0"),
+    A("hypot with the view on a lightcurve (runtime)", "helpers", "error", "return hypot(alerts.prvDiaSources.psfFlux, alerts).count() > 0"),
+    A("atan2 result internals (runtime)", "helpers", "error", "return atan2(alerts.diaSource.dec, 1.0).flags is None"),
+    A("degrees of a function (runtime)", "helpers", "error", "return degrees(sqrt) > 0"),
     A("moments tuple internals (runtime)", "helpers", "error", _REFINE + "    m = img.second_moments()\n    return m.count(0.0) >= 0 and img.flags is None\n"),
 ]
