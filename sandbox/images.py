@@ -33,8 +33,8 @@ import numpy as np
 import pyarrow as pa
 from numpy.lib.stride_tricks import as_strided
 
-__all__ = ["NAN_MODES", "centroid", "elongation", "reduce", "second_moments", "stack_elongation",
-           "stack_moments", "stack_reduce"]
+__all__ = ["NAN_MODES", "centroid", "elongation", "per_cutout", "reduce", "second_moments",
+           "stack_elongation", "stack_moments", "stack_reduce"]
 
 NAN_MODES = ("ignore", "zero", "propagate")
 
