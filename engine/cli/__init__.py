@@ -11,13 +11,13 @@ import sys
 from collections.abc import Sequence
 
 from engine import __version__
-from engine.cli import bench, demo, run, simulate, subscribe, test
+from engine.cli import bench, demo, run, simulate, subscribe, test, vtp
 from engine.config import load_config
 from engine.decode import configure as configure_decoder
 from engine.errors import MinibrokerError
 
 # One module per verb, in the order `--help` lists them.
-_VERBS = (simulate, test, run, subscribe, bench, demo)
+_VERBS = (simulate, test, run, subscribe, vtp, bench, demo)
 
 __all__ = ["main"]
 
