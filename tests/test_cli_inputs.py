@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -75,7 +76,9 @@ def test_a_packet_directory_and_a_foreign_file_are_nights(tmp_path, capsys) -> N
     same alerts, with a one-line warning each and the same counts."""
     f = tmp_path / "all.py"
     f.write_text(LOOSE)
-    code, out, err = _test(capsys, str(f), "--night", str(SHARED_ALERTS / "lsstcam" / "v11_1"))
+    packets = tmp_path / "packets"  # a copy: the shared folder may have been walked already
+    shutil.copytree(SHARED_ALERTS / "lsstcam" / "v11_1", packets)
+    code, out, err = _test(capsys, str(f), "--night", str(packets))
     assert code == 0 and "64 alerts in 21 visits" in out and "total: 64 of 64" in out
     assert err.count("minibroker: warning:") == 1 and len(err.strip().splitlines()) == 1
     assert "UserWarning" not in err and "warnings.warn" not in err

@@ -222,3 +222,22 @@ def test_minibroker_night_reads_in_place_without_a_warning(small_night: Path) ->
         night = open_night(small_night)
         counts = Counter(b.visit for b in night.blocks())
     assert night.form is NightForm.MINIBROKER and list(counts) == night.visits and set(counts.values()) == {1}
+
+
+def test_a_walked_night_is_walked_once_for_its_visits_then_its_blocks(tmp_path: Path) -> None:
+    """night_info then read_night (as `produce` does) walk a foreign file once and warn once;
+    a changed file is walked again."""
+    from engine.sources import night_info, read_night
+
+    _, records = _records()
+    path = tmp_path / "a.avro"
+    with open(path, "wb") as fo:
+        fastavro.writer(fo, fastavro.parse_schema(_schema_as("name")), records[:10])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _, visits = night_info(path)
+        assert [b.visit for b in read_night(path)] == visits
+        assert len(seen) == 1
+        with open(path, "wb") as fo:
+            fastavro.writer(fo, fastavro.parse_schema(_schema_as("name")), records[:20])
+        assert sum(b.count for b in read_night(path)) == 20 and len(seen) == 2

@@ -205,16 +205,41 @@ def open_night(path: str | os.PathLike[str], *, schema: AlertSchema | None = Non
     """
     path = Path(path)
     if path.is_dir():
+        key = _identity(path, schema)
+        if _last_walked and _last_walked[0] == key:
+            return _last_walked[1]
         found, blocks = read_packets(path, schema)
         _slow(path, "a directory of single-alert files")
-        return Night(path, NightForm.PACKETS, found, [b.visit for b in blocks], blocks)
+        return _remember(key, Night(path, NightForm.PACKETS, found, [b.visit for b in blocks], blocks))
     meta, codec = _head(path)
     if _VISITS_KEY in meta and _SCHEMA_KEY in meta and codec == "null":
         return Night(path, NightForm.MINIBROKER, load_schema(meta[_SCHEMA_KEY].decode()),
                      json.loads(meta[_VISITS_KEY]))
+    key = _identity(path, schema)
+    if _last_walked and _last_walked[0] == key:
+        return _last_walked[1]
     found, blocks = container_blocks(path)
     _slow(path, "an Avro container file not written by minibroker" + (f" ({codec} codec)" if codec != "null" else ""))
-    return Night(path, NightForm.CONTAINER, found, [b.visit for b in blocks], blocks)
+    return _remember(key, Night(path, NightForm.CONTAINER, found, [b.visit for b in blocks], blocks))
+
+
+# The last night that had to be walked alert by alert: callers often ask for its visits
+# (night_info) and then its blocks (read_night); one walk, one warning. One entry only, so a
+# large file is not held after the next is opened.
+_last_walked: list[Any] = []
+
+
+def _identity(path: Path, schema: AlertSchema | None) -> tuple[object, ...]:
+    """What makes two opens of ``path`` the same: its place, size and time of change (of every
+    file, for a directory) and the schema asked for."""
+    entries = sorted(path.iterdir()) if path.is_dir() else [path]
+    stats = [(p.name, st.st_size, st.st_mtime_ns) for p in entries for st in [p.stat()]]
+    return (str(path.resolve()), tuple(stats), None if schema is None else schema.name)
+
+
+def _remember(key: tuple[object, ...], night: Night) -> Night:
+    _last_walked[:] = [key, night]
+    return night
 
 
 def _slow(path: Path, what: str) -> None:
