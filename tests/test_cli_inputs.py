@@ -202,3 +202,21 @@ def test_without_a_c_compiler_decoding_falls_back_and_says_so_once(tmp_path, sma
     assert "total: 900 of 900 alerts passed" in proc.stdout
     assert proc.stderr.count("minibroker: warning: fast decoding is off (no C compiler found") == 1
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_corrupt_visit_is_skipped_named_and_exits_1(tmp_path, small_night, capsys) -> None:
+    """A visit whose alerts are corrupt is reported as SKIPPED with where, the others run, and
+    `test` exits 1 naming the file."""
+    from engine.sources.night import _read_header
+
+    data = bytearray(small_night.read_bytes())
+    _, _, start = _read_header(memoryview(bytes(data)))
+    data[start + 12 : start + 76] = b"\xff" * 64  # the first alert's leading fields
+    night = tmp_path / "corrupt.avro"
+    night.write_bytes(bytes(data))
+    f = tmp_path / "all.py"
+    f.write_text(LOOSE)
+    code, out, err = _test(capsys, str(f), "--night", str(night))
+    assert code == 1
+    assert "SKIPPED" in out and "600 alerts in 2 visits" in out
+    assert err.startswith(f"minibroker: {night}: 1 visit(s) could not be decoded") and "Traceback" not in err

@@ -242,3 +242,12 @@ def test_a_walked_night_is_walked_once_for_its_visits_then_its_blocks(tmp_path: 
         with open(path, "wb") as fo:
             fastavro.writer(fo, fastavro.parse_schema(_schema_as("name")), records[:20])
         assert sum(b.count for b in read_night(path)) == 20 and len(seen) == 2
+
+
+def test_one_packet_file_is_a_night() -> None:
+    """A single Kafka message body given as the night opens as its one visit."""
+    path = packet_files(V11)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one alert: nothing slow to say
+        night = open_night(path)
+    assert night.form is NightForm.PACKETS and [b.count for b in night.blocks()] == [1]

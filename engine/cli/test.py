@@ -42,6 +42,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if args.report is not None:
         path = write_report(args.report, result, night=night, config=config)
         print(f"report written to {path}")
+    if result.report.skipped:
+        print(f"minibroker: {night}: {len(result.report.skipped)} visit(s) could not be decoded (SKIPPED "
+              "above, with where); regenerate or copy the night again", file=sys.stderr)
+        return 1
     faulty = sum(1 for v in result.report.visits if v.faults)
     if faulty:
         print(f"minibroker: the filter faulted on {faulty} of {len(result.report.visits)} visits "

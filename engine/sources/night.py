@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 import fastavro
 
 from engine.alerts.schema import AlertSchema, load_schema
-from engine.errors import MinibrokerWarning, SourceError
+from engine.errors import MinibrokerWarning, SchemaError, SourceError
 from engine.sources.block import NightBlock
 from engine.sources.foreign import container_blocks
 from engine.sources.packets import read_packets
@@ -211,6 +211,12 @@ def open_night(path: str | os.PathLike[str], *, schema: AlertSchema | None = Non
         found, blocks = read_packets(path, schema)
         _slow(path, "a directory of single-alert files")
         return _remember(key, Night(path, NightForm.PACKETS, found, [b.visit for b in blocks], blocks))
+    if _is_packet(path):
+        key = _identity(path, schema)
+        if _last_walked and _last_walked[0] == key:
+            return _last_walked[1]
+        found, blocks = read_packets(path, schema)
+        return _remember(key, Night(path, NightForm.PACKETS, found, [b.visit for b in blocks], blocks))
     meta, codec = _head(path)
     if _VISITS_KEY in meta and _SCHEMA_KEY in meta and codec == "null":
         return Night(path, NightForm.MINIBROKER, load_schema(meta[_SCHEMA_KEY].decode()),
@@ -248,6 +254,22 @@ def _slow(path: Path, what: str) -> None:
         "slower than a night written by `minibroker simulate`"), stacklevel=3)
 
 
+def _is_packet(path: Path) -> bool:
+    """Whether ``path`` is one Kafka message body of a known LSST schema (wire header 0 + id)."""
+    try:
+        with open(path, "rb") as fo:
+            head = fo.read(5)
+    except OSError:
+        return False  # _head says what is wrong with it
+    if len(head) < 5 or head[0] != 0:
+        return False
+    try:
+        load_schema(int.from_bytes(head[1:5], "big"))
+    except SchemaError:
+        return False
+    return True
+
+
 def _head(path: Path) -> tuple[dict[str, bytes], str]:
     """An OCF's header metadata and codec; a SourceError naming ``path`` if it is not one."""
     try:
@@ -264,10 +286,8 @@ def _head(path: Path) -> tuple[dict[str, bytes], str]:
     if size == 0:
         raise SourceError(f"{path}: empty file; regenerate or copy it again")
     if head[:4] != _MAGIC:
-        if head[:1] == b"\x00":
-            hint = "it looks like one Kafka message body: put such files in a directory and give that"
-        else:
-            hint = "give a night from `minibroker simulate`, an Avro container file of LSST alerts, or a directory of alert packets"
+        hint = ("give a night from `minibroker simulate`, an Avro container file of LSST alerts, a "
+                "directory of alert packets, or one alert packet")
         raise SourceError(f"{path}: not an Avro object container file (bad magic); {hint}")
     try:
         meta, _, _ = _read_header(memoryview(head))

@@ -38,7 +38,7 @@ _NOT_ALERTS = (".md", ".txt", ".json", ".csv", ".html", ".yaml", ".yml", ".toml"
 def read_packets(
     directory: str | os.PathLike[str], schema: AlertSchema | None = None
 ) -> tuple[AlertSchema, list[NightBlock]]:
-    """The alerts of a directory of single-alert files, regrouped by visit.
+    """The alerts of a directory of single-alert files (or of one such file), regrouped by visit.
 
     ``schema`` is the version of bare datums when the caller knows it; otherwise it is found.
 
@@ -49,8 +49,11 @@ def read_packets(
         byte where it ends), or files use different schema versions.
     """
     root = Path(directory)
-    files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and not p.name.lower().endswith(_NOT_ALERTS))
+    if root.is_file():  # one packet on its own
+        files = [root]
+    else:
+        files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and not p.name.lower().endswith(_NOT_ALERTS))
     if not files:
         subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         hint = f" (it has subdirectories {', '.join(subdirs[:5])}: give one of them)" if subdirs else ""
