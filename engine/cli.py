@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from engine import __version__
+from engine.cli_users import COMMANDS as USER_COMMANDS
+from engine.cli_users import add_parsers as add_user_parsers
+from engine.cli_users import run_filters
 from engine.config import Config, load_config
 from engine.errors import ConfigError, MinibrokerError, SourceError
 
@@ -49,19 +52,14 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="evaluate every filter over a night and publish to Redis")
     r.add_argument("--night", required=True, type=Path)
-    r.add_argument("--filters", required=True, type=Path, help="DIR with DIR/<user>/<name>.py")
+    r.add_argument("--filters", type=Path, help="DIR with DIR/<user>/<name>.py (default: the registry's active filters)")
     r.add_argument("--owner", default="demo", help="user owning filter files directly in DIR")
     r.add_argument("--redis-url", help="default: $REDIS_URL or redis://localhost:6379/0")
     r.add_argument("--isolation", choices=("pool", "inprocess"))
     r.add_argument("--budget-s", type=float, help="time budget per filter per visit")
     r.add_argument("--no-progress", action="store_true")
 
-    u = sub.add_parser("subscribe", help="print a user's matches as they arrive (Ctrl-C to stop)")
-    u.add_argument("--user", required=True)
-    u.add_argument("--redis-url")
-    u.add_argument("--since", help="'now' (default), '0' for everything kept, a stream id or an ISO time")
-    u.add_argument("--full", action="store_true", help="include the decoded alert (cutouts as sizes)")
-    u.add_argument("--exit-when-idle", action="store_true", help="stop when no entry arrives for a second")
+    add_user_parsers(sub)
 
     b = sub.add_parser("bench", help="measure decode, evaluate and whole-visit speed on this machine")
     b.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -77,19 +75,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _redis(url: str | None):  # type: ignore[no-untyped-def]
-    import redis
-
     from engine.config import DEFAULT_REDIS_URL
+    from engine.users import connect
 
-    url = url or DEFAULT_REDIS_URL
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=3)
-        client.ping()
-    except (redis.RedisError, ValueError) as exc:
-        raise ConfigError(
-            f"cannot reach Redis at {url} ({exc}); start one, set REDIS_URL, or try `minibroker demo`"
-        ) from None
-    return client
+    return connect(url or DEFAULT_REDIS_URL)
 
 
 def _cmd_simulate(args: argparse.Namespace, config: Config) -> int:
@@ -122,35 +111,22 @@ def _cmd_test(args: argparse.Namespace, config: Config) -> int:
 def _cmd_run(args: argparse.Namespace, config: Config) -> int:
     from engine.pipeline import run_night
     from engine.publish import Publisher
-    from engine.registry import discover
 
-    fs = discover(args.filters, owner=args.owner)
-    for key, rejection in fs.rejected.items():
-        print(f"minibroker: {key} left out: {rejection}", file=sys.stderr)
-    if not fs.active:
-        raise ConfigError(f"no usable filter under {args.filters}")
-    client = _redis(config.redis_url)
-    report = run_night(args.night, fs.active, config, Publisher(client, config), progress=not args.no_progress)
+    active, caps = run_filters(args, config)
+    publisher = Publisher(_redis(config.redis_url), config, caps)
+    report = run_night(args.night, active, config, publisher, progress=not args.no_progress)
     for visit, why in report.skipped.items():
         print(f"minibroker: visit {visit} skipped: {why}", file=sys.stderr)
-    print(f"{report.alerts} alerts, {len(report.visits)} visits, {len(fs.active)} filters: "
+    print(f"{report.alerts} alerts, {len(report.visits)} visits, {len(active)} filters: "
           f"{report.published} entries published")
+    totals = publisher.totals
+    for f in active:
+        print(f"  {f.key}: delivered {totals.delivered.get(f.key, 0)}, withheld {totals.withheld.get(f.key, 0)}"
+              + (", suspended" if f.key in totals.suspended else ""))
     if report.skipped:
         raise SourceError(f"{len(report.skipped)} visit(s) of {args.night} could not be decoded (listed above); "
                           "the others were published. Regenerate or re-fetch the night and run it again: "
                           "entries already published are not duplicated")
-    return 0
-
-
-def _cmd_subscribe(args: argparse.Namespace, config: Config) -> int:
-    from engine.subscribe import follow, render_json
-
-    client = _redis(config.redis_url)
-    try:
-        for entry_id, fields in follow(client, args.user, since=args.since, stop_when_idle=args.exit_when_idle):
-            print(render_json(entry_id, fields, full=args.full), flush=True)
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
@@ -181,9 +157,9 @@ _COMMANDS = {
     "simulate": _cmd_simulate,
     "test": _cmd_test,
     "run": _cmd_run,
-    "subscribe": _cmd_subscribe,
     "bench": _cmd_bench,
     "demo": _cmd_demo,
+    **USER_COMMANDS,
 }
 
 
