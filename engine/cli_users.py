@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import os
 import sys
 from pathlib import Path
@@ -230,7 +231,7 @@ def cmd_subscribe(args: argparse.Namespace, config: Config) -> int:
     suffix, render = RENDERERS[args.format]
     entries = follow(client, user, since=args.since, group=None if args.no_group else args.group,
                      consumer=args.consumer, filter_name=args.filter_name,
-                     stop_when_idle=args.exit_when_idle, wait=args.wait)
+                     stop_when_idle=args.exit_when_idle, wait=args.wait, alive=_stdout_open)
     try:
         for entry_id, fields in entries:
             if args.out is not None and fields.get(b"kind") == b"match":
@@ -248,6 +249,18 @@ def cmd_subscribe(args: argparse.Namespace, config: Config) -> int:
     finally:
         entries.close()
     return 0
+
+
+def _stdout_open() -> bool:
+    """False once the reader of our standard output has gone (a closed pipe)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+    except (AttributeError, ValueError, OSError, io.UnsupportedOperation):
+        return True  # not a real file (tests capture it): nobody can close it
+    return not any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
 
 
 def run_filters(args: argparse.Namespace, config: Config) -> tuple[list[Any], dict[str, int]]:

@@ -350,6 +350,8 @@ class Publisher:
                     report.withheld[key] = withheld
                 if suspended:
                     report.suspended.append(key)
+        if report.suspended:  # the registry changed: engines re-read it before the next visit
+            self.client.incr(keys.engine_key("epoch"))
         self.totals.add(report)
         return report
 

@@ -20,8 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fastavro
@@ -72,12 +71,15 @@ def follow(
     block_ms: int = 1000,
     stop_when_idle: bool = False,
     wait: bool = True,
+    alive: Callable[[], bool] | None = None,
 ) -> Iterator[Entry]:
     """Yield ``(entry_id, fields)`` from a user's stream as they arrive (see module doc).
 
     ``filter_name`` keeps only that filter's entries (and visit markers); ``wait=False`` raises
-    :class:`ConfigError` at once when the user has no stream yet.
+    :class:`ConfigError` at once when the user has no stream yet; ``alive`` is asked after
+    every ``block_ms`` without news, and False ends the iteration (the reader went away).
     """
+    idle = (lambda: True) if stop_when_idle else (lambda: alive is not None and not alive())
     key = keys.stream_key(user)
     try:
         if not wait and not client.exists(key):
@@ -86,9 +88,9 @@ def follow(
                 "`minibroker submit FILE`), or pass --wait to wait for the first entry"
             )
         if group is None:
-            yield from _plain(client, key, start_id(since), block_ms, stop_when_idle, filter_name)
+            yield from _plain(client, key, start_id(since), block_ms, idle, filter_name)
         else:
-            yield from _grouped(client, key, group, consumer, since, block_ms, stop_when_idle, filter_name)
+            yield from _grouped(client, key, group, consumer, since, block_ms, idle, filter_name)
     except redis.exceptions.NoPermissionError as exc:
         raise _refused(user, exc) from None
     except redis.exceptions.AuthenticationError as exc:
@@ -99,12 +101,12 @@ def _keep(fields: dict[bytes, bytes], filter_name: str | None) -> bool:
     return filter_name is None or fields.get(b"filter", filter_name.encode()) == filter_name.encode()
 
 
-def _plain(client: redis.Redis, key: str, last: str, block_ms: int, stop_when_idle: bool,
+def _plain(client: redis.Redis, key: str, last: str, block_ms: int, stop: Callable[[], bool],
            filter_name: str | None) -> Iterator[Entry]:
     while True:
         batch = client.xread({key: last}, block=block_ms, count=500)
         if not batch:
-            if stop_when_idle:
+            if stop():
                 return
             continue
         entries = _with_packets(client, batch[0][1])
@@ -115,7 +117,7 @@ def _plain(client: redis.Redis, key: str, last: str, block_ms: int, stop_when_id
 
 
 def _grouped(client: redis.Redis, key: str, group: str, consumer: str, since: str | None,
-             block_ms: int, stop_when_idle: bool, filter_name: str | None) -> Iterator[Entry]:
+             block_ms: int, stop: Callable[[], bool], filter_name: str | None) -> Iterator[Entry]:
     start = "0" if since is None else start_id(since)
     try:
         client.xgroup_create(key, group, id=start, mkstream=True)
@@ -125,7 +127,6 @@ def _grouped(client: redis.Redis, key: str, group: str, consumer: str, since: st
         if since is not None:
             client.xgroup_setid(key, group, id=start)
     position = "0"  # first what this consumer was handed and never acknowledged
-    idle_since = time.monotonic()
     while True:
         batch = client.xreadgroup(group, consumer, {key: position}, count=100,
                                   block=None if position == "0" else block_ms)
@@ -134,10 +135,9 @@ def _grouped(client: redis.Redis, key: str, group: str, consumer: str, since: st
             position = ">"
             continue
         if not items:
-            if stop_when_idle and time.monotonic() - idle_since >= block_ms / 1000:
+            if stop():
                 return
             continue
-        idle_since = time.monotonic()
         for entry_id, fields in _with_packets(client, items):
             if _keep(fields, filter_name):
                 yield entry_id, fields

@@ -13,7 +13,7 @@ from engine.decode import decode_block
 from engine.inbox import Op, Status, request, submit_file
 from engine.night import night_info, read_night
 from engine.registry_redis import ActiveFilters, FilterStatus, Registry
-from engine.submissions import process_until_idle
+from engine.submissions import process_pending
 from engine.users import add_user, connect, remove_user
 
 GOOD = '''"""Bright, reliable detections."""
@@ -61,18 +61,21 @@ def user(redis_url):
 
 @pytest.fixture()
 def engine(redis_client, reference):
-    """Runs `process_until_idle` in the background while a test talks to it as a user."""
+    """Answers requests in the background (as `serve` does once per visit) while a test talks
+    to it as a user; call it to start."""
     config = load_config(env={}, isolation="inprocess")
-    threads = []
+    stop = threading.Event()
 
-    def start(idle_s: float = 2.0) -> None:
-        t = threading.Thread(target=process_until_idle, args=(redis_client, reference, config, idle_s), daemon=True)
-        t.start()
-        threads.append(t)
+    def loop() -> None:
+        while not stop.is_set():
+            process_pending(redis_client, reference, config)
+            stop.wait(0.05)
 
-    yield start
-    for t in threads:
-        t.join(10)
+    thread = threading.Thread(target=loop, daemon=True)
+    yield thread.start
+    stop.set()
+    if thread.is_alive():
+        thread.join(10)
 
 
 def test_submit_accepts_versions_and_the_engine_picks_them_up(user, engine, redis_client, tmp_path) -> None:
@@ -154,7 +157,7 @@ def test_submit_and_filters_commands(user, engine, tmp_path, capsys, small_night
     good, bad = tmp_path / "bright.py", tmp_path / "bad.py"
     good.write_text(GOOD)
     bad.write_text(BAD)
-    engine(idle_s=4.0)
+    engine()
     assert main(["submit", str(good), "--redis-url", url, "--wait", "20"]) == 0
     assert "bright: accepted as version 1" in capsys.readouterr().out
     assert main(["submit", str(bad), "--name", "other", "--redis-url", url, "--wait", "20"]) == 1
@@ -182,10 +185,16 @@ def test_submit_and_filters_commands(user, engine, tmp_path, capsys, small_night
     assert "no filter named 'bright'" in capsys.readouterr().err
 
 
-def test_submit_without_an_engine_says_so(user, tmp_path, capsys) -> None:
-    """With no engine answering, submit gives up after --wait and says what to do."""
-    name, url, _ = user
+def test_submit_without_an_engine_says_so_and_process_submissions_answers(
+        user, tmp_path, capsys, redis_url, small_night) -> None:
+    """With no engine answering, submit gives up after --wait and says what to do; the request
+    stays in the inbox and `admin process-submissions --wait` answers it."""
+    name, url, client = user
     path = tmp_path / "bright.py"
     path.write_text(GOOD)
-    assert main(["submit", str(path), "--redis-url", url, "--wait", "0.5"]) == 1
+    assert main(["submit", str(path), "--redis-url", url, "--wait", "0.3"]) == 1
     assert "process-submissions" in capsys.readouterr().err
+    assert main(["admin", "process-submissions", "--wait", "0.2", "--reference", str(small_night),
+                 "--redis-url", redis_url]) == 0
+    assert capsys.readouterr().out.startswith("1 request(s) answered")
+    assert Registry(client).get(name, "bright").version == 1
