@@ -1,4 +1,5 @@
-"""Subscribe: read a user's stream, with the stored packets put back into match entries.
+"""Subscribe: read a user's stream, with the stored packets put back into match entries
+(rendering is :mod:`engine.formats`).
 
 Two ways to read:
 
@@ -18,23 +19,16 @@ they come out with ``alert`` set to the packet (Confluent-framed Avro), or to ``
 from __future__ import annotations
 
 import datetime as dt
-import io
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import fastavro
 import redis
 
-from engine import keys
-from engine.decode import unframe
 from engine.errors import ConfigError
-from engine.schema import load_schema
+from engine.registry import keys
 
-__all__ = ["RENDERERS", "follow", "render_avro", "render_json", "start_id"]
+__all__ = ["follow", "start_id"]
 
-_NUMERIC = {"visit", "diaSourceId", "diaObjectId", "ssObjectId", "schema_id", "alerts", "count", "cap"}
-_FLOAT = {"ra", "dec", "midpointMjdTai", "snr", "reliability"}
 Entry = tuple[str, dict[bytes, bytes]]
 
 
@@ -162,60 +156,3 @@ def _with_packets(client: redis.Redis, items: list[Any]) -> list[Entry]:
             if packet is None:
                 fields[b"packet_expired"] = b"1"
     return out
-
-
-def render_json(entry_id: str, fields: dict[bytes, bytes], *, full: bool = False) -> str:
-    """One JSON line for an entry; with ``full`` the decoded alert (cutouts as byte counts)."""
-    out: dict[str, Any] = {"id": entry_id}
-    for k, v in fields.items():
-        key = k.decode()
-        if key == "alert":
-            out["alert_bytes"] = len(v)
-            if full and v:
-                out["alert"] = _decoded(v)
-            continue
-        text = v.decode()
-        if key in _NUMERIC and text:
-            out[key] = int(text)
-        elif key in _FLOAT and text:
-            out[key] = float(text)
-        elif key == "filters" and text:
-            out[key] = json.loads(text)
-        else:
-            out[key] = text or None
-    return json.dumps(out)
-
-
-def render_avro(entry_id: str, fields: dict[bytes, bytes]) -> bytes:
-    """A match's alert as an Avro object container file (one record, its schema embedded)."""
-    body = fields.get(b"alert")
-    if not body:
-        raise ConfigError(f"entry {entry_id} has no stored packet (expired after the retention period)")
-    schema_id, datum = unframe(body)
-    schema = load_schema(schema_id)
-    record = fastavro.schemaless_reader(io.BytesIO(datum), schema.avro, schema.avro)
-    buffer = io.BytesIO()
-    fastavro.writer(buffer, schema.avro, [record])
-    return buffer.getvalue()
-
-
-def _render_json_bytes(entry_id: str, fields: dict[bytes, bytes]) -> bytes:
-    return (render_json(entry_id, fields, full=True) + "\n").encode()
-
-
-# Output formats of ``subscribe --format``: name → (file suffix, renderer of a match entry).
-# The VO work adds ``"voevent"`` here.
-RENDERERS = {
-    "json": (".json", _render_json_bytes),
-    "avro": (".avro", render_avro),
-}
-
-
-def _decoded(body: bytes) -> dict[str, Any]:
-    schema_id, datum = unframe(body)
-    schema = load_schema(schema_id)
-    record = fastavro.schemaless_reader(io.BytesIO(datum), schema.avro, schema.avro)
-    for key, value in list(record.items()):
-        if isinstance(value, bytes):
-            record[key] = {"bytes": len(value)}
-    return json.loads(json.dumps(record, default=str))

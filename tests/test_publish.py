@@ -9,13 +9,12 @@ import json
 import numpy as np
 import pytest
 
-from engine import keys
 from engine.config import load_config
 from engine.decode import VisitBatch, decode_block
-from engine.night import night_info, read_night
-from engine.publish import Publisher
-from engine.registry import ActiveFilter
-from engine.registry_redis import ActiveFilters, FilterStatus, Registry
+from engine.registry import ActiveFilter, keys
+from engine.registry.store import ActiveFilters, FilterStatus, Registry
+from engine.sinks.streams import Publisher
+from engine.sources.night import night_info, read_night
 from engine.subscribe import follow
 from sandbox import FilterFault, Outcome, compile_filter
 

@@ -10,11 +10,11 @@ import pytest
 from engine.cli import main
 from engine.config import load_config
 from engine.decode import decode_block
-from engine.inbox import Op, Status, request, submit_file
-from engine.night import night_info, read_night
-from engine.registry_redis import ActiveFilters, FilterStatus, Registry
-from engine.submissions import process_pending
-from engine.users import add_user, connect, remove_user
+from engine.registry.inbox import Op, Status, request, submit_file
+from engine.registry.store import ActiveFilters, FilterStatus, Registry
+from engine.registry.users import add_user, connect, remove_user
+from engine.service.submissions import process_pending
+from engine.sources.night import night_info, read_night
 
 GOOD = '''"""Bright, reliable detections."""
 def filter(alerts):

@@ -13,15 +13,14 @@ import fastavro
 import numpy as np
 import pytest
 
-from engine import keys
 from engine.cli import main
 from engine.config import load_config
 from engine.decode import decode_block
-from engine.night import night_info, read_night
-from engine.publish import Publisher
-from engine.registry import ActiveFilter
+from engine.registry import ActiveFilter, keys
+from engine.registry.users import add_user, connect, remove_user
+from engine.sinks.streams import Publisher
+from engine.sources.night import night_info, read_night
 from engine.subscribe import follow
-from engine.users import add_user, connect, remove_user
 from sandbox import Outcome, compile_filter
 
 ALL = '"""Everything."""\ndef filter(alerts):\n    return True\n'

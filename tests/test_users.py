@@ -7,9 +7,9 @@ import uuid
 import pytest
 import redis
 
-from engine import keys
 from engine.errors import ConfigError
-from engine.users import add_user, connect, list_users, remove_user, url_user
+from engine.registry import keys
+from engine.registry.users import add_user, connect, list_users, remove_user, url_user
 
 
 @pytest.fixture()
