@@ -275,12 +275,24 @@ class Publisher:
         self.caps: dict[str, int] = dict(caps or {})
         self.totals = PublishReport()
         self._script = client.register_script(_PUBLISH_USER)
+        client.script_load(_PUBLISH_USER)  # on a cluster: on every primary (cluster pipelines cannot load)
         self._secret = _engine_secret(client)
 
     def publish(
         self, visit: VisitBatch, filters: Sequence[ActiveFilter], outcomes: Sequence[Outcome]
     ) -> PublishReport:
         """Write every match (capped per filter), fault and visit marker of one visit."""
+        try:
+            return self._publish(visit, filters, outcomes)
+        except redis.exceptions.NoScriptError:
+            # The server restarted (or failed over) and forgot the script: load it and publish
+            # the visit again; what the first attempt wrote is not written twice.
+            self.client.script_load(_PUBLISH_USER)
+            return self._publish(visit, filters, outcomes)
+
+    def _publish(
+        self, visit: VisitBatch, filters: Sequence[ActiveFilter], outcomes: Sequence[Outcome]
+    ) -> PublishReport:
         by_key = {f.key: f for f in filters}
         by_user: dict[str, list[tuple[ActiveFilter, Outcome]]] = {}
         for f in filters:
@@ -329,6 +341,8 @@ class Publisher:
             order.append((user, [f.key for f, _ in items]))
         try:
             results = pipe.execute()
+        except redis.exceptions.NoScriptError:
+            raise
         except redis.RedisError as exc:
             raise PublishError(
                 f"visit {visit.visit}: publishing to Redis failed ({exc}); check the server and "
