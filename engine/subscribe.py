@@ -19,7 +19,7 @@ they come out with ``alert`` set to the packet (Confluent-framed Avro), or to ``
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import redis
@@ -55,7 +55,7 @@ def _refused(user: str, exc: redis.RedisError) -> ConfigError:
 
 
 def follow(
-    client: redis.Redis,
+    client: Any,
     user: str,
     *,
     since: str | None = None,
@@ -66,7 +66,7 @@ def follow(
     stop_when_idle: bool = False,
     wait: bool = True,
     alive: Callable[[], bool] | None = None,
-) -> Iterator[Entry]:
+) -> Generator[Entry, None, None]:
     """Yield ``(entry_id, fields)`` from a user's stream as they arrive (see module doc).
 
     ``filter_name`` keeps only that filter's entries (and visit markers); ``wait=False`` raises
@@ -95,7 +95,7 @@ def _keep(fields: dict[bytes, bytes], filter_name: str | None) -> bool:
     return filter_name is None or fields.get(b"filter", filter_name.encode()) == filter_name.encode()
 
 
-def _plain(client: redis.Redis, key: str, last: str, block_ms: int, stop: Callable[[], bool],
+def _plain(client: Any, key: str, last: str, block_ms: int, stop: Callable[[], bool],
            filter_name: str | None) -> Iterator[Entry]:
     while True:
         batch = client.xread({key: last}, block=block_ms, count=500)
@@ -110,7 +110,7 @@ def _plain(client: redis.Redis, key: str, last: str, block_ms: int, stop: Callab
                 yield entry_id, fields
 
 
-def _grouped(client: redis.Redis, key: str, group: str, consumer: str, since: str | None,
+def _grouped(client: Any, key: str, group: str, consumer: str, since: str | None,
              block_ms: int, stop: Callable[[], bool], filter_name: str | None) -> Iterator[Entry]:
     start = "0" if since is None else start_id(since)
     try:
@@ -138,7 +138,7 @@ def _grouped(client: redis.Redis, key: str, group: str, consumer: str, since: st
             client.xack(key, group, entry_id)
 
 
-def _with_packets(client: redis.Redis, items: list[Any]) -> list[Entry]:
+def _with_packets(client: Any, items: list[Any]) -> list[Entry]:
     """Decode ids and put each match entry's stored packet back as ``alert``."""
     out: list[Entry] = []
     pipe = client.pipeline(transaction=False)

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     registry = Registry(client)
     action = args.filters_command or "list"
     if action == "list":
-        records = registry.list(user)
+        records = registry.records(user)
         if not records:
             print(f"{user} has no filters yet: `minibroker submit FILE` adds one")
         for r in records:
@@ -56,11 +56,11 @@ def run(args: argparse.Namespace, config: Config) -> int:
             for v in versions:
                 print(f"v{v.version}  {v.time}  {v.hash}  {v.filename}")
             return 0
-        for k, v in dataclasses.asdict(record).items():
-            if k != "stats":
-                print(f"{k:<10} {v.value if hasattr(v, 'value') else v}")
-        for k, v in record.stats.items():
-            print(f"{k:<10} {v}")
+        for key, value in dataclasses.asdict(record).items():
+            if key != "stats":
+                print(f"{key:<10} {value.value if hasattr(value, 'value') else value}")
+        for key, count in record.stats.items():
+            print(f"{key:<10} {count}")
         print(f"\n# {versions[-1].filename} (version {versions[-1].version})\n{versions[-1].code}", end="")
         return 0
     reply = request(client, user, Op(action), args.name, wait_s=args.wait)

@@ -181,7 +181,7 @@ class Registry:
             stats={s: int(raw.get(s, 0)) for s in _STATS},
         )
 
-    def list(self, user: str) -> list[FilterRecord]:
+    def records(self, user: str) -> list[FilterRecord]:
         """The user's filters, sorted by name."""
         return [r for r in (self.get(user, n) for n in self.names(user)) if r is not None]
 
@@ -221,7 +221,7 @@ class ActiveFilters:
         caps: dict[str, int] = {}
         seen: set[tuple[str, str, str]] = set()
         for user in self.registry.owners():
-            for record in self.registry.list(user):
+            for record in self.registry.records(user):
                 if record.status is not FilterStatus.ACTIVE:
                     continue
                 ident = (user, record.name, record.hash)

@@ -51,6 +51,7 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -226,13 +227,13 @@ class PublishReport:
         self.suspended.extend(other.suspended)
 
 
-def _engine_secret(client: redis.Redis) -> bytes:
+def _engine_secret(client: Any) -> bytes:
     """The key of packet tokens, created once per Redis deployment."""
     name = keys.engine_key("secret")
     client.set(name, secrets.token_hex(16), nx=True)
     value = client.get(name)
     assert value is not None
-    return bytes(value)
+    return value if isinstance(value, bytes) else str(value).encode()
 
 
 def packet_token(secret: bytes, dia_source_id: int | str) -> str:
@@ -268,7 +269,7 @@ class Publisher:
         Every visit's figures added up since this publisher was made.
     """
 
-    def __init__(self, client: redis.Redis, config: Config, caps: Mapping[str, int] | None = None):
+    def __init__(self, client: Any, config: Config, caps: Mapping[str, int] | None = None):
         self.client = client
         self.config = config
         self.caps: dict[str, int] = dict(caps or {})
@@ -324,7 +325,7 @@ class Publisher:
         order: list[tuple[str, list[str]]] = []
         for user, items in by_user.items():
             script_keys = [keys.stream_key(user), keys.visit_key(user, visit.visit)]
-            args: list[object] = [*common, len(items)]
+            args: list[Any] = [*common, len(items)]
             for f, o in items:
                 name, version = f.compiled.name, f.compiled.version
                 script_keys += [keys.seen_key(user, name, version), keys.filter_key(user, name)]
