@@ -39,7 +39,7 @@ from engine.errors import ConfigError
 __all__ = ["MAX_CAP", "Config", "load_config"]
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
-MAX_CAP = 100  # the most matches per visit an admin may allow one filter
+MAX_CAP = 100  # the most matches per visit an admin may allow one filter (`admin set-cap`)
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ class Config:
     def __post_init__(self) -> None:
         if self.budget_s <= 0:
             raise ConfigError(f"budget_s must be positive, got {self.budget_s}")
-        if not 1 <= self.max_matches_per_visit <= MAX_CAP:
-            raise ConfigError(f"max_matches_per_visit must be 1 to {MAX_CAP}, got {self.max_matches_per_visit}")
+        if self.max_matches_per_visit < 1:
+            raise ConfigError(f"max_matches_per_visit must be at least 1, got {self.max_matches_per_visit}")
         if self.stream_maxlen < 1 or self.retention_s < 1:
             raise ConfigError(f"stream_maxlen and retention_s must be positive, got {self.stream_maxlen}, {self.retention_s}")
         if self.suspend_after_faults < 1:
