@@ -97,7 +97,8 @@ def test_replays_and_partial_publishes_write_each_match_once(visit, redis_client
 
 
 def test_engines_sharing_a_visit_share_the_cap(visit, redis_client, unique_user) -> None:
-    """Two engines each publishing half of a visit deliver at most the cap between them."""
+    """Two engines each publishing half of a visit deliver at most the cap between them; the
+    whole visit replayed afterwards (cut differently) adds nothing, withheld counts included."""
     f = _filter(unique_user)
     half = len(visit) // 2
     parts = [VisitBatch(visit.visit, visit.schema, visit.batch.slice(a, b - a), visit.raw[a:b])
@@ -110,6 +111,10 @@ def test_engines_sharing_a_visit_share_the_cap(visit, redis_client, unique_user)
     assert int(markers[-1][b"alerts"]) == len(visit)
     assert json.loads(markers[-1][b"filters"])["all"] == {"passed": len(visit), "delivered": 20,
                                                            "withheld": len(visit) - 20, "faults": 0}
+    before = redis_client.xlen(keys.stream_key(unique_user))
+    again = Publisher(redis_client, config).publish(visit, [f], [_outcome(f, np.ones(len(visit), bool))])
+    assert again.total == 0 and again.withheld[f.key] == 0
+    assert redis_client.xlen(keys.stream_key(unique_user)) == before
 
 
 def test_each_packet_is_stored_once_and_read_back(visit, redis_client, unique_user) -> None:

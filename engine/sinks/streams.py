@@ -4,8 +4,8 @@ Keys are named in :mod:`engine.registry.keys`. A user's stream ``minibroker:{ali
 
 - ``kind=match``: ``filter``, ``filter_version``, ``visit``, ``diaSourceId``, ``packet`` (the
   token of the stored packet, see below), ``schema_id`` and the headline fields
-  :data:`engine.alerts.fields.HEADLINE_FIELDS` (``diaObjectId``, ``ssObjectId``, ``ra``, ``dec``, ``band``,
-  ``midpointMjdTai``, ``snr``, ``reliability``; empty when null);
+  :data:`engine.alerts.fields.HEADLINE_FIELDS` (``diaObjectId``, ``ssObjectId``, ``ra``,
+  ``dec``, ``band``, ``midpointMjdTai``, ``snr``, ``reliability``; empty when null);
 - ``kind=withheld``: ``filter``, ``filter_version``, ``visit``, ``count`` (matches over the
   cap that were not delivered), ``cap``;
 - ``kind=fault``: ``filter``, ``filter_version``, ``visit``, ``reason``, ``message``;
@@ -16,8 +16,8 @@ Keys are named in :mod:`engine.registry.keys`. A user's stream ``minibroker:{ali
   ``delivered``, ``withheld``, ``faults``). Silence between markers means nothing passed.
 
 Caps: each filter delivers at most its cap per visit (``max_matches_per_visit``, default 20;
-an admin may raise one filter's cap up to :data:`engine.config.MAX_CAP`). The first ``cap`` alerts are
-delivered in this order: **highest** ``diaSource.reliability`` first (nulls last), ties by
+an admin may set one filter's cap up to :data:`engine.config.MAX_CAP`). The first ``cap``
+alerts are delivered in this order: **highest** ``diaSource.reliability`` first (nulls last), ties by
 position in the visit; the rest are counted in one ``withheld`` entry.
 
 Packets: each delivered alert's packet is stored once, ``minibroker:packet:{token}`` with a TTL
@@ -27,16 +27,22 @@ key is an engine secret in Redis), so users, who may read packet keys, cannot gu
 alerts matched someone else's filter.
 
 Idempotence and several engines: one script per user per visit (its keys share the user's
-hash slot) checks each alert against the filter version's seen set, counts against the caps in
-a per-visit hash and writes the marker, atomically; a visit published twice, or after a crash
-half-way, adds nothing twice. A visit split across engines (each publishing a part) shares the
-counters: caps hold across the parts (the order above then holds within each part), each part
-adds its own ``withheld`` entry and marker with the running totals. Packets are written
-before the scripts (same connection, in order) so no entry refers to a packet not yet stored.
+hash slot) does that user's part of the visit atomically. Each filter version has a seen set
+holding every alert it passed, delivered or withheld; only alerts new to it count, against the
+cap kept in a per-visit hash (``minibroker:{alice}:visit:<visit>``) shared by every engine. So
+a visit published twice, after a crash half-way, or cut into parts differently on a replay adds
+no match, no withheld count and no marker twice (a marker is written only when something new
+was counted, or a filter first ran in that visit). A visit split across engines shares the
+caps (the order above then holds within each part); each part adds its own ``withheld`` entry
+and a marker with the running totals, so the last marker of a visit has its totals (``alerts``
+sums the parts, each counted once per distinct part). Packets are written before the scripts
+(same connection, in order), so no entry refers to a packet not yet stored.
 
 Retention: streams are trimmed to ``stream_maxlen`` entries and to ``retention_s`` of age
 (both approximate, as Redis trims cheaply); packets, seen sets and visit counters expire after
-``retention_s``. A replay older than ``retention_s`` can deliver again.
+``retention_s``. A replay older than ``retention_s`` can deliver again. An entry that outlives
+its packet (a long stream with a short ``retention_s`` cannot, as entries are trimmed by the
+same age) comes out of :mod:`engine.subscribe` marked ``packet_expired``.
 
 Statistics: for filters in the Redis registry (:mod:`engine.registry.store`), the same script
 adds to the filter's statistics (visits, passed, delivered, withheld, faults, evaluation time)
@@ -72,8 +78,9 @@ __all__ = ["PublishReport", "Publisher", "packet_token", "stream_key"]
 # KEYS: stream, visit hash, then per filter: seen set, registry hash.
 # ARGV: visit, maxlen, ttl, minid, portion, alerts, max_faults, schema_id, H, H headline names,
 #       F, then per filter: name, version, kind, cap, eval_us, and either (fault) reason,
-#       message or (match) passed and a JSON list of candidates [id, token, H values] (one
-#       argument per filter, not one per value: packing arguments dominates the client's time).
+#       message or (match) a JSON list of candidates [id, token, H values] in delivery order and
+#       a JSON list of the ids of the other passing alerts (one argument each, not one per
+#       value: packing arguments dominates the client's time).
 _PUBLISH_USER = """
 local stream, vkey = KEYS[1], KEYS[2]
 local visit, maxlen, ttl, minid = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
@@ -98,16 +105,19 @@ for i = 1, nf do
   local registered = (not skip) and redis.call('EXISTS', fkey) == 1
   local delivered, withheld, suspended = 0, 0, 0
   if not skip then
-    changed = true
+    -- the first time this visit reaches this filter: the marker must say it ran
+    local first = redis.call('HSETNX', vkey, 'counted|' .. name, 1) == 1
+    changed = changed or first
     if registered then
       redis.call('HINCRBY', fkey, 'eval_us', eval_us)
-      if redis.call('HSETNX', vkey, 'counted|' .. name, 1) == 1 then redis.call('HINCRBY', fkey, 'visits', 1) end
+      if first then redis.call('HINCRBY', fkey, 'visits', 1) end
     end
   end
   if kind == 'f' then
     local reason, message = ARGV[p], ARGV[p + 1]
     p = p + 2
-    if not skip then
+    if not skip and redis.call('HSETNX', vkey, 'fault|' .. name .. '|' .. version, 1) == 1 then
+      changed = true
       redis.call('HINCRBY', vkey, 'c|faults|' .. name, 1)
       redis.call('HINCRBY', vkey, 'c|passed|' .. name, 0)
       add({'kind', 'fault', 'filter', name, 'filter_version', version, 'visit', visit, 'reason', reason, 'message', message})
@@ -124,28 +134,34 @@ for i = 1, nf do
       end
     end
   else
-    local passed, candidates = tonumber(ARGV[p]), ARGV[p + 1]
+    local candidates, rest = ARGV[p], ARGV[p + 1]
     p = p + 2
     if not skip then
-      local already = 0
+      -- the seen set holds every alert this filter version passed, delivered or withheld:
+      -- an alert counts once however the visit is replayed or cut into parts
+      local passed = 0
       local dv = tonumber(redis.call('HGET', vkey, 'c|delivered|' .. name) or '0')
       for _, c in ipairs(cjson.decode(candidates)) do
-        local id, token = c[1], c[2]
-        if redis.call('SISMEMBER', seen, id) == 1 then
-          already = already + 1
-        elseif dv < cap then
-          local f = {'kind', 'match', 'filter', name, 'filter_version', version, 'visit', visit,
-                     'diaSourceId', id, 'packet', token, 'schema_id', schema}
-          for j = 1, h do f[#f + 1] = names[j]; f[#f + 1] = c[2 + j] end
-          add(f)
-          redis.call('SADD', seen, id)
-          dv = dv + 1
-          delivered = delivered + 1
+        if redis.call('SADD', seen, c[1]) == 1 then
+          passed = passed + 1
+          if dv < cap then
+            local f = {'kind', 'match', 'filter', name, 'filter_version', version, 'visit', visit,
+                       'diaSourceId', c[1], 'packet', c[2], 'schema_id', schema}
+            for j = 1, h do f[#f + 1] = names[j]; f[#f + 1] = c[2 + j] end
+            add(f)
+            dv = dv + 1
+            delivered = delivered + 1
+          end
         end
       end
-      withheld = passed - delivered - already
-      if delivered > 0 then redis.call('EXPIRE', seen, ttl) end
-      redis.call('HINCRBY', vkey, 'c|passed|' .. name, passed - already)
+      local ids = cjson.decode(rest)
+      for k = 1, #ids, 4000 do
+        passed = passed + redis.call('SADD', seen, unpack(ids, k, math.min(k + 3999, #ids)))
+      end
+      withheld = passed - delivered
+      changed = changed or passed > 0
+      if passed > 0 then redis.call('EXPIRE', seen, ttl) end
+      redis.call('HINCRBY', vkey, 'c|passed|' .. name, passed)
       redis.call('HSET', vkey, 'c|delivered|' .. name, dv)
       redis.call('HINCRBY', vkey, 'c|withheld|' .. name, withheld)
       if withheld > 0 then
@@ -153,7 +169,7 @@ for i = 1, nf do
              'count', withheld, 'cap', cap})
       end
       if registered then
-        redis.call('HINCRBY', fkey, 'passed', passed - already)
+        redis.call('HINCRBY', fkey, 'passed', passed)
         redis.call('HINCRBY', fkey, 'delivered', delivered)
         redis.call('HINCRBY', fkey, 'withheld', withheld)
         redis.call('HSET', fkey, 'consecutive_faults', 0)
@@ -302,13 +318,15 @@ class Publisher:
             by_user[f.user].append((f, outcome))
         reliability = self._column(visit, "reliability")
         ids = self._ids(visit)
-        chosen: dict[str, np.ndarray] = {}
+        chosen: dict[str, np.ndarray] = {}  # passing rows in delivery order
+        caps = {f.key: self.caps.get(f.key, self.config.max_matches_per_visit) for f in filters}
         for user_items in by_user.values():
             for f, o in user_items:
                 if o.mask is not None:
-                    rows = _order(reliability, np.flatnonzero(o.mask))
-                    chosen[f.key] = rows[: self.caps.get(f.key, self.config.max_matches_per_visit)]
-        rows_all = np.unique(np.concatenate(list(chosen.values()))) if chosen else np.array([], int)
+                    chosen[f.key] = _order(reliability, np.flatnonzero(o.mask))
+        # Packets only for those that may be delivered: the first `cap` of each filter.
+        firsts = [rows[: caps[key]] for key, rows in chosen.items()]
+        rows_all = np.unique(np.concatenate(firsts)) if firsts else np.array([], int)
         heads = self._headlines(visit, rows_all)
         tokens = {int(r): packet_token(self._secret, ids[r]) for r in rows_all.tolist()}
         rows_json = {r: json.dumps([str(ids[r]), token, *heads[r]]) for r, token in tokens.items()}
@@ -318,7 +336,7 @@ class Publisher:
         for row, token in tokens.items():
             pipe.set(keys.packet_key(token), visit.wire(row), ex=ttl)
         minid = f"{int((time.time() - ttl) * 1000)}-0"
-        portion = str(int(ids[0])) if len(ids) else "0"
+        portion = f"{ids[0]}+{len(ids)}" if len(ids) else "0"  # which part of the visit this is
         common = [str(visit.visit), str(self.config.stream_maxlen), str(ttl), minid, portion,
                   str(len(visit)), str(self.config.suspend_after_faults), str(visit.schema.schema_id),
                   str(len(HEADLINE_FIELDS)), *HEADLINE_FIELDS]
@@ -329,12 +347,13 @@ class Publisher:
             for f, o in items:
                 name, version = f.compiled.name, f.compiled.version
                 script_keys += [keys.seen_key(user, name, version), keys.filter_key(user, name)]
-                cap = self.caps.get(f.key, self.config.max_matches_per_visit)
-                args += [name, version, "f" if o.fault else "m", cap, int(o.seconds * 1e6)]
+                args += [name, version, "f" if o.fault else "m", caps[f.key], int(o.seconds * 1e6)]
                 if o.fault is not None:
                     args += [o.fault.reason, str(o.fault)]
                     continue
-                args += [o.passed, "[" + ",".join(rows_json[r] for r in chosen[f.key].tolist()) + "]"]
+                rows = chosen[f.key]
+                args += ["[" + ",".join(rows_json[r] for r in rows[: caps[f.key]].tolist()) + "]",
+                         json.dumps([str(ids[r]) for r in rows[caps[f.key]:].tolist()])]
             self._script(keys=script_keys, args=args, client=pipe)
             order.append((user, [f.key for f, _ in items]))
         try:
