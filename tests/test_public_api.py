@@ -19,7 +19,7 @@ MODULES = [
     "engine.service.pipeline", "engine.cli", "engine.local.simulate", "engine.local.redis_server",
     "engine.local.report", "engine.local.bench", "engine.registry.keys", "engine.registry.store",
     "engine.registry.users", "engine.registry.inbox", "engine.service.submissions", "engine.formats",
-    "engine.formats.avro",
+    "engine.formats.avro", "engine.service.control",
 ]
 
 

@@ -198,3 +198,18 @@ def test_submit_without_an_engine_says_so_and_process_submissions_answers(
                  "--redis-url", redis_url]) == 0
     assert capsys.readouterr().out.startswith("1 request(s) answered")
     assert Registry(client).get(name, "bright").version == 1
+
+
+def test_control_plane_between_visits(user, redis_client, reference) -> None:
+    """A serve loop's ControlPlane answers a request and reports the changed active set at once."""
+    from engine.registry import keys
+    from engine.service.control import ControlPlane
+
+    name, _, client = user
+    control = ControlPlane(redis_client, load_config(env={}, isolation="inprocess"), reference)
+    control.between_visits()
+    client.xadd(keys.inbox_key(name), {"request": "r1", "op": "submit", "name": "bright",
+                                       "filename": "bright.py", "code": GOOD})
+    assert control.between_visits()
+    assert f"{name}/bright" in {f.key for f in control.filters} and control.answered >= 1
+    assert not control.between_visits()
