@@ -22,6 +22,9 @@ cache_dir                  ``MINIBROKER_CACHE``           ``~/.cache/minibroker`
 decoder                    ``MINIBROKER_DECODER``         ``auto``: generated C when a compiler is
                                                           found, else fastavro; ``fast`` or ``reference``
 compiler                   ``MINIBROKER_CC``, ``CC``      gcc or cc on ``PATH``
+vo_authority               ``MINIBROKER_VO_AUTHORITY``    ``minibroker.local``: IVORN authority
+vo_packet_url              ``MINIBROKER_VO_PACKET_URL``   ``ivo://{authority}/alerts#{diaSourceId}``
+vtp_allow_private          ``MINIBROKER_VTP_PRIVATE``     false: VTP receivers must be public
 =========================  ============================  =====================================
 """
 
@@ -59,6 +62,14 @@ class Config:
     cache_dir: Path = Path("~/.cache/minibroker").expanduser()
     decoder: str = "auto"
     compiler: str | None = None
+    # VOEvent naming: packets are ivo://<vo_authority>/<user>/<filter>#<diaSourceId>; set it to
+    # the authority your IVOA registry entry names. Checked in engine.formats.voevent.
+    vo_authority: str = "minibroker.local"
+    # Where a VOEvent's Reference says the full Avro packet is ({authority}, {diaSourceId}, {schema_id}).
+    vo_packet_url: str = "ivo://{authority}/alerts#{diaSourceId}"
+    # Users name the hosts the VTP forwarder connects to: by default only public addresses, so
+    # that no one can point it at the service's own network (Redis, metadata endpoints).
+    vtp_allow_private: bool = False
 
     def __post_init__(self) -> None:
         if self.budget_s <= 0:
@@ -94,6 +105,9 @@ _ENV = {
     # CC first: the more specific MINIBROKER_CC, read later, wins.
     "CC": "compiler",
     "MINIBROKER_CC": "compiler",
+    "MINIBROKER_VO_AUTHORITY": "vo_authority",
+    "MINIBROKER_VO_PACKET_URL": "vo_packet_url",
+    "MINIBROKER_VTP_PRIVATE": "vtp_allow_private",
 }
 
 
@@ -106,8 +120,13 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return int(value)
         if kind == "Path":
             return Path(str(value)).expanduser()
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            return {"1": True, "true": True, "yes": True, "on": True,
+                    "0": False, "false": False, "no": False, "off": False}[str(value).strip().lower()]
         return str(value) if value is not None else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, KeyError):
         raise ConfigError(f"{source}: {name} = {value!r} is not a valid {kind}") from None
 
 

@@ -46,6 +46,7 @@ class Evaluator:
     def __init__(self, filters: Sequence[ActiveFilter], config: Config):
         self.filters = list(filters)
         pairs = [(f.key, f.compiled) for f in self.filters]
+        self.runner: WorkerPool | InProcessRunner
         if config.isolation == "pool":
             self.runner = WorkerPool(pairs, budget_s=config.budget_s, workers=config.workers,
                                      max_idle_workers=config.idle_workers)

@@ -74,12 +74,16 @@ def test_filter_option_and_files(published, tmp_path, capsys) -> None:
     assert [e["kind"] for e in lines] == ["match"] * 5 + ["visit"]
     assert all(e["filter"] == "b" for e in lines[:5])
 
-    for fmt in ("json", "avro"):
+    for fmt in ("json", "avro", "voevent"):
         out = tmp_path / fmt
         assert main(["subscribe", "--redis-url", url, "--group", fmt, "--filter", "b", "--format", fmt,
                      "--out", str(out), "--exit-when-idle"]) == 0
         files = sorted(out.iterdir())
-        assert len(files) == 5 and all(f.suffix == f".{fmt}" for f in files)
+        suffix = ".xml" if fmt == "voevent" else f".{fmt}"
+        assert len(files) == 5 and all(f.suffix == suffix for f in files)
+        if fmt == "voevent":
+            assert b"<voe:VOEvent" in files[0].read_bytes() and b"Why" in files[0].read_bytes()
+            continue
         if fmt == "avro":
             (record,) = list(fastavro.reader(io.BytesIO(files[0].read_bytes())))
         else:

@@ -10,7 +10,7 @@ from engine.errors import ConfigError
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``bench`` verb to the command's sub-parsers."""
     b = sub.add_parser("bench", help="measure decode, evaluate and whole-visit speed on this machine")
     b.add_argument("--json", action="store_true", help="print one JSON object instead of a table")

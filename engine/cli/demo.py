@@ -10,7 +10,7 @@ from engine.config import Config
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``demo`` verb to the command's sub-parsers."""
     d = sub.add_parser("demo", help="the whole service on embedded defaults: server, night, filters, subscriber")
     d.add_argument("--visits", type=int, default=10)

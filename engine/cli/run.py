@@ -14,7 +14,7 @@ from engine.errors import ConfigError, SourceError
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``run`` verb to the command's sub-parsers."""
     r = sub.add_parser("run", help="evaluate every filter over a night and publish to Redis")
     r.add_argument("--night", required=True, type=Path)

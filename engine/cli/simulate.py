@@ -10,7 +10,7 @@ from engine.config import Config
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``simulate`` verb to the command's sub-parsers."""
     s = sub.add_parser("simulate", help="write a sample night of realistic alerts")
     s.add_argument("--out", required=True, type=Path, help="night file to write (Avro OCF)")

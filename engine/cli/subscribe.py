@@ -7,16 +7,17 @@ import io
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from engine.cli._common import connect_redis, whoami
 from engine.config import Config
 from engine.errors import ConfigError
-from engine.formats import FILE_RENDERERS
+from engine.formats import FILE_RENDERERS, Renderer
 
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``subscribe`` verb to the command's sub-parsers."""
     u = sub.add_parser("subscribe", help="print your matches as they arrive (Ctrl-C to stop)")
     u.add_argument("--user", help="whose stream (default: the user in REDIS_URL)")
@@ -24,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     u.add_argument("--from", "--since", dest="since", metavar="TIME",
                    help="replay from TIME (ISO UTC, a stream id, or 0 for everything kept)")
     u.add_argument("--filter", dest="filter_name", help="only this filter's entries")
-    u.add_argument("--format", choices=sorted(FILE_RENDERERS), default="json",
+    u.add_argument("--format", choices=sorted({*FILE_RENDERERS, "voevent"}), default="json",
                    help="json lines (default); with --out, one file per match in this format")
     u.add_argument("--out", type=Path, metavar="DIR", help="write one file per match into DIR")
     u.add_argument("--group", default="default", help="consumer group keeping your position (default: default)")
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     client, user = connect_redis(config.redis_url), whoami(args, config)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-    suffix, render = FILE_RENDERERS[args.format]
+    suffix, render = _renderer(args.format, user, client, config)
     entries = follow(client, user, since=args.since, group=None if args.no_group else args.group,
                      consumer=args.consumer, filter_name=args.filter_name,
                      stop_when_idle=args.exit_when_idle, wait=args.wait, alive=_stdout_open)
@@ -67,6 +68,17 @@ def run(args: argparse.Namespace, config: Config) -> int:
     finally:
         entries.close()
     return 0
+
+
+def _renderer(fmt: str, user: str, client: Any, config: Config) -> tuple[str, Renderer]:
+    """File suffix and renderer of one match entry for ``--format``."""
+    if fmt != "voevent":
+        return FILE_RENDERERS[fmt]
+    from engine.formats.voevent import VOEventSettings, renderer
+    from engine.registry.store import Registry
+
+    describe = Registry(client).describe  # the user reads their own filters' code
+    return ".xml", renderer(user, VOEventSettings.from_config(config), describe)
 
 
 def _stdout_open() -> bool:

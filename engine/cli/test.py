@@ -11,7 +11,7 @@ from engine.config import Config
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``test`` verb to the command's sub-parsers."""
     t = sub.add_parser("test", help="run one filter over a sample night, locally (no servers)")
     t.add_argument("filter", type=Path, help="the filter file")

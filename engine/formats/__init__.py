@@ -10,10 +10,14 @@ from collections.abc import Callable
 from engine.formats.avro import render_avro
 from engine.formats.json import render_json_file
 
-__all__ = ["FILE_RENDERERS"]
+__all__ = ["FILE_RENDERERS", "Renderer"]
 
-# The VO work adds "voevent" here.
-FILE_RENDERERS: dict[str, tuple[str, Callable[[str, dict[bytes, bytes]], bytes]]] = {
+Renderer = Callable[[str, dict[bytes, bytes]], bytes]
+"""``render(entry_id, fields) -> bytes``: one match entry as a file's content."""
+
+# Formats that need nothing but the entry; VOEvent needs the user and the settings
+# (``engine.formats.voevent.renderer``), so ``subscribe`` builds that one itself.
+FILE_RENDERERS: dict[str, tuple[str, Renderer]] = {
     "json": (".json", render_json_file),
     "avro": (".avro", render_avro),
 }

@@ -48,7 +48,9 @@ def _decoded(body: bytes) -> dict[str, Any]:
     schema_id, datum = unframe(body)
     schema = load_schema(schema_id)
     record = fastavro.schemaless_reader(io.BytesIO(datum), schema.avro, schema.avro)
+    assert isinstance(record, dict)  # an alert is an Avro record
     for key, value in list(record.items()):
         if isinstance(value, bytes):
             record[key] = {"bytes": len(value)}
-    return json.loads(json.dumps(record, default=str))
+    decoded: dict[str, Any] = json.loads(json.dumps(record, default=str))
+    return decoded

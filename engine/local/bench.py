@@ -15,12 +15,18 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.alerts.schema import load_schema
 from engine.config import Config
 from engine.errors import MinibrokerError
 from engine.sources.night import NightBlock, read_night
+
+if TYPE_CHECKING:
+    import redis
+
+    from engine.alerts.schema import AlertSchema
+    from engine.registry import ActiveFilter
 
 __all__ = ["TYPICAL_FILTERS", "bench_block", "measure", "typical_filters"]
 
@@ -91,7 +97,8 @@ def measure(config: Config, *, rounds: int = 5, say: Callable[[str], None] | Non
     """Run every measurement once and return the figures (see ``minibroker bench --help``)."""
     import redis
 
-    from engine.decode import _split_block, decode_block, decode_reference
+    from engine.decode import decode_block, decode_reference
+    from engine.decode.batch import _split_block
     from engine.evaluate import columns_needed
     from engine.local.redis_server import PrivateRedis
     from engine.registry import ActiveFilter
@@ -143,7 +150,8 @@ def measure(config: Config, *, rounds: int = 5, say: Callable[[str], None] | Non
     return figures
 
 
-def _visits(block, schema, active, config, client, visits):  # type: ignore[no-untyped-def]
+def _visits(block: NightBlock, schema: AlertSchema, active: list[ActiveFilter], config: Config,
+            client: redis.Redis, visits: int) -> tuple[float, list[float], dict[str, list[float]]]:
     """Run ``visits`` visits end to end through the service's own pipeline; return the first
     visit's time (workers starting), the later visits' times and their parts."""
     from engine.evaluate import Evaluator

@@ -19,6 +19,7 @@ registry between visits only when something changed (one ``GET`` per visit other
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import datetime as dt
 import enum
@@ -188,6 +189,17 @@ class Registry:
     def history(self, user: str, name: str) -> list[FilterVersion]:
         """Every version of one filter, oldest first."""
         return [FilterVersion(**json.loads(v)) for v in self.client.lrange(keys.versions_key(user, name), 0, -1)]
+
+    def describe(self, user: str, name: str, code_hash: str) -> str:
+        """The docstring of the version of ``name`` whose hash is ``code_hash`` ("" if unknown):
+        what a rendered match (VOEvent ``Why``) says the filter selects."""
+        for version in reversed(self.history(user, name)):
+            if version.hash == code_hash:
+                try:
+                    return (ast.get_docstring(ast.parse(version.code)) or "").strip()
+                except (SyntaxError, ValueError, RecursionError, MemoryError):
+                    return ""  # accepted code parses; a corrupted entry is not fatal here
+        return ""
 
     def owners(self) -> list[str]:
         """Users who have filters."""

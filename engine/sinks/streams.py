@@ -72,7 +72,7 @@ from engine.registry.directory import ActiveFilter
 from engine.registry.keys import stream_key
 from sandbox import Outcome
 
-__all__ = ["PublishReport", "Publisher", "packet_token", "stream_key"]
+__all__ = ["PublishReport", "Publisher", "packet_token", "read_packet", "stream_key"]
 
 
 # KEYS: stream, visit hash, then per filter: seen set, registry hash.
@@ -255,6 +255,16 @@ def _engine_secret(client: Any) -> bytes:
 def packet_token(secret: bytes, dia_source_id: int | str) -> str:
     """The token naming an alert's stored packet (a keyed hash of its id: not guessable)."""
     return hashlib.blake2b(str(dia_source_id).encode(), key=secret, digest_size=12).hexdigest()
+
+
+def read_packet(client: Any, fields: Mapping[bytes, bytes]) -> bytes | None:
+    """The full packet (Confluent-framed Avro) a match entry refers to; None once it expired.
+    Entries written before packets were stored apart carry it as ``alert``."""
+    token = fields.get(b"packet")
+    if not token:
+        return fields.get(b"alert") or None
+    value = client.get(keys.packet_key(token.decode()))
+    return bytes(value) if value is not None else None
 
 
 def _order(reliability: np.ndarray, rows: np.ndarray) -> np.ndarray:
