@@ -114,3 +114,26 @@ def test_list_and_remove_users(redis_client, redis_url) -> None:
     assert name not in {u.name for u in list_users(redis_client)}
     with pytest.raises(ConfigError, match="refused the credentials"):
         connect(url)
+
+
+def test_admin_commands(redis_url, redis_client, capsys) -> None:
+    """`admin add-user` prints a URL, `list-users` shows the user, `set-cap` sets a filter's cap
+    (refusing more than 100), `remove-user` removes them; a bad name is refused with exit 1."""
+    from engine.cli import main
+    from engine.registry.store import Registry
+
+    name = f"c{uuid.uuid4().hex[:8]}"
+    assert main(["admin", "add-user", name, "--redis-url", redis_url]) == 0
+    assert url_user(capsys.readouterr().out.strip()) == name
+    assert main(["admin", "list-users", "--redis-url", redis_url]) == 0
+    assert any(line.startswith(name) for line in capsys.readouterr().out.splitlines())
+    Registry(redis_client).add_version(name, "f", '"""F."""\n', "f.py", "abc")
+    assert main(["admin", "set-cap", name, "f", "50", "--redis-url", redis_url]) == 0
+    assert Registry(redis_client).get(name, "f").cap == 50
+    assert main(["admin", "set-cap", name, "f", "500", "--redis-url", redis_url]) == 1
+    assert "give 1 to 100" in capsys.readouterr().err
+    assert main(["admin", "remove-user", name, "--redis-url", redis_url]) == 0
+    assert main(["admin", "remove-user", name, "--redis-url", redis_url]) == 1
+    assert main(["admin", "add-user", "--redis-url", redis_url, "--", "-bad"]) == 1
+    assert main(["admin", "add-user", "a b", "--redis-url", redis_url]) == 1
+    assert "is not valid" in capsys.readouterr().err
