@@ -43,8 +43,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
             print(f"{user} has no filters yet: `minibroker submit FILE` adds one")
         for r in records:
             s = r.stats
+            ms = s["eval_us"] / 1000 / s["visits"] if s["visits"] else 0.0
             print(f"{r.name:<24} v{r.version:<3} {r.status.value:<9} visits {s['visits']}  passed {s['passed']}  "
-                  f"delivered {s['delivered']}  withheld {s['withheld']}  faults {s['faults']}"
+                  f"delivered {s['delivered']}  withheld {s['withheld']}  faults {s['faults']}  "
+                  f"{ms:.1f} ms/visit"
                   + (f"  ({r.reason})" if r.reason else ""))
         return 0
     if action in ("show", "history"):
