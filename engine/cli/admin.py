@@ -12,7 +12,7 @@ from engine.errors import ConfigError
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``admin`` verb to the command's sub-parsers."""
     a = sub.add_parser("admin", help="users and submissions (engine credentials)")
     asub = a.add_subparsers(dest="admin_command", metavar="ACTION", required=True)

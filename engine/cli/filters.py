@@ -12,7 +12,7 @@ from engine.errors import ConfigError
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``filters`` verb to the command's sub-parsers."""
     f = sub.add_parser("filters", help="your filters: list, show, history, disable, enable, delete")
     fsub = f.add_subparsers(dest="filters_command", metavar="ACTION")

@@ -13,7 +13,7 @@ from engine.registry.inbox import Reply
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``submit`` verb to the command's sub-parsers."""
     s = sub.add_parser("submit", help="submit a filter file; waits for the engine's verdict")
     s.add_argument("file", type=Path)
