@@ -4,10 +4,10 @@
 random password and prints the ``REDIS_URL`` she works with. Her rules (:func:`acl_rules`):
 
 - her stream ``minibroker:{alice}:stream``: read it (``XREAD``, ``XRANGE``, ``XREVRANGE``,
-  ``XLEN``, ``XINFO``) and read it in consumer groups (``XGROUP CREATE``/``CREATECONSUMER``/
-  ``SETID``, ``XREADGROUP``, ``XACK``, ``XPENDING``); never ``XADD``, ``XTRIM``, ``XDEL``,
-  ``DEL`` (Redis counts ``XREADGROUP``/``XACK`` as writes, so this key is read-write for those
-  commands only);
+  ``XLEN``, ``XINFO``) and read it in her consumer groups (``XGROUP CREATE``/``SETID``/
+  ``DESTROY``/``CREATECONSUMER``/``DELCONSUMER``, ``XREADGROUP``, ``XACK``, ``XPENDING``,
+  ``XCLAIM``, ``XAUTOCLAIM``); never ``XADD``, ``XTRIM``, ``XDEL``, ``DEL`` (Redis counts the
+  group commands as writes, so this key is read-write for those commands only);
 - her inbox ``minibroker:{alice}:inbox``: ``XADD`` only (submissions and filter requests);
 - her reply stream and her own registry entries (``...:filters``, ``...:filter:*``): read only
   (``%R~``), so she sees her filters' code, status and statistics;
@@ -50,7 +50,8 @@ _HOUSEKEEPING = ("+ping", "+hello", "+auth", "+client|setname", "+client|setinfo
                  "+cluster|shards", "+cluster|info", "+cluster|nodes", "+cluster|myid", "+readonly")
 _STREAM_READ = ("+xread", "+xrange", "+xrevrange", "+xlen", "+xinfo|stream", "+xinfo|groups",
                 "+xinfo|consumers", "+exists", "+type")
-_GROUP = ("+xreadgroup", "+xack", "+xpending", "+xgroup|create", "+xgroup|createconsumer", "+xgroup|setid")
+_GROUP = ("+xreadgroup", "+xack", "+xpending", "+xclaim", "+xautoclaim", "+xgroup|create",
+          "+xgroup|createconsumer", "+xgroup|delconsumer", "+xgroup|setid", "+xgroup|destroy")
 _REGISTRY_READ = ("+smembers", "+scard", "+sismember", "+hgetall", "+hget", "+hmget", "+lrange", "+llen")
 
 
