@@ -213,3 +213,16 @@ def test_control_plane_between_visits(user, redis_client, reference) -> None:
     assert control.between_visits()
     assert f"{name}/bright" in {f.key for f in control.filters} and control.answered >= 1
     assert not control.between_visits()
+
+
+def test_a_filter_overrunning_the_budget_in_its_dry_run_is_refused(user, reference) -> None:
+    """With the service's worker pool, a dry run that overruns the time budget is stopped and
+    the submission refused with the budget named."""
+    from engine.service.submissions import validate
+
+    name, _, _ = user
+    loop = '"""Never ends."""\n\ndef filter(alerts):\n    while True:\n        pass\n'
+    config = load_config(env={}, isolation="pool", budget_s=0.3)
+    reply, code_hash = validate(name, "loop", "loop.py", loop, reference, config)
+    assert code_hash is None and reply.status is Status.REJECTED
+    assert reply.problems[0][2] == "dry-run-timeout" and "0.3 s" in reply.problems[0][3]
