@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     u.add_argument("--format", choices=sorted({*FILE_RENDERERS, "voevent"}), default="json",
                    help="json lines (default); with --out, one file per match in this format")
     u.add_argument("--out", type=Path, metavar="DIR", help="write one file per match into DIR")
-    u.add_argument("--group", default="default", help="consumer group keeping your position (default: default)")
+    u.add_argument("--group", help="consumer group keeping your position (default: 'default', "
+                                     "or 'filter.NAME' with --filter, so a filtered reader skips nothing for the others)")
     u.add_argument("--no-group", action="store_true", help="read without a consumer group (nothing remembered)")
     u.add_argument("--consumer", default="main", help="consumer name within the group")
     u.add_argument("--full", action="store_true", help="include the decoded alert in JSON (cutouts as sizes)")
@@ -48,7 +49,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
     suffix, render = _renderer(args.format, user, client, config)
-    entries = follow(client, user, since=args.since, group=None if args.no_group else args.group,
+    group = args.group or (f"filter.{args.filter_name}" if args.filter_name else "default")
+    entries = follow(client, user, since=args.since, group=None if args.no_group else group,
                      consumer=args.consumer, filter_name=args.filter_name,
                      stop_when_idle=args.exit_when_idle, wait=args.wait, alive=_stdout_open)
     try:
