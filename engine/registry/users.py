@@ -30,6 +30,7 @@ will do: the client asks it for the others), or named explicitly with the URL op
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -153,7 +154,18 @@ def add_user(client: Any, engine_url: str, user: str) -> str:
     if user == "default":
         raise ConfigError("'default' is Redis's own user; pick another name")
     password = secrets.token_urlsafe(24)
-    _acl(client, "SETUSER", user, *acl_rules(user, password))
+    rules = acl_rules(user, password)
+    while True:
+        try:
+            _acl(client, "SETUSER", user, *rules)
+            break
+        except redis.ResponseError as exc:
+            # An older server (Redis 7.0) does not know a housekeeping command such as
+            # CLIENT SETINFO: leave that one out; anything else is a real error.
+            unknown = re.search(r"modifier '(\+[a-z|]+)': Unknown command", str(exc))
+            if unknown is None or unknown.group(1) not in _HOUSEKEEPING:
+                raise
+            rules.remove(unknown.group(1))
     client.sadd(keys.engine_key("users"), user)
     try:  # the engine reads submissions in a consumer group of the inbox
         client.xgroup_create(keys.inbox_key(user), "engine", id="0", mkstream=True)
