@@ -350,7 +350,7 @@ class Publisher:
         common = [str(visit.visit), str(self.config.stream_maxlen), str(ttl), minid, portion,
                   str(len(visit)), str(self.config.suspend_after_faults), str(visit.schema.schema_id),
                   str(len(HEADLINE_FIELDS)), *HEADLINE_FIELDS]
-        order: list[tuple[str, list[str]]] = []
+        order: list[list[tuple[str, Outcome]]] = []  # per script call: its filters, in order
         for user, items in by_user.items():
             script_keys = [keys.stream_key(user), keys.visit_key(user, visit.visit)]
             args: list[Any] = [*common, len(items)]
@@ -365,7 +365,7 @@ class Publisher:
                 args += ["[" + ",".join(rows_json[r] for r in rows[: caps[f.key]].tolist()) + "]",
                          json.dumps([str(ids[r]) for r in rows[caps[f.key]:].tolist()])]
             self._script(keys=script_keys, args=args, client=pipe)
-            order.append((user, [f.key for f, _ in items]))
+            order.append([(f.key, o) for f, o in items])
         try:
             results = pipe.execute()
         except redis.exceptions.NoScriptError:
@@ -376,13 +376,12 @@ class Publisher:
                 "run the visit again: what was already written is not written twice"
             ) from exc
         report = PublishReport()
-        for (_user, fkeys), result in zip(order, results[len(tokens):], strict=True):
-            for i, key in enumerate(fkeys):
+        for called, result in zip(order, results[len(tokens):], strict=True):
+            for i, (key, outcome) in enumerate(called):
                 delivered, withheld, skip, suspended = (int(x) for x in result[4 * i: 4 * i + 4])
                 if skip:
                     report.duplicates[key] = 1
                     continue
-                outcome = next(o for f, o in by_user[_user] if f.key == key)
                 if outcome.fault is not None:
                     report.faults[key] = str(outcome.fault)
                 else:
