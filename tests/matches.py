@@ -10,7 +10,7 @@ import redis
 from engine.config import load_config
 from engine.decode import decode_messages
 from engine.registry import ActiveFilter
-from engine.sinks.streams import Publisher, stream_key
+from engine.sinks.streams import Publisher, read_packet, stream_key
 from sandbox import Outcome, compile_filter
 
 EVERYTHING = '''"""Every alert: a test filter that passes all it sees."""
@@ -23,15 +23,21 @@ def publish_packets(client: redis.Redis, user: str, packets: Sequence[bytes], *,
                     name: str = "everything", source: str = EVERYTHING,
                     rows: Sequence[int] | None = None) -> list[tuple[str, dict[bytes, bytes]]]:
     """Publish ``packets`` (one visit's real message bodies) as matches of filter ``name`` of
-    ``user`` (all of them, or only ``rows``) and return the entries the stream gained."""
+    ``user`` (all of them, or only ``rows``, with a cap that lets them all through) and return
+    the match entries the stream gained, each with its stored packet put back as ``alert`` (as
+    ``subscribe`` reads them)."""
     visit = decode_messages(packets)
     active = ActiveFilter(user, compile_filter(source, f"{name}.py"))
     mask = np.zeros(len(visit), bool)
     mask[list(range(len(visit))) if rows is None else list(rows)] = True
     before = client.xrevrange(stream_key(user), count=1)
-    Publisher(client, load_config(env={})).publish(visit, [active], [Outcome(active.key, mask, 0.0)])
+    config = load_config(env={}, max_matches_per_visit=max(1, len(visit)))
+    Publisher(client, config).publish(visit, [active], [Outcome(active.key, mask, 0.0)])
     start = f"({before[0][0].decode()}" if before else "-"
-    return [(i.decode(), f) for i, f in client.xrange(stream_key(user), min=start)]
+    entries = [(i.decode(), f) for i, f in client.xrange(stream_key(user), min=start) if f[b"kind"] == b"match"]
+    for _, fields in entries:
+        fields[b"alert"] = read_packet(client, fields) or b""
+    return entries
 
 
 def delete_user_keys(client: redis.Redis, user: str) -> None:

@@ -147,7 +147,7 @@ def test_run_skips_bad_users_lists_every_problem_and_counts_withheld(
     assert f"{root / 'bad name'} left out: 'bad name' cannot be a user name" in err
     assert f"{root / 'odd!'} left out" in err and f"{unique_user}/broken left out: filter rejected" in err
     assert "2 filters: 300 entries published" in out
-    assert f"{unique_user}/loose: 600 matches withheld by the cap of 100 per visit" in out
+    assert f"{unique_user}/loose: delivered 300, withheld 600" in out
     assert out.count(f"{unique_user}/zero: faulted on 3 of 3 visits") == 1 and "ZeroDivisionError" in out
 
 

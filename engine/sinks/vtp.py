@@ -51,8 +51,9 @@ import redis
 from lxml import etree
 
 from engine.errors import ConfigError, DeliveryError, MinibrokerError
-from engine.formats.voevent import VOEventSettings, entry_packet, match_from_entry, render
-from engine.sinks.streams import stream_key
+from engine.formats.voevent import VOEventSettings, match_from_entry, render
+from engine.registry import keys
+from engine.sinks.streams import read_packet, stream_key
 
 __all__ = [
     "Forwarder",
@@ -75,7 +76,7 @@ TRANSPORT_NS = "http://www.telescope-networks.org/xml/Transport/v1.1"
 _LENGTH = struct.Struct(">I")
 # VTP peers refuse messages of 100 kB or more; a reply bigger than this is not VTP.
 MAX_MESSAGE = 100_000
-USERS_KEY = "minibroker:{!engine}:vtp_users"
+USERS_KEY = keys.engine_key("vtp_users")
 
 Describe = Callable[[str, str, str], str]
 """``describe(user, filter, version)`` → the filter's docstring ("" when unknown)."""
@@ -87,18 +88,14 @@ def _text(value: Any) -> str:
 
 
 def _packet(client: redis.Redis, fields: dict[bytes, bytes]) -> bytes | None:
-    """The full packet of a match entry: the one place the forwarder reads packets from (point
-    it at the packet store where entries hold a reference instead of the packet)."""
-    return entry_packet(fields)
+    """The full packet of a match entry: the one place the forwarder reads packets from (the
+    packet store, :func:`engine.sinks.streams.read_packet`)."""
+    return read_packet(client, fields)
 
 
 # A user's name is a hash tag, so that all of one user's keys land on one cluster slot.
-def _receivers_key(user: str) -> str:
-    return f"minibroker:{{{user}}}:vtp"
-
-
-def _stats_key(user: str) -> str:
-    return f"minibroker:{{{user}}}:vtp:stats"
+_receivers_key = keys.vtp_key
+_stats_key = keys.vtp_stats_key
 
 
 @dataclass(frozen=True, order=True)
