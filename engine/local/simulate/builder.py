@@ -360,17 +360,12 @@ class _Visit:
 
 
 def _civil(days: np.ndarray) -> np.ndarray:
-    """Days since 1970-01-01 -> YYYYMMDD integers (proleptic Gregorian, vectorized)."""
-    z = days.astype(np.int64) + 719468
-    era = np.floor_divide(z, 146097)
-    doe = z - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    d = doy - (153 * mp + 2) // 5 + 1
-    m = np.where(mp < 10, mp + 3, mp - 9)
-    y = yoe + era * 400 + (m <= 2)
-    return y * 10000 + m * 100 + d
+    """Days since 1970-01-01 -> YYYYMMDD integers (Gregorian calendar, ERFA's jd2cal)."""
+    import erfa
+
+    d = np.asarray(days, dtype=np.float64)
+    year, month, day, _ = erfa.jd2cal(np.full(d.shape, 2440587.5), d)  # JD 2440587.5 = 1970-01-01
+    return (year * 10000 + month * 100 + day).astype(np.int64)
 
 
 def _visit_ids(mjd: np.ndarray) -> np.ndarray:
