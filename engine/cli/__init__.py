@@ -55,8 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
               file: TextIO | None = None, line: str | None = None) -> None:
-    """Print a warning as ``minibroker: warning: <message>``: no source line, no location."""
-    print(f"minibroker: warning: {message}", file=sys.stderr)
+    """Print a warning as ``minibroker: warning: <message>``: no source line, no location (on a
+    terminal, over a progress bar being drawn, which redraws itself below)."""
+    clear = "\r\x1b[K" if sys.stderr.isatty() else ""
+    print(f"{clear}minibroker: warning: {message}", file=sys.stderr)
 
 
 def _run(args: argparse.Namespace) -> int:
