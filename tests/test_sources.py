@@ -141,7 +141,7 @@ def test_directory_mixing_versions_is_refused(tmp_path: Path) -> None:
     for folder in ("lsstcam/v10_0", V11):
         f = packet_files(folder)[0]
         (tmp_path / f"{folder[-5:]}-{f.name}").write_bytes(f.read_bytes())
-    with pytest.raises(SourceError, match=r"different schema versions: 10\.0 \(1 files.*11\.1 \(1 files.*own"):
+    with pytest.raises(SourceError, match=r"different schema versions: 10\.0 \(1 file, .*11\.1 \(1 file, .*own"):
         open_night(tmp_path)
 
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from engine.alerts.schema import AlertSchema, available_versions, load_schema
+from engine.alerts.schema import AlertSchema, available_versions, load_schema, parse_version
 from engine.alerts.wire import unframe
 from engine.errors import SchemaError, SourceError
 from engine.sources.block import NightBlock
@@ -68,7 +68,8 @@ def read_packets(
     for path, s, _, _ in alerts:
         versions.setdefault(s.name, []).append(path)
     if len(versions) > 1:
-        mix = ", ".join(f"{v} ({len(ps)} files, e.g. {ps[0].name})" for v, ps in sorted(versions.items()))
+        mix = ", ".join(f"{v} ({len(ps)} file{'s' if len(ps) > 1 else ''}, e.g. {ps[0].name})"
+                        for v, ps in sorted(versions.items(), key=lambda kv: parse_version(kv[0])))
         raise SourceError(f"{root}: its alerts use different schema versions: {mix}; "
                           "put each version in a directory of its own")
     if not alerts:
