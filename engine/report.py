@@ -305,7 +305,7 @@ def _stretch(image: np.ndarray, softening: float = 8.0) -> np.ndarray:
 def _cutout_html(data: bytes | None, label: str) -> str:
     if not data:
         return f'<figure class="cutout-fig"><div class="no-cutout">no {label} cutout</div><figcaption>{label}</figcaption></figure>'
-    from sandbox.alert import parse_fits_image  # trusted: the sandbox's own FITS reader
+    from sandbox.view.image import parse_fits_image  # trusted: the sandbox's own FITS reader
 
     try:
         image = parse_fits_image(bytes(data), label)

@@ -12,10 +12,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from engine.errors import MinibrokerError
 
-__all__ = ["FilterError", "FilterFault", "FilterRejected", "PoolError", "Problem"]
+__all__ = ["FaultReason", "FilterError", "FilterFault", "FilterRejected", "PoolError", "Problem"]
+
+
+class FaultReason(StrEnum):
+    """Why a filter produced no mask on a visit (the ``reason`` field of a fault entry)."""
+
+    ERROR = "error"  # it raised
+    TIMEOUT = "timeout"  # it overran its time budget (or compiling did)
+    MEMORY = "memory"  # it ran out of memory
+    KILLED = "killed"  # its process died or broke protocol, or could not be started
+    BAD_RESULT = "bad-result"  # it returned something that is not one boolean per alert
+    SUSPENDED = "suspended"  # it faulted too often and waits to be fixed
 
 
 class FilterError(MinibrokerError):
@@ -50,8 +62,8 @@ class FilterFault(FilterError):
     ``killed``, ``bad-result`` or ``suspended``; the message names the file:line when the filter
     raised."""
 
-    def __init__(self, message: str, *, reason: str = "error"):
-        self.reason = reason
+    def __init__(self, message: str, *, reason: FaultReason | str = FaultReason.ERROR):
+        self.reason = FaultReason(reason)
         super().__init__(message)
 
 

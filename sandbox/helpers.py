@@ -16,7 +16,7 @@ Groups:
   ``sky.watchlist``, ``sky.nearest``, ``sky.galactic_latitude``, ``sky.galactic_longitude``,
   ``sky.ecliptic_latitude``, ``sky.ecliptic_longitude``; ``arcsec`` and ``arcmin`` in degrees.
 
-Lightcurve reductions are methods of the columns themselves (:class:`sandbox.columns.ListColumn`).
+Lightcurve reductions are methods of the columns themselves (:class:`sandbox.view.ListColumn`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from sandbox.columns import BANDS, AlertsView, Column, ListColumn, _readonly, memo_of
+from sandbox.view.columns import BANDS, AlertsView, Column, ListColumn, _readonly, memo_of
 
 __all__ = ["Namespace", "exported", "implied_names"]
 

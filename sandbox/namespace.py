@@ -15,9 +15,9 @@ from typing import Any
 from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
 
 from sandbox import helpers
-from sandbox.alert import PUBLIC_ATTRS as _ALERT_ATTRS
-from sandbox.alert import AlertRecord
-from sandbox.columns import AlertsView, Column, ListColumn, _Group
+from sandbox.view.columns import AlertsView, Column, ListColumn, _Group
+from sandbox.view.record import PUBLIC_ATTRS as _ALERT_ATTRS
+from sandbox.view.record import AlertRecord
 
 __all__ = ["make_globals"]
 

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from sandbox.alert import AlertRecord
-from sandbox.columns import AlertsView, Column, ColumnStore
 from sandbox.compile import CompiledFilter
-from sandbox.errors import FilterFault
+from sandbox.errors import FaultReason, FilterFault
 from sandbox.namespace import make_globals
+from sandbox.store import ColumnStore
+from sandbox.view.columns import AlertsView, Column
+from sandbox.view.record import AlertRecord
 
 __all__ = ["InProcessRunner", "Outcome", "run_filter", "validate_result"]
 
@@ -51,18 +52,18 @@ def validate_result(result: object, n: int, filename: str) -> np.ndarray:
             raise FilterFault(
                 f"{filename}: filter returned a column of {result.dtype}, expected booleans; "
                 "compare it, e.g. `alerts.diaSource.snr > 10`",
-                reason="bad-result",
+                reason=FaultReason.BAD_RESULT,
             )
         if len(result) != n:
             raise FilterFault(
                 f"{filename}: filter returned {len(result)} values for {n} alerts; return one boolean per alert",
-                reason="bad-result",
+                reason=FaultReason.BAD_RESULT,
             )
         return np.array(result._flags(), dtype=bool)
     raise FilterFault(
         f"{filename}: filter returned a {type(result).__name__}, expected a boolean column with one "
         f"value per alert ({n}), e.g. `return alerts.diaSource.snr > 10`",
-        reason="bad-result",
+        reason=FaultReason.BAD_RESULT,
     )
 
 
@@ -97,12 +98,12 @@ def run_filter(compiled: CompiledFilter, store: ColumnStore) -> np.ndarray:
     except FilterFault:
         raise
     except RecursionError:
-        raise FilterFault(f"{compiled.filename}: recursion too deep", reason="error") from None
+        raise FilterFault(f"{compiled.filename}: recursion too deep", reason=FaultReason.ERROR) from None
     except MemoryError:
-        raise FilterFault(f"{compiled.filename}: ran out of memory", reason="memory") from None
+        raise FilterFault(f"{compiled.filename}: ran out of memory", reason=FaultReason.MEMORY) from None
     except Exception as exc:
         where = _where(exc, compiled.filename)
-        raise FilterFault(f"{where}: {type(exc).__name__}: {exc}", reason="error") from None
+        raise FilterFault(f"{where}: {type(exc).__name__}: {exc}", reason=FaultReason.ERROR) from None
     return mask
 
 
@@ -116,10 +117,10 @@ def _each(fn: object, name: str, store: ColumnStore, rows: np.ndarray, filename:
             raise
         except Exception as exc:
             raise FilterFault(f"{_where(exc, filename)}: {type(exc).__name__}: {exc} "
-                              f"(in {name}, alert row {row})", reason="error") from None
+                              f"(in {name}, alert row {row})", reason=FaultReason.ERROR) from None
         if type(result) is not bool:
             raise FilterFault(f"{filename}: {name} returned {type(result).__name__} for alert row "
-                              f"{row}; return True or False", reason="bad-result")
+                              f"{row}; return True or False", reason=FaultReason.BAD_RESULT)
         out[k] = result
     return out
 

@@ -12,21 +12,7 @@ fresh column store, gives the visit its own soft CPU and memory limits
 globals), reports each as it finishes, unmaps the batch and waits. Filters are compiled once and
 kept; the pool sends a filter's source again only when it changed.
 
-Wire format (everything is plain bytes; nothing is ever unpickled):
-
-- pool → zygote (``SOCK_SEQPACKET``): ``b"F"`` carrying one descriptor, the worker's end of a
-  fresh socket pair; the reply is the worker's pid (``>I``) carrying a pidfd for it.
-- pool → worker, once per visit: ``>I`` length + a JSON job, carrying the read-only descriptor
-  of the visit batch (Arrow IPC file format in a sealed memfd). The job lists the filters to
-  run as ``[index, key, filename, source or null]``: a source means "compile this (again)";
-  null means "run what you compiled for this key". The worker compiles under the full policy
-  rather than trusting code objects. The first job also carries ``setup``: the limits.
-- worker → pool: frames of :data:`FRAME` (kind, filter index, payload length) + payload.
-  ``READY`` once the batch is mapped (on the first visit, JSON: which limits took effect),
-  per filter ``COMPILED`` and then ``RESULT``: :data:`RESULT` (status, message length) + UTF-8
-  message + for ``OK`` exactly ``ceil(n / 8)`` bytes of ``np.packbits(mask)``; and ``DONE``
-  when the visit's batch is released (payload ``b"R"``: it could not be; retire me). The pool
-  checks every length, index and status before use, and treats anything else as a fault.
+The wire format is :mod:`sandbox.pool.protocol`.
 """
 
 from __future__ import annotations
@@ -41,16 +27,18 @@ import sys
 import warnings
 from typing import Any
 
-FRAME = struct.Struct(">BII")  # kind, filter index, payload length
-RESULT = struct.Struct(">BI")  # status, message length (then message, then mask)
-JOB_HEADER = struct.Struct(">I")
+from sandbox.pool.protocol import (
+    FRAME,
+    JOB_HEADER,
+    MAX_JOB,
+    MAX_MESSAGE,
+    RESULT,
+    RETIRE,
+    Kind,
+    Status,
+)
 
-READY, COMPILED, RESULT_KIND, DONE = 1, 2, 3, 4
-OK, ERROR, MEMORY, BAD_RESULT, REJECTED = 0, 1, 2, 3, 4
-STATUS_REASON = {ERROR: "error", MEMORY: "memory", BAD_RESULT: "bad-result", REJECTED: "error"}
-MAX_MESSAGE = 2000  # characters of a fault message that reach the owner
-MAX_JOB = 64 * 2**20
-RETIRE = b"R"
+_FAULT_STATUS = {"memory": Status.MEMORY, "bad-result": Status.BAD_RESULT}
 
 
 def _send_frame(sock: socket.socket, kind: int, index: int, payload: bytes = b"") -> None:
@@ -135,7 +123,7 @@ def _serve(sock: socket.socket) -> None:
         else:
             ready = b""
         retire = _visit(sock, job, batch_fd, statm, compiled, ready)
-        _send_frame(sock, DONE, 0, RETIRE if retire else b"")
+        _send_frame(sock, Kind.DONE, 0, RETIRE if retire else b"")
 
 
 def _visit(sock: socket.socket, job: dict[str, Any], batch_fd: int, statm: int,
@@ -174,15 +162,15 @@ def _run_visit(sock: socket.socket, job: dict[str, Any], buf: Any, statm: int,
     import pyarrow as pa
 
     from sandbox import limits
-    from sandbox.columns import ColumnStore
     from sandbox.compile import compile_filter
     from sandbox.errors import FilterFault, FilterRejected
     from sandbox.run import run_filter
+    from sandbox.store import ColumnStore
 
     store = ColumnStore(pa.ipc.open_file(buf).get_batch(0))
     n = len(store)
     limits.rearm(job["cpu_s"], job["memory_mb"], limits.vm_size_from(statm))
-    _send_frame(sock, READY, 0, ready)
+    _send_frame(sock, Kind.READY, 0, ready)
 
     keep: dict[str, Any] = {}
     for index, key, filename, source in job["filters"]:
@@ -191,30 +179,30 @@ def _run_visit(sock: socket.socket, job: dict[str, Any], buf: Any, statm: int,
             try:
                 compiled[key] = compile_filter(source, filename)
             except FilterRejected as exc:
-                _send_result(sock, index, REJECTED, _fault_message(exc))
+                _send_result(sock, index, Status.REJECTED, _fault_message(exc))
                 continue
             except BaseException as exc:  # noqa: B036
-                _send_result(sock, index, REJECTED, f"{filename}: cannot be compiled ({type(exc).__name__})")
+                _send_result(sock, index, Status.REJECTED, f"{filename}: cannot be compiled ({type(exc).__name__})")
                 continue
         cf = compiled[key]  # KeyError: the pool broke its own protocol; exit, it sees EOF
         keep[key] = cf
-        _send_frame(sock, COMPILED, index)
+        _send_frame(sock, Kind.COMPILED, index)
         try:
             mask = run_filter(cf, store)
         except FilterFault as fault:
-            status = MEMORY if fault.reason == "memory" else BAD_RESULT if fault.reason == "bad-result" else ERROR
+            status = _FAULT_STATUS.get(fault.reason, Status.ERROR)
             _send_result(sock, index, status, _fault_message(fault))
             continue
         except MemoryError:
-            _send_result(sock, index, MEMORY, f"{filename}: ran out of memory")
+            _send_result(sock, index, Status.MEMORY, f"{filename}: ran out of memory")
             continue
         except BaseException as exc:  # noqa: B036 - SystemExit & co. must not end the worker silently
-            _send_result(sock, index, ERROR, f"{filename}: {type(exc).__name__}: {_fault_message(exc)}")
+            _send_result(sock, index, Status.ERROR, f"{filename}: {type(exc).__name__}: {_fault_message(exc)}")
             continue
         if mask.dtype != np.bool_ or mask.shape != (n,):
-            _send_result(sock, index, BAD_RESULT, f"{filename}: the result is not one boolean per alert")
+            _send_result(sock, index, Status.BAD_RESULT, f"{filename}: the result is not one boolean per alert")
             continue
-        _send_result(sock, index, OK, "", np.packbits(mask).tobytes())
+        _send_result(sock, index, Status.OK, "", np.packbits(mask).tobytes())
     # The pool keeps the same account: what this visit ran is what stays compiled.
     compiled.clear()
     compiled.update(keep)
@@ -222,7 +210,7 @@ def _run_visit(sock: socket.socket, job: dict[str, Any], buf: Any, statm: int,
 
 def _send_result(sock: socket.socket, index: int, status: int, message: str, mask: bytes = b"") -> None:
     msg = message[:MAX_MESSAGE].encode("utf-8", "replace")
-    _send_frame(sock, RESULT_KIND, index, RESULT.pack(status, len(msg)) + msg + mask)
+    _send_frame(sock, Kind.RESULT, index, RESULT.pack(status, len(msg)) + msg + mask)
 
 
 # --- zygote -----------------------------------------------------------------------------------
@@ -247,12 +235,12 @@ def zygote_main(ctrl_fd: int, workdir: str) -> None:
     import pyarrow.compute  # noqa: F401 - pyarrow imports it lazily inside Array methods
     import pyarrow.ipc  # noqa: F401
 
-    import sandbox.alert  # noqa: F401
-    import sandbox.columns  # noqa: F401
     import sandbox.compile  # noqa: F401
     import sandbox.helpers  # noqa: F401
     import sandbox.namespace  # noqa: F401
     import sandbox.run  # noqa: F401
+    import sandbox.store  # noqa: F401
+    import sandbox.view  # noqa: F401
 
     # Move every object into the permanent generation: a worker's garbage collections then
     # skip them, instead of touching (and so copying, ~2 µs a page) all the zygote's memory.

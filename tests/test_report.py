@@ -26,7 +26,7 @@ from engine.night import night_info, read_night
 from engine.pipeline import NightReport
 from engine.report import NullCounts, encode_png, findings, write_report
 from engine.schema import load_schema
-from sandbox.alert import parse_fits_image
+from sandbox.view.image import parse_fits_image
 
 BRIGHT = '''"""Bright <script>alert("owned")</script> & detections."""
 

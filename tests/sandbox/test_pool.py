@@ -14,7 +14,8 @@ import pytest
 from attack_suite import HONEST
 
 from sandbox import InProcessRunner, compile_filter
-from sandbox.pool import WorkerPool, _Zygote, safe_compile, share_batch
+from sandbox.pool import WorkerPool, safe_compile, share_batch
+from sandbox.pool.zygote import Zygote
 
 LOOP = '"""Never ends."""\n\ndef filter(alerts):\n    while True:\n        pass\n'
 BOOM = '"""Always fails."""\n\ndef filter(alerts):\n    return 1 / 0\n'
@@ -38,14 +39,14 @@ def test_same_outcomes_as_in_process_in_the_same_order(visit: pa.RecordBatch) ->
 
 def _counting_forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     forks: list[int] = []
-    real = _Zygote.fork
+    real = Zygote.fork
 
-    def counting(self: _Zygote):  # type: ignore[no-untyped-def]
+    def counting(self: Zygote):  # type: ignore[no-untyped-def]
         sock, pid, pidfd = real(self)
         forks.append(pid)
         return sock, pid, pidfd
 
-    monkeypatch.setattr(_Zygote, "fork", counting)
+    monkeypatch.setattr(Zygote, "fork", counting)
     return forks
 
 

@@ -1,40 +1,9 @@
-"""Run filters in isolated worker processes: the service's runner.
-
-:class:`WorkerPool` is a drop-in for :class:`sandbox.run.InProcessRunner` (same
-:class:`~sandbox.run.Outcome` per filter, keys in the order given) that never runs user code in
-the engine process:
-
-- A **zygote** (fresh interpreter, scrubbed environment, empty network namespace, numpy and
-  pyarrow imported, no user code) forks one **worker per user**, which then serves that user's
-  visits one after another: two users' filters never share a process, and every worker comes
-  from a fresh fork of the clean zygote. See :mod:`sandbox.worker`.
-- A worker compiles its user's filters once (again only when :meth:`WorkerPool.update` changes
-  one) and per visit only receives the new batch: written once per visit as Arrow IPC into a
-  sealed memfd whose descriptor travels over the worker's socket; every worker maps the same
-  pages read-only and builds a fresh column store; every filter run gets fresh globals. Masks
-  come back as packed bits; nothing is unpickled.
-- Each worker is hardened once, before it compiles anything (:mod:`sandbox.limits`): memory,
-  CPU, file and process limits, user ``nobody``, seccomp. The hard limits last its whole life;
-  each visit gets its own soft CPU and memory allowance. Between visits a worker is stopped
-  (``SIGSTOP``): no user code runs while the engine is not waiting for it.
-- The pool enforces wall-clock deadlines with ``SIGKILL``: ``compile_s`` to compile and
-  ``budget_s`` to load and run each filter. A filter that overruns, crashes, exhausts memory,
-  kills its worker or returns a bad result gets a fault and its worker is killed; its user's
-  remaining filters continue in a fresh worker, as does its next visit; other users never
-  notice. After ``max_faults`` faults in a row a filter is suspended until it is replaced
-  (:meth:`WorkerPool.update`).
-- At most ``workers`` workers run at once, at most ``max_idle_workers`` wait between visits
-  (least recently used go first), and a worker is retired after ``max_visits_per_worker``
-  visits, when its memory creeps or its CPU time nears its lifetime limit.
-
-:func:`safe_compile` compiles a submitted file in a throwaway process with a deadline, so that
-not even the parser ever chokes the engine on hostile input.
-"""
+"""The visit loop: hand each user's filters to that user's worker, enforce deadlines, collect
+masks and faults (see :mod:`sandbox.pool` for the whole picture)."""
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import math
@@ -43,190 +12,28 @@ import selectors
 import shutil
 import signal
 import socket
-import struct
-import subprocess
-import sys
 import tempfile
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 
 import numpy as np
 import pyarrow as pa
 
-from sandbox import worker as wire
-from sandbox.compile import CompiledFilter, compile_filter
-from sandbox.errors import FilterFault, FilterRejected, PoolError, Problem
-from sandbox.limits import clean_environment
+from sandbox.compile import CompiledFilter
+from sandbox.errors import FaultReason, FilterFault
+from sandbox.keys import FilterKey
+from sandbox.pool import protocol as wire
+from sandbox.pool.handle import _LIFETIME_CPU_S, _MB, _MIN_RESERVE_MB, Phase, WorkerHandle
+from sandbox.pool.protocol import Kind, Status
+from sandbox.pool.shm import share_batch
+from sandbox.pool.zygote import Zygote
 from sandbox.run import Outcome
 
-__all__ = ["PoolError", "WorkerPool", "safe_compile"]
+__all__ = ["WorkerPool"]
 
 log = logging.getLogger("sandbox.pool")
-
-# The directory holding the ``sandbox`` package: the zygote runs isolated (``python -I``) and
-# is told explicitly where to import from, never through the engine's environment.
-_ROOT = str(Path(__file__).resolve().parent.parent)
-
-
-def _user(key: str) -> str:
-    return key.split("/", 1)[0]
-
-
-def _python(code: str) -> list[str]:
-    return [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {_ROOT!r}); {code}"]
-
-
-class _Zygote:
-    """The clean parent of all workers (see :mod:`sandbox.worker`)."""
-
-    def __init__(self, workdir: str, timeout_s: float = 60.0):
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        code = f"from sandbox.worker import zygote_main; zygote_main({theirs.fileno()}, {workdir!r})"
-        self.proc = subprocess.Popen(
-            _python(code),
-            env=clean_environment(),
-            cwd=workdir,
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-        )
-        theirs.close()
-        self.sock = ours
-        self.sock.settimeout(timeout_s)
-        try:
-            hello = self.sock.recv(4096)
-        except OSError as exc:
-            self.close()
-            raise PoolError(f"the sandbox zygote did not start ({exc})") from None
-        if not hello.startswith(b"Z"):
-            self.close()
-            raise PoolError("the sandbox zygote did not start; see its output above")
-        self.info: dict[str, object] = json.loads(hello[1:])
-        if self.info.get("threads") != 1:
-            log.warning("sandbox zygote runs %s threads; forking it may deadlock", self.info.get("threads"))
-        if not self.info.get("netns"):
-            log.warning("sandbox workers share the host network namespace; only seccomp keeps them off the network")
-
-    def fork(self) -> tuple[socket.socket, int, int]:
-        """A new worker: our end of its channel, its pid and a pidfd to signal it."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            socket.send_fds(self.sock, [b"F"], [theirs.fileno()])
-            data, fds, _flags, _addr = socket.recv_fds(self.sock, 16, 1)
-        except OSError as exc:
-            ours.close()
-            raise PoolError(f"the sandbox zygote stopped answering ({exc})") from None
-        finally:
-            theirs.close()
-        if len(data) != 4 or len(fds) != 1:
-            ours.close()
-            for fd in fds:
-                os.close(fd)
-            raise PoolError("the sandbox zygote stopped answering")
-        return ours, struct.unpack(">I", data)[0], fds[0]
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def close(self) -> None:
-        self.sock.close()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-_MB = 2**20
-# CPU seconds a worker may use over its whole life beyond its first visit's allowance: the
-# hard RLIMIT_CPU, a backstop only. Each visit gets its own soft limit (sandbox.limits.rearm)
-# and the wall-clock deadlines strike first; the pool retires a worker before its cumulative
-# CPU time could reach this (an honest worker uses milliseconds per visit).
-_LIFETIME_CPU_S = 600
-# Address space a worker's limit keeps for the visit batches it maps after hardening, at the
-# least; a batch larger than a worker's reserve goes to a fresh worker sized for it.
-_MIN_RESERVE_MB = 256
-
-
-@dataclass
-class _Worker:
-    """Our side of one user's long-lived worker: its channel, its budgets, what it has compiled,
-    and where it is in the current visit."""
-
-    user: str
-    sock: socket.socket
-    pid: int
-    pidfd: int
-    statfd: int  # /proc/<pid>/stat, opened at fork: the engine's own view of its CPU and memory
-    cpu_limit: float  # its hard RLIMIT_CPU [s]
-    reserve: int  # bytes of visit batch its address-space limit leaves room for
-    compiled: dict[str, CompiledFilter] = field(default_factory=dict)  # key → what it compiled
-    visits: int = 0
-    base_vm: int | None = None  # its address-space size when hardened (batch excluded)
-    fresh: bool = True  # no visit finished yet
-    last_visit: int = 0  # WorkerPool._visit_no of its last visit (for LRU eviction)
-    # The current visit. Phases: starting → (compiling → running)* → closing → idle, or
-    # split after an out-of-memory result (the rest of the visit goes to a fresh worker).
-    items: list[int] = field(default_factory=list)
-    job: dict[str, CompiledFilter] = field(default_factory=dict)  # key → filter, this visit
-    sent: set[str] = field(default_factory=set)  # keys whose source went with this job
-    phase: str = "starting"
-    pos: int = 0
-    started: float = 0.0
-    deadline: float = 0.0
-    buf: bytearray = field(default_factory=bytearray)
-    failure: str | None = None
-    retire: bool = False
-    cpu: int = -1  # the core it is pinned to for this visit
-
-    def signal(self, sig: int) -> bool:
-        try:
-            signal.pidfd_send_signal(self.pidfd, sig)
-            return True
-        except ProcessLookupError:
-            return False
-
-    def stat(self) -> tuple[float, int] | None:
-        """CPU seconds used and address-space bytes, as the kernel reports them; None if gone."""
-        try:
-            data = os.pread(self.statfd, 1024, 0)
-            fields = data.rsplit(b")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / _CLK_TCK, int(fields[20])
-        except (OSError, IndexError, ValueError):
-            return None
-
-    def release(self) -> None:
-        self.signal(signal.SIGKILL)  # never trust it to exit: it may be stopped or hostile
-        self.sock.close()
-        os.close(self.pidfd)
-        os.close(self.statfd)
-
-
-def share_batch(batch: pa.RecordBatch, wanted: Callable[[str], bool] = lambda name: True) -> int:
-    """Write ``batch`` once as Arrow IPC into a sealed memfd; return a read-only descriptor.
-
-    Only the top-level columns for which ``wanted(name)`` holds are written (a filter can only
-    read a column whose every path part its source mentions; cutouts and unused lightcurves
-    are most of a visit's bytes). The seals forbid any write, resize or new writable mapping,
-    for everyone, for the memfd's life.
-    """
-    keep = [i for i, f in enumerate(batch.schema) if wanted(f.name)]
-    if len(keep) != batch.num_columns:
-        batch = batch.select(keep)
-    fd = os.memfd_create("minibroker-visit", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
-        with pa.OSFile(f"/proc/self/fd/{fd}", "wb") as sink, pa.ipc.new_file(sink, batch.schema) as writer:
-            writer.write_batch(batch)
-        seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
-        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
-    finally:
-        os.close(fd)
 
 
 class WorkerPool:
@@ -291,14 +98,14 @@ class WorkerPool:
         self._faults: dict[str, int] = {}
         self._suspended: dict[str, FilterFault] = {}
         self._enforced: dict[str, bool] = {}
-        self._idle: OrderedDict[str, _Worker] = OrderedDict()  # user → worker, least recent first
+        self._idle: OrderedDict[str, WorkerHandle] = OrderedDict()  # user → worker, least recent first
         self._visit_no = 0
         # Cores to pin running workers to, one each (see _pin); none when they would share.
         cpus = sorted(os.sched_getaffinity(0))
         self._cpus = cpus if 1 < len(cpus) and self.workers <= len(cpus) else []
         self._batch_bytes = 0
         self._workdir = tempfile.mkdtemp(prefix="minibroker-worker-")  # root-owned, 0700: empty for nobody
-        self._zygote: _Zygote | None = _Zygote(self._workdir)
+        self._zygote: Zygote | None = Zygote(self._workdir)
 
     # --- public surface -------------------------------------------------------------------
 
@@ -325,8 +132,8 @@ class WorkerPool:
         rest = [(k, c) for k, c in self.filters if k != key]
         if compiled is None:
             self.filters = rest
-            user = _user(key)
-            if user in self._idle and not any(_user(k) == user for k, _ in rest):
+            user = FilterKey.parse(key).owner
+            if user in self._idle and not any(FilterKey.parse(k).owner == user for k, _ in rest):
                 self._idle.pop(user).release()
         elif len(rest) == len(self.filters):
             self.filters.append((key, compiled))
@@ -352,9 +159,9 @@ class WorkerPool:
                 last = self._suspended[key]
                 results[i] = Outcome(key, None, 0.0, FilterFault(
                     f"{key} is suspended after {self.max_faults} faults in a row (last: {last}); "
-                    "fix it and resubmit to run it again", reason="suspended"))
+                    "fix it and resubmit to run it again", reason=FaultReason.SUSPENDED))
                 continue
-            by_user.setdefault(_user(key), []).append(i)
+            by_user.setdefault(FilterKey.parse(key).owner, []).append(i)
             if columns is not None:
                 columns = None if compiled.columns is None else columns | compiled.columns
         if by_user:
@@ -394,7 +201,7 @@ class WorkerPool:
     def _run(self, batch_fd: int, size: int, n: int, queue: deque[tuple[str, list[int]]],
              results: list[Outcome | None], infra: set[int]) -> None:
         sel = selectors.DefaultSelector()
-        active: list[_Worker] = []
+        active: list[WorkerHandle] = []
         try:
             while queue or active:
                 while queue and len(active) < self.workers:
@@ -408,11 +215,11 @@ class WorkerPool:
                     self._read(key.data, n, results)
                 now = time.monotonic()
                 for w in list(active):
-                    if w.phase == "idle" and w.failure is None:
+                    if w.phase == Phase.IDLE and w.failure is None:
                         sel.unregister(w.sock)
                         active.remove(w)
                         self._park(w)
-                    elif w.phase == "split":
+                    elif w.phase == Phase.SPLIT:
                         sel.unregister(w.sock)
                         active.remove(w)
                         if w.pos < len(w.items):
@@ -421,7 +228,7 @@ class WorkerPool:
                     elif w.failure is not None or now >= w.deadline:
                         sel.unregister(w.sock)
                         active.remove(w)
-                        if w.phase in ("closing", "idle"):
+                        if w.phase in (Phase.CLOSING, Phase.IDLE):
                             # Every result is in; it just did not release the batch cleanly.
                             log.info("sandbox worker for %s retired: %s", w.user, w.failure or "slow to finish")
                         else:
@@ -432,7 +239,7 @@ class WorkerPool:
                 w.release()
             sel.close()
 
-    def _dispatch(self, user: str, items: list[int], batch_fd: int, size: int, n: int) -> _Worker:
+    def _dispatch(self, user: str, items: list[int], batch_fd: int, size: int, n: int) -> WorkerHandle:
         """Hand this visit to the user's live worker, or to a fresh one; never to another
         user's."""
         cpu = math.ceil(len(items) * (self.budget_s + self.compile_s) + self.startup_s)
@@ -443,7 +250,7 @@ class WorkerPool:
         if w is None:
             w = self._fork(user, cpu, size)
         w.items, w.job, w.sent, w.pos, w.buf = items, {}, set(), 0, bytearray()
-        w.phase, w.failure, w.retire = "starting", None, False
+        w.phase, w.failure, w.retire = Phase.STARTING, None, False
         w.deadline = time.monotonic() + self.startup_s
         w.last_visit = self._visit_no
         entries = []
@@ -471,7 +278,7 @@ class WorkerPool:
         w.sock.setblocking(False)
         return w
 
-    def _pin(self, w: _Worker, active: list[_Worker]) -> None:
+    def _pin(self, w: WorkerHandle, active: list[WorkerHandle]) -> None:
         """Run ``w`` on a core no other running worker has.
 
         Left alone, the scheduler tends to wake a worker on the core of the engine that woke
@@ -492,7 +299,7 @@ class WorkerPool:
             if exc.errno == errno.EPERM:
                 self._cpus = []
 
-    def _reusable(self, w: _Worker, cpu: int, size: int) -> bool:
+    def _reusable(self, w: WorkerHandle, cpu: int, size: int) -> bool:
         """Whether an idle worker can take this visit: alive, silent while idle, and within
         its CPU and address-space budgets. Then it is resumed."""
         try:
@@ -510,21 +317,21 @@ class WorkerPool:
             return False
         return w.signal(signal.SIGCONT)
 
-    def _fork(self, user: str, cpu: int, size: int) -> _Worker:
+    def _fork(self, user: str, cpu: int, size: int) -> WorkerHandle:
         if self._zygote is None or not self._zygote.alive():
             log.warning("sandbox zygote is gone; starting a new one")
             if self._zygote is not None:
                 self._zygote.close()
-            self._zygote = _Zygote(self._workdir)
+            self._zygote = Zygote(self._workdir)
         sock, pid, pidfd = self._zygote.fork()
         try:
             statfd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             statfd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # gone already: stat() fails
         reserve = max(_MIN_RESERVE_MB * _MB, 2 * size)
-        return _Worker(user, sock, pid, pidfd, statfd, cpu_limit=cpu + _LIFETIME_CPU_S, reserve=reserve)
+        return WorkerHandle(user, sock, pid, pidfd, statfd, cpu_limit=cpu + _LIFETIME_CPU_S, reserve=reserve)
 
-    def _park(self, w: _Worker) -> None:
+    def _park(self, w: WorkerHandle) -> None:
         """After a clean visit: stop the worker until its user's next visit, or retire it."""
         w.visits += 1
         w.fresh = False
@@ -557,7 +364,7 @@ class WorkerPool:
                 victim = next(iter(self._idle))
             self._idle.pop(victim).release()
 
-    def _read(self, w: _Worker, n: int, results: list[Outcome | None]) -> None:
+    def _read(self, w: WorkerHandle, n: int, results: list[Outcome | None]) -> None:
         try:
             chunk = w.sock.recv(1 << 20)
         except BlockingIOError:
@@ -570,7 +377,7 @@ class WorkerPool:
             return
         w.buf += chunk
         limit = wire.RESULT.size + 4 * wire.MAX_MESSAGE + (n + 7) // 8 + 4096
-        while w.failure is None and w.phase not in ("idle", "split") and len(w.buf) >= wire.FRAME.size:
+        while w.failure is None and w.phase not in (Phase.IDLE, Phase.SPLIT) and len(w.buf) >= wire.FRAME.size:
             kind, index, length = wire.FRAME.unpack_from(w.buf)
             if length > limit:
                 w.failure = "broke protocol (oversized frame)"
@@ -580,15 +387,15 @@ class WorkerPool:
             payload = bytes(w.buf[wire.FRAME.size : wire.FRAME.size + length])
             del w.buf[: wire.FRAME.size + length]
             self._frame(w, kind, index, payload, n, results)
-        if w.phase == "idle" and w.buf:
+        if w.phase == Phase.IDLE and w.buf:
             w.failure = "broke protocol (data after DONE)"
 
-    def _frame(self, w: _Worker, kind: int, index: int, payload: bytes, n: int,
+    def _frame(self, w: WorkerHandle, kind: int, index: int, payload: bytes, n: int,
                results: list[Outcome | None]) -> None:
         # Everything here comes from a process running untrusted code: check it all.
         now = time.monotonic()
         current = w.items[w.pos] if w.pos < len(w.items) else None
-        if kind == wire.READY and w.phase == "starting":
+        if kind == Kind.READY and w.phase == Phase.STARTING:
             if w.fresh:
                 # No user code has run in it yet: what it says about its limits is trustworthy.
                 try:
@@ -603,33 +410,33 @@ class WorkerPool:
             elif payload:
                 w.failure = "broke protocol (bad READY)"
                 return
-            w.phase, w.deadline = "compiling", now + self.compile_s
-        elif kind == wire.COMPILED and w.phase == "compiling" and index == current and not payload:
+            w.phase, w.deadline = Phase.COMPILING, now + self.compile_s
+        elif kind == Kind.COMPILED and w.phase == Phase.COMPILING and index == current and not payload:
             key, compiled = self.filters[index]
             if key in w.sent:
                 w.compiled[key] = compiled
-            w.phase, w.started, w.deadline = "running", now, now + self.budget_s
-        elif kind == wire.RESULT_KIND and w.phase in ("compiling", "running") and index == current:
+            w.phase, w.started, w.deadline = Phase.RUNNING, now, now + self.budget_s
+        elif kind == Kind.RESULT and w.phase in (Phase.COMPILING, Phase.RUNNING) and index == current:
             outcome = self._outcome(w, index, payload, n, now)
             if outcome is None:
                 w.failure = "broke protocol (bad RESULT)"
                 return
             results[index] = outcome
             w.pos += 1
-            if outcome.fault is not None and outcome.fault.reason == "memory":
+            if outcome.fault is not None and outcome.fault.reason == FaultReason.MEMORY:
                 # Out of memory may have left the interpreter half-broken: the worker goes, and
                 # the user's remaining filters continue in a fresh one (see _run).
-                w.phase = "split"
+                w.phase = Phase.SPLIT
             elif w.pos == len(w.items):
-                w.phase, w.deadline = "closing", now + max(1.0, self.compile_s)
+                w.phase, w.deadline = Phase.CLOSING, now + max(1.0, self.compile_s)
             else:
-                w.phase, w.deadline = "compiling", now + self.compile_s
-        elif kind == wire.DONE and w.phase == "closing" and payload in (b"", wire.RETIRE):
-            w.phase, w.retire = "idle", payload == wire.RETIRE
+                w.phase, w.deadline = Phase.COMPILING, now + self.compile_s
+        elif kind == Kind.DONE and w.phase == Phase.CLOSING and payload in (b"", wire.RETIRE):
+            w.phase, w.retire = Phase.IDLE, payload == wire.RETIRE
         else:
             w.failure = f"broke protocol (frame {kind} in phase {w.phase})"
 
-    def _outcome(self, w: _Worker, index: int, payload: bytes, n: int, now: float) -> Outcome | None:
+    def _outcome(self, w: WorkerHandle, index: int, payload: bytes, n: int, now: float) -> Outcome | None:
         key, compiled = self.filters[index]
         if len(payload) < wire.RESULT.size:
             return None
@@ -639,8 +446,8 @@ class WorkerPool:
             return None
         message = rest[:mlen].decode("utf-8", "replace")[: wire.MAX_MESSAGE]
         bits = rest[mlen:]
-        seconds = now - w.started if w.phase == "running" else 0.0
-        if status == wire.OK:
+        seconds = now - w.started if w.phase == Phase.RUNNING else 0.0
+        if status == Status.OK:
             if len(bits) != (n + 7) // 8 or mlen:
                 return None
             mask = np.unpackbits(np.frombuffer(bits, np.uint8), count=n).astype(bool)
@@ -650,43 +457,43 @@ class WorkerPool:
         return Outcome(key, None, seconds, FilterFault(message or f"{compiled.filename}: failed",
                                                        reason=wire.STATUS_REASON[status]))
 
-    def _fail(self, w: _Worker, n: int, now: float, results: list[Outcome | None],
+    def _fail(self, w: WorkerHandle, n: int, now: float, results: list[Outcome | None],
               infra: set[int], queue: deque[tuple[str, list[int]]]) -> None:
         """Kill ``w``; fault the filter it was on; queue the user's remaining filters."""
         w.signal(signal.SIGKILL)
-        if w.phase == "starting" and not w.fresh:
+        if w.phase == Phase.STARTING and not w.fresh:
             # A live worker that failed to take a new visit (say, it died while stopped):
             # nothing of this visit ran; a fresh worker takes it.
             log.warning("sandbox worker for %s failed to resume (%s); forking a fresh one",
                         w.user, w.failure or "timed out")
             queue.appendleft((w.user, w.items))
             return
-        if w.phase == "starting":
+        if w.phase == Phase.STARTING:
             # Not any filter's doing (no user code has run yet): report, but do not count.
             log.error("sandbox worker for %s failed to start: %s", w.user, w.failure or "timed out")
             for i in w.items:
                 infra.add(i)
                 results[i] = Outcome(self.filters[i][0], None, 0.0, FilterFault(
                     f"{self.filters[i][1].filename}: not run on this visit: the engine could not "
-                    "start a worker (not a problem with your filter)", reason="killed"))
+                    "start a worker (not a problem with your filter)", reason=FaultReason.KILLED))
             return
         index = w.items[w.pos]
         key, compiled = self.filters[index]
         name = compiled.filename
-        seconds = now - w.started if w.phase == "running" else 0.0
-        if w.failure is None and w.phase == "running":
+        seconds = now - w.started if w.phase == Phase.RUNNING else 0.0
+        if w.failure is None and w.phase == Phase.RUNNING:
             fault = FilterFault(
                 f"{name}: stopped after exceeding its time budget of {self.budget_s:g} s on {n} "
-                "alerts; use column operations instead of Python loops over alerts", reason="timeout")
+                "alerts; use column operations instead of Python loops over alerts", reason=FaultReason.TIMEOUT)
         elif w.failure is None:
             fault = FilterFault(f"{name}: stopped: compiling took longer than {self.compile_s:g} s; "
-                                "simplify the file", reason="timeout")
+                                "simplify the file", reason=FaultReason.TIMEOUT)
         elif w.failure == "died":
             fault = FilterFault(
                 f"{name}: the process running this filter died (it may have exceeded the memory "
-                f"limit of {self.memory_mb} MB or another resource limit)", reason="killed")
+                f"limit of {self.memory_mb} MB or another resource limit)", reason=FaultReason.KILLED)
         else:
-            fault = FilterFault(f"{name}: stopped: its worker {w.failure}", reason="killed")
+            fault = FilterFault(f"{name}: stopped: its worker {w.failure}", reason=FaultReason.KILLED)
         results[index] = Outcome(key, None, seconds, fault)
         rest = w.items[w.pos + 1 :]
         if rest:
@@ -694,7 +501,7 @@ class WorkerPool:
 
     def _account(self, outcomes: list[Outcome], infra: set[int]) -> None:
         for i, o in enumerate(outcomes):
-            if i in infra or (o.fault is not None and o.fault.reason == "suspended"):
+            if i in infra or (o.fault is not None and o.fault.reason == FaultReason.SUSPENDED):
                 continue
             if o.fault is None:
                 self._faults.pop(o.key, None)
@@ -703,77 +510,3 @@ class WorkerPool:
             if count >= self.max_faults:
                 self._suspended[o.key] = o.fault
                 log.warning("filter %s suspended after %d faults: %s", o.key, count, o.fault)
-
-
-# --- compiling at submit ------------------------------------------------------------------------
-
-
-def safe_compile(source: str, filename: str = "<filter>", timeout_s: float = 10.0) -> CompiledFilter:
-    """Compile a submitted filter without risking the calling process.
-
-    The file is first compiled in a throwaway interpreter with a memory and CPU limit and a
-    wall-clock deadline (``SIGKILL``); only source that compiles cleanly there is compiled
-    again here for its code object. Every failure, including a crash, a hang or an exception
-    other than ``SyntaxError`` inside the compiler, becomes :class:`FilterRejected`.
-
-    Parameters
-    ----------
-    source : str
-        The file's text.
-    filename : str
-        Shown in every problem.
-    timeout_s : float
-        Wall-clock limit of the throwaway compile, including interpreter start (~0.3 s).
-    """
-
-    def reject(rule: str, message: str) -> FilterRejected:
-        return FilterRejected([Problem(filename, None, rule, message)])
-
-    if not isinstance(source, str):
-        raise reject("encoding", "a filter is UTF-8 text")
-    try:
-        data = source.encode("utf-8")
-    except UnicodeError:
-        raise reject("encoding", "the file is not valid UTF-8 text; save it as UTF-8") from None
-    try:
-        proc = subprocess.run(
-            _python("from sandbox.pool import _compile_child; _compile_child()") + [filename],
-            input=data, capture_output=True, timeout=timeout_s, env=clean_environment(), cwd="/",
-        )
-    except subprocess.TimeoutExpired:
-        raise reject("too-complex", f"compiling took longer than {timeout_s:g} s; simplify the file") from None
-    try:
-        report = json.loads(proc.stdout)
-        problems = [Problem(filename, p[0] if isinstance(p[0], int) else None, str(p[1]), str(p[2]))
-                    for p in report["problems"]]
-    except (ValueError, KeyError, TypeError, IndexError):
-        raise reject("too-complex", f"the compiler failed on this file (exit status {proc.returncode}); "
-                     "simplify it") from None
-    if problems:
-        raise FilterRejected(problems)
-    try:
-        return compile_filter(source, filename)
-    except FilterRejected:
-        raise
-    except Exception as exc:  # the child compiled it; anything here is still a rejection
-        raise reject("too-complex", f"the file cannot be compiled ({type(exc).__name__})") from None
-
-
-def _compile_child() -> None:  # pragma: no cover - runs in the throwaway interpreter
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))
-    resource.setrlimit(resource.RLIMIT_CPU, (30, 31))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-    filename = sys.argv[1] if len(sys.argv) > 1 else "<filter>"
-    problems: list[list[object]] = []
-    try:
-        source = sys.stdin.buffer.read().decode("utf-8")
-        compile_filter(source, filename)
-    except FilterRejected as exc:
-        problems = [[p.line, p.rule, p.message] for p in exc.problems]
-    except BaseException as exc:  # noqa: B036 - every failure is a rejection, reported as data
-        problems = [[None, "too-complex", f"the file cannot be compiled ({type(exc).__name__}); simplify it"]]
-    sys.stdout.write(json.dumps({"problems": problems}))
-    sys.stdout.flush()
-

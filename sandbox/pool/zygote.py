@@ -1,0 +1,91 @@
+"""The engine's handle on the zygote: the clean parent process that forks every worker.
+
+The zygote's own side (what it runs) is :func:`sandbox.worker.zygote_main`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+from sandbox.errors import PoolError
+from sandbox.limits import clean_environment
+
+__all__ = ["Zygote", "python_command"]
+
+log = logging.getLogger("sandbox.pool")
+
+# The directory holding the ``sandbox`` package: the zygote runs isolated (``python -I``) and
+# is told explicitly where to import from, never through the engine's environment.
+_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def python_command(code: str) -> list[str]:
+    return [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {_ROOT!r}); {code}"]
+
+
+class Zygote:
+    """The clean parent of all workers (see :mod:`sandbox.worker`)."""
+
+    def __init__(self, workdir: str, timeout_s: float = 60.0):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        code = f"from sandbox.worker import zygote_main; zygote_main({theirs.fileno()}, {workdir!r})"
+        self.proc = subprocess.Popen(
+            python_command(code),
+            env=clean_environment(),
+            cwd=workdir,
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self.sock = ours
+        self.sock.settimeout(timeout_s)
+        try:
+            hello = self.sock.recv(4096)
+        except OSError as exc:
+            self.close()
+            raise PoolError(f"the sandbox zygote did not start ({exc})") from None
+        if not hello.startswith(b"Z"):
+            self.close()
+            raise PoolError("the sandbox zygote did not start; see its output above")
+        self.info: dict[str, object] = json.loads(hello[1:])
+        if self.info.get("threads") != 1:
+            log.warning("sandbox zygote runs %s threads; forking it may deadlock", self.info.get("threads"))
+        if not self.info.get("netns"):
+            log.warning("sandbox workers share the host network namespace; only seccomp keeps them off the network")
+
+    def fork(self) -> tuple[socket.socket, int, int]:
+        """A new worker: our end of its channel, its pid and a pidfd to signal it."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            socket.send_fds(self.sock, [b"F"], [theirs.fileno()])
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, 16, 1)
+        except OSError as exc:
+            ours.close()
+            raise PoolError(f"the sandbox zygote stopped answering ({exc})") from None
+        finally:
+            theirs.close()
+        if len(data) != 4 or len(fds) != 1:
+            ours.close()
+            for fd in fds:
+                os.close(fd)
+            raise PoolError("the sandbox zygote stopped answering")
+        return ours, struct.unpack(">I", data)[0], fds[0]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
