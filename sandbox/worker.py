@@ -21,6 +21,7 @@ import gc
 import json
 import mmap
 import os
+import select
 import socket
 import struct
 import sys
@@ -79,16 +80,18 @@ def _fault_message(exc: BaseException) -> str:
     return text[:MAX_MESSAGE]
 
 
-def worker_main(sock_fd: int, zygote_pid: int) -> None:
-    """Serve one user's visits until the pool closes the channel or kills us. Never returns."""
+def worker_main(sock_fd: int, zygote_pid: int | None) -> None:
+    """Serve one user's visits until the pool closes the channel or kills us. Never returns.
+
+    ``zygote_pid`` is None when the worker is the init of its own PID namespace (it then dies
+    with the zygote's namespace); otherwise it must not outlive the zygote, and through it the
+    engine: a stopped or stuck worker then goes too.
+    """
     from sandbox import limits
 
     code = 0
     try:
-        # A worker outlives its visits, so it must not outlive the zygote (and through it the
-        # engine): a stopped or stuck worker then goes too.
-        limits.set_parent_death_signal()
-        if os.getppid() != zygote_pid:
+        if zygote_pid is not None and not limits.set_parent_death_signal(zygote_pid):
             os._exit(1)
         limits.close_fds([sock_fd])
         sock = socket.socket(fileno=sock_fd)
@@ -224,8 +227,15 @@ def _threads() -> int:
 
 
 def zygote_main(ctrl_fd: int, workdir: str) -> None:
-    """Serve fork requests on ``ctrl_fd`` until the pool closes it."""
-    from sandbox import limits
+    """Serve fork requests on ``ctrl_fd`` until the pool closes it.
+
+    When permitted (root), this process only launches: it moves its future children into new
+    PID, network and IPC namespaces and forks the real zygote, which is the init of that PID
+    namespace, and waits for it. Whatever way the engine dies, the launcher gets SIGKILL (its
+    parent-death signal), then the zygote (its own), and with the zygote the kernel kills every
+    process of its namespace: every worker, stopped or not.
+    """
+    from sandbox import limits, seccomp
 
     limits.set_parent_death_signal()
     # Warm every module a worker needs, so forks share them and workers never import (after
@@ -242,15 +252,31 @@ def zygote_main(ctrl_fd: int, workdir: str) -> None:
     import sandbox.store  # noqa: F401
     import sandbox.view  # noqa: F401
 
+    filtered = seccomp.prepare()  # built once here; each worker only loads it
     # Move every object into the permanent generation: a worker's garbage collections then
     # skip them, instead of touching (and so copying, ~2 µs a page) all the zygote's memory.
     gc.collect()
     gc.freeze()
-    netns = limits.unshare_network()
     os.chdir(workdir)
+    pidns = limits.unshare(limits.CLONE_NEWPID | limits.CLONE_NEWNET | limits.CLONE_NEWIPC)
+    if pidns:
+        # As its namespace's init the zygote sees no parent (getppid() is 0), so it checks
+        # that the launcher still lives through a pidfd, after arming its own death signal.
+        launcher = os.pidfd_open(os.getpid())
+        child = os.fork()
+        if child != 0:
+            os.close(ctrl_fd)
+            _wait_for(child)
+        limits.set_parent_death_signal()
+        gone, _w, _x = select.select([launcher], [], [], 0)
+        os.close(launcher)
+        if gone:
+            os._exit(1)
+    netns = pidns or limits.unshare(limits.CLONE_NEWNET | limits.CLONE_NEWIPC)
     ctrl = socket.socket(fileno=ctrl_fd)
     zygote = os.getpid()
-    hello = {"pid": zygote, "netns": netns, "threads": _threads()}
+    hello = {"pid": zygote, "netns": netns, "pidns": pidns, "root": os.getuid() == 0,
+             "seccomp": filtered, "threads": _threads()}
     ctrl.send(b"Z" + json.dumps(hello).encode())
     ctrl.settimeout(1.0)
     while True:
@@ -267,19 +293,70 @@ def zygote_main(ctrl_fd: int, workdir: str) -> None:
             for fd in fds:
                 os.close(fd)
             continue
-        pid = os.fork()
-        if pid == 0:
-            ctrl.detach()  # the worker must not close (or use) the zygote's channel
-            worker_main(fds[0], zygote)
+        pid = _spawn(ctrl, fds[0], zygote, pidns)
         os.close(fds[0])
         # The pidfd is opened before this process reaps anything, so it names exactly this
-        # child even if it has already exited; the pool signals through it, never by pid.
-        pidfd = os.pidfd_open(pid)
+        # worker even if it has already exited; the pool signals through it, never by pid.
+        try:
+            pidfd = os.pidfd_open(pid) if pid > 0 else -1
+        except OSError:
+            pidfd = -1
+        if pidfd < 0:  # no worker: the pool sees its channel closed, a failed start
+            ctrl.send(struct.pack(">I", 0))
+            continue
         try:
             socket.send_fds(ctrl, [struct.pack(">I", pid)], [pidfd])
         finally:
             os.close(pidfd)
     os._exit(0)
+
+
+def _wait_for(child: int) -> None:  # pragma: no cover - the launcher's whole life
+    while True:
+        try:
+            _pid, status = os.waitpid(child, 0)
+        except ChildProcessError:
+            os._exit(1)
+        except InterruptedError:
+            continue
+        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def _spawn(ctrl: socket.socket, sock_fd: int, zygote: int, pidns: bool) -> int:
+    """Fork one worker; with ``pidns``, as the init of new PID and IPC namespaces of its own
+    (through a short-lived middle process: a namespace's init must be a fresh child). Returns
+    its pid as this process sees it, or -1."""
+    from sandbox import limits
+
+    if not pidns:
+        pid = os.fork()
+        if pid == 0:
+            ctrl.detach()  # the worker must not close (or use) the zygote's channel
+            worker_main(sock_fd, zygote)
+        return pid
+    r, w = os.pipe()
+    middle = os.fork()
+    if middle == 0:  # pragma: no cover - the middle process
+        code = 1
+        try:
+            ctrl.detach()
+            os.close(r)
+            if limits.unshare(limits.CLONE_NEWPID | limits.CLONE_NEWIPC):
+                pid = os.fork()
+                if pid == 0:
+                    os.close(w)
+                    worker_main(sock_fd, None)
+                os.write(w, struct.pack(">i", pid))
+                code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        os.waitpid(middle, 0)
+        data = os.read(r, 4)
+    finally:
+        os.close(r)
+    return struct.unpack(">i", data)[0] if len(data) == 4 else -1
 
 
 def _reap() -> None:

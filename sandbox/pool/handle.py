@@ -28,6 +28,7 @@ class Phase(Enum):
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _MB = 2**20
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 # CPU seconds a worker may use over its whole life beyond its first visit's allowance: the
 # hard RLIMIT_CPU, a backstop only. Each visit gets its own soft limit (sandbox.limits.rearm)
 # and the wall-clock deadlines strike first; the pool retires a worker before its cumulative
@@ -45,8 +46,9 @@ class WorkerHandle:
 
     user: str  # the owner of every filter it runs (FilterKey.owner)
     sock: socket.socket
-    pid: int
-    pidfd: int
+    pid: int  # 0 when the zygote could not start it (its channel is then closed)
+    pidfd: int  # -1 then
+    uid: int  # its own (see sandbox.pool.uids)
     statfd: int  # /proc/<pid>/stat, opened at fork: the engine's own view of its CPU and memory
     cpu_limit: float  # its hard RLIMIT_CPU [s]
     reserve: int  # bytes of visit batch its address-space limit leaves room for
@@ -70,6 +72,8 @@ class WorkerHandle:
     cpu: int = -1  # the core it is pinned to for this visit
 
     def signal(self, sig: int) -> bool:
+        if self.pidfd < 0:
+            return False
         try:
             signal.pidfd_send_signal(self.pidfd, sig)
             return True
@@ -78,15 +82,23 @@ class WorkerHandle:
 
     def stat(self) -> tuple[float, int] | None:
         """CPU seconds used and address-space bytes, as the kernel reports them; None if gone."""
+        usage = self.usage()
+        return None if usage is None else (usage[0], usage[1])
+
+    def usage(self) -> tuple[float, int, int] | None:
+        """CPU seconds used, address-space bytes and resident bytes; None if gone."""
         try:
             data = os.pread(self.statfd, 1024, 0)
             fields = data.rsplit(b")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / _CLK_TCK, int(fields[20])
+            return (int(fields[11]) + int(fields[12])) / _CLK_TCK, int(fields[20]), int(fields[21]) * _PAGE
         except (OSError, IndexError, ValueError):
             return None
 
-    def release(self) -> None:
+    def release(self) -> int:
+        """Kill it and close our descriptors but its pidfd, which is returned (-1 if none)
+        for :meth:`sandbox.pool.uids.UidPool.give_back`."""
         self.signal(signal.SIGKILL)  # never trust it to exit: it may be stopped or hostile
         self.sock.close()
-        os.close(self.pidfd)
         os.close(self.statfd)
+        pidfd, self.pidfd = self.pidfd, -1
+        return pidfd

@@ -9,10 +9,8 @@ import logging
 import math
 import os
 import selectors
-import shutil
 import signal
 import socket
-import tempfile
 import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
@@ -28,6 +26,8 @@ from sandbox.pool import protocol as wire
 from sandbox.pool.handle import _LIFETIME_CPU_S, _MB, _MIN_RESERVE_MB, Phase, WorkerHandle
 from sandbox.pool.protocol import Kind, Status
 from sandbox.pool.shm import share_batch
+from sandbox.pool.uids import UidPool
+from sandbox.pool.workdir import Workdir
 from sandbox.pool.zygote import Zygote
 from sandbox.run import Outcome
 
@@ -104,8 +104,9 @@ class WorkerPool:
         cpus = sorted(os.sched_getaffinity(0))
         self._cpus = cpus if 1 < len(cpus) and self.workers <= len(cpus) else []
         self._batch_bytes = 0
-        self._workdir = tempfile.mkdtemp(prefix="minibroker-worker-")  # root-owned, 0700: empty for nobody
-        self._zygote: Zygote | None = Zygote(self._workdir)
+        self._uids = UidPool()
+        self._workdir = Workdir()
+        self._zygote: Zygote | None = Zygote(self._workdir.path)
 
     # --- public surface -------------------------------------------------------------------
 
@@ -118,7 +119,7 @@ class WorkerPool:
     def enforced(self) -> dict[str, bool]:
         """Which isolation layers took effect in the most recent worker (and the zygote)."""
         info = self._zygote.info if self._zygote else {}
-        return {"netns": bool(info.get("netns")), **self._enforced}
+        return {"netns": bool(info.get("netns")), "pidns": bool(info.get("pidns")), **self._enforced}
 
     def update(self, key: str, compiled: CompiledFilter | None) -> None:
         """Replace (or add) the filter ``key`` after its owner resubmits it, lifting any
@@ -134,7 +135,7 @@ class WorkerPool:
             self.filters = rest
             user = FilterKey.parse(key).owner
             if user in self._idle and not any(FilterKey.parse(k).owner == user for k, _ in rest):
-                self._idle.pop(user).release()
+                self._release(self._idle.pop(user))
         elif len(rest) == len(self.filters):
             self.filters.append((key, compiled))
         else:
@@ -180,11 +181,12 @@ class WorkerPool:
     def close(self) -> None:
         """Stop every worker and the zygote, and remove the working directory."""
         while self._idle:
-            self._idle.popitem()[1].release()
+            self._release(self._idle.popitem()[1])
         if self._zygote is not None:
             self._zygote.close()
             self._zygote = None
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        self._uids.close()
+        self._workdir.close()
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -224,7 +226,7 @@ class WorkerPool:
                         active.remove(w)
                         if w.pos < len(w.items):
                             queue.appendleft((w.user, w.items[w.pos :]))
-                        w.release()
+                        self._release(w)
                     elif w.failure is not None or now >= w.deadline:
                         sel.unregister(w.sock)
                         active.remove(w)
@@ -233,10 +235,10 @@ class WorkerPool:
                             log.info("sandbox worker for %s retired: %s", w.user, w.failure or "slow to finish")
                         else:
                             self._fail(w, n, now, results, infra, queue)
-                        w.release()
+                        self._release(w)
         finally:
             for w in active:
-                w.release()
+                self._release(w)
             sel.close()
 
     def _dispatch(self, user: str, items: list[int], batch_fd: int, size: int, n: int) -> WorkerHandle:
@@ -245,7 +247,7 @@ class WorkerPool:
         cpu = math.ceil(len(items) * (self.budget_s + self.compile_s) + self.startup_s)
         w = self._idle.pop(user, None)
         if w is not None and not self._reusable(w, cpu, size):
-            w.release()
+            self._release(w)
             w = None
         if w is None:
             w = self._fork(user, cpu, size)
@@ -268,7 +270,8 @@ class WorkerPool:
         job: dict[str, object] = {"filters": entries, "cpu_s": cpu, "memory_mb": self.memory_mb}
         if w.fresh:
             job["setup"] = {"limits": {"memory_mb": self.memory_mb, "cpu_s": math.ceil(w.cpu_limit),
-                                       "nofile": 16, "reserve_mb": w.reserve // _MB + self.memory_mb}}
+                                       "nofile": 16, "reserve_mb": w.reserve // _MB + self.memory_mb,
+                                       "uid": w.uid, "root": self._workdir.root}}
         body = json.dumps(job).encode()
         try:
             socket.send_fds(w.sock, [wire.JOB_HEADER.pack(len(body)) + body[: 1 << 15]], [batch_fd])
@@ -317,19 +320,23 @@ class WorkerPool:
             return False
         return w.signal(signal.SIGCONT)
 
+    def _release(self, w: WorkerHandle) -> None:
+        self._uids.give_back(w.uid, w.release())
+
     def _fork(self, user: str, cpu: int, size: int) -> WorkerHandle:
         if self._zygote is None or not self._zygote.alive():
             log.warning("sandbox zygote is gone; starting a new one")
             if self._zygote is not None:
                 self._zygote.close()
-            self._zygote = Zygote(self._workdir)
+            self._zygote = Zygote(self._workdir.path)
         sock, pid, pidfd = self._zygote.fork()
         try:
             statfd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             statfd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # gone already: stat() fails
         reserve = max(_MIN_RESERVE_MB * _MB, 2 * size)
-        return WorkerHandle(user, sock, pid, pidfd, statfd, cpu_limit=cpu + _LIFETIME_CPU_S, reserve=reserve)
+        return WorkerHandle(user, sock, pid, pidfd, self._uids.take(), statfd,
+                            cpu_limit=cpu + _LIFETIME_CPU_S, reserve=reserve)
 
     def _park(self, w: WorkerHandle) -> None:
         """After a clean visit: stop the worker until its user's next visit, or retire it."""
@@ -352,7 +359,7 @@ class WorkerPool:
             return
         if reason is not None:
             log.info("sandbox worker for %s retired: %s", w.user, reason)
-        w.release()
+        self._release(w)
 
     def _evict(self) -> None:
         """Keep at most ``max_idle_workers`` idle: drop the least recently used. Workers not
@@ -362,7 +369,7 @@ class WorkerPool:
             victim = next((u for u, w in self._idle.items() if w.last_visit == self._visit_no), None)
             if victim is None:
                 victim = next(iter(self._idle))
-            self._idle.pop(victim).release()
+            self._release(self._idle.pop(victim))
 
     def _read(self, w: WorkerHandle, n: int, results: list[Outcome | None]) -> None:
         try:

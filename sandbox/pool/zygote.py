@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import socket
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +27,29 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 
 def python_command(code: str) -> list[str]:
     return [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {_ROOT!r}); {code}"]
+
+
+# Isolation the zygote reports, and what each means when missing.
+_LAYERS = [
+    ("their own uids", "root"),
+    ("their own PID namespaces (they could see other processes)", "pidns"),
+    ("their own IPC namespaces", "pidns"),
+    ("an empty network namespace", "netns"),
+    ("a chroot", "root"),
+    ("seccomp (libseccomp or pyseccomp missing)", "seccomp"),
+]
+
+
+def _pid_of(pidfd: int) -> int:
+    """The pid a pidfd refers to, in this process's PID namespace (0 if it has exited)."""
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd}", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pid:"):
+                    return max(0, int(line.split()[1]))
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 class Zygote:
@@ -58,11 +80,16 @@ class Zygote:
         self.info: dict[str, object] = json.loads(hello[1:])
         if self.info.get("threads") != 1:
             log.warning("sandbox zygote runs %s threads; forking it may deadlock", self.info.get("threads"))
-        if not self.info.get("netns"):
-            log.warning("sandbox workers share the host network namespace; only seccomp keeps them off the network")
+        missing = [what for what, key in _LAYERS if not self.info.get(key)]
+        if missing:
+            # One line, once per zygote: what a non-root engine cannot give its workers.
+            log.warning("sandbox isolation incomplete (%s): workers run without %s; run the engine "
+                        "as root for full isolation", "not root" if not self.info.get("root") else
+                        "not permitted", ", ".join(missing))
 
     def fork(self) -> tuple[socket.socket, int, int]:
-        """A new worker: our end of its channel, its pid and a pidfd to signal it."""
+        """A new worker: our end of its channel, its pid (as this process sees it; 0 when it
+        could not be started) and a pidfd to signal it (-1 then)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             socket.send_fds(self.sock, [b"F"], [theirs.fileno()])
@@ -72,12 +99,16 @@ class Zygote:
             raise PoolError(f"the sandbox zygote stopped answering ({exc})") from None
         finally:
             theirs.close()
+        if len(data) == 4 and not fds and data == bytes(4):
+            return ours, 0, -1  # it could not fork one; the channel is closed: a failed start
         if len(data) != 4 or len(fds) != 1:
             ours.close()
             for fd in fds:
                 os.close(fd)
             raise PoolError("the sandbox zygote stopped answering")
-        return ours, struct.unpack(">I", data)[0], fds[0]
+        # The zygote names the worker by its pid in the zygote's own PID namespace; ours is in
+        # the pidfd's description.
+        return ours, _pid_of(fds[0]), fds[0]
 
     def alive(self) -> bool:
         return self.proc.poll() is None

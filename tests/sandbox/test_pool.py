@@ -212,18 +212,31 @@ def test_update_recompiles_in_the_live_worker(visit: pa.RecordBatch, monkeypatch
     assert _state(pid, "gone") in ("gone", "Z")  # killed (a zombie until the zygote reaps it)
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def _worker_pids(pool: WorkerPool) -> list[int]:
+    """The pool's worker processes: the zygote's children (the zygote is its launcher's child
+    when it runs in a PID namespace of its own)."""
+    launcher = pool._zygote.proc.pid  # type: ignore[union-attr]
+    zygotes = _children(launcher) if pool.enforced["pidns"] else [launcher]
+    return [w for z in zygotes for w in _children(z)]
+
+
 def test_a_killed_worker_faults_one_filter_and_the_rest_deliver(visit: pa.RecordBatch) -> None:
     """A worker that dies mid-filter gives that filter a 'killed' fault; the same user's next
     filter runs in a fresh worker."""
     filters = [("u/loop", compile_filter(LOOP, "loop.py")), ("u/snr", compile_filter(HONEST["snr"], "snr.py"))]
     with WorkerPool(filters, budget_s=10) as pool:
-        zpid = pool._zygote.proc.pid  # type: ignore[union-attr]
-
         def kill_children() -> None:
             time.sleep(0.7)
-            with open(f"/proc/{zpid}/task/{zpid}/children") as f:
-                for pid in f.read().split():
-                    os.kill(int(pid), 9)
+            for pid in _worker_pids(pool):
+                os.kill(pid, 9)
 
         t = threading.Thread(target=kill_children)
         t.start()
