@@ -12,6 +12,7 @@ from pathlib import Path
 from types import CodeType
 
 from RestrictedPython import compile_restricted_exec
+from RestrictedPython.transformer import RestrictingNodeTransformer
 
 from sandbox.errors import FilterRejected, Problem
 from sandbox.policy import POLICY, Policy, check_tree
@@ -108,7 +109,7 @@ def compile_filter(source: str, filename: str = "<filter>", policy: Policy = POL
         # RestrictedPython's transformer recurses per nesting level: past the limit it raises
         # RecursionError, and on other hostile input ValueError or MemoryError, not SyntaxError.
         try:
-            result = compile_restricted_exec(source, filename=filename)
+            result = compile_restricted_exec(source, filename=filename, policy=_Transformer)
         except Exception as exc:
             problems.append(Problem(filename, None, "too-complex", f"the file cannot be compiled ({type(exc).__name__}); simplify it"))
     if result is not None:
@@ -131,6 +132,27 @@ def compile_filter(source: str, filename: str = "<filter>", policy: Policy = POL
         columns=_columns(tree),
         code=result.code,
     )
+
+
+class _Transformer(RestrictingNodeTransformer):
+    """RestrictedPython's transformer, plus: every value an f-string or ``%`` formats goes
+    through the namespace's guards (``_format_value_``, ``_mod_``), so that no value a filter
+    can turn into text shows a memory address (``<function f at 0x7f...>``)."""
+
+    def visit_FormattedValue(self, node: ast.FormattedValue) -> ast.AST:
+        node = self.node_contents_visit(node)
+        call = ast.Call(func=ast.Name("_format_value_", ast.Load()),
+                        args=[node.value, ast.Constant(node.conversion)], keywords=[])
+        node.value = ast.fix_missing_locations(ast.copy_location(call, node.value))
+        node.conversion = -1
+        return node
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        node = self.node_contents_visit(node)
+        if not isinstance(node.op, ast.Mod):
+            return node
+        call = ast.Call(func=ast.Name("_mod_", ast.Load()), args=[node.left, node.right], keywords=[])
+        return ast.fix_missing_locations(ast.copy_location(call, node))
 
 
 def _columns(tree: ast.Module) -> frozenset[str] | None:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from engine.errors import MinibrokerError
+from sandbox.text import escape
 
 __all__ = ["FaultReason", "FilterError", "FilterFault", "FilterRejected", "PoolError", "Problem"]
-
 
 class FaultReason(StrEnum):
     """Why a filter produced no mask on a visit (the ``reason`` field of a fault entry)."""
@@ -43,6 +43,11 @@ class Problem:
     rule: str
     message: str
 
+    def __post_init__(self) -> None:
+        # Rejections quote the file (a syntax error's line): escaped like every message.
+        object.__setattr__(self, "filename", escape(self.filename))
+        object.__setattr__(self, "message", escape(self.message))
+
     def __str__(self) -> str:
         where = f"{self.filename}:{self.line}" if self.line else self.filename
         return f"{where}: {self.message} [{self.rule}]"
@@ -64,7 +69,7 @@ class FilterFault(FilterError):
 
     def __init__(self, message: str, *, reason: FaultReason | str = FaultReason.ERROR):
         self.reason = FaultReason(reason)
-        super().__init__(message)
+        super().__init__(escape(message))
 
 
 class PoolError(MinibrokerError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["FilterKey"]
+__all__ = ["FilterKey", "display_name"]
 
 
 @dataclass(frozen=True, order=True)
@@ -30,3 +30,10 @@ class FilterKey:
 
     def __str__(self) -> str:
         return f"{self.owner}/{self.name}" if self.name else self.owner
+
+
+def display_name(key: str | FilterKey, filename: str) -> str:
+    """How messages name a filter: ``owner/name.py`` (never where the file lies on the
+    server); a key without an owner's name part falls back to ``filename``."""
+    k = FilterKey.parse(key)
+    return f"{k}.py" if k.name else filename

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from sandbox.compile import CompiledFilter
 from sandbox.errors import FaultReason, FilterFault
+from sandbox.keys import display_name
 from sandbox.namespace import make_globals
 from sandbox.store import ColumnStore
 from sandbox.view.columns import AlertsView, Column
@@ -67,47 +68,61 @@ def validate_result(result: object, n: int, filename: str) -> np.ndarray:
     )
 
 
-def _where(exc: BaseException, filename: str) -> str:
+def _where(exc: BaseException, filename: str, label: str) -> str:
     line = None
     for frame, lineno in traceback.walk_tb(exc.__traceback__):
         if frame.f_code.co_filename == filename:
             line = lineno
-    return f"{filename}:{line}" if line else filename
+    return f"{label}:{line}" if line else label
 
 
-def run_filter(compiled: CompiledFilter, store: ColumnStore) -> np.ndarray:
+def describe(exc: BaseException) -> str:
+    """``"ValueError: the message"`` for a filter's exception; never raises (its text may
+    recurse without end, or not be text at all). The caller's FilterFault escapes it."""
+    try:
+        text = str(exc)
+    except BaseException:  # noqa: B036 - a message that cannot be built is still a fault
+        text = ""
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
+
+
+def run_filter(compiled: CompiledFilter, store: ColumnStore, name: str | None = None) -> np.ndarray:
     """Execute one filter over one visit in this process; raise FilterFault on any failure.
 
     The file defines ``filter(alerts)`` (vectorized) or ``filter_alert(alert)`` (called once
     per alert), and optionally ``refine(alert)``, called only for the alerts that passed, with
     the per-alert view (cutouts included); ``refine`` returning False drops the alert.
+    Messages name the filter ``name`` (its owner and name), or else its file.
     """
+    label = name or compiled.filename
     ns = make_globals()
     try:
         exec(compiled.code, ns)  # noqa: S102 - restricted code, restricted namespace
         vector, scalar, refine = ns.get("filter"), ns.get("filter_alert"), ns.get("refine")
         if callable(vector):
-            mask = validate_result(vector(AlertsView(store)), len(store), compiled.filename)
+            mask = validate_result(vector(AlertsView(store)), len(store), label)
         elif callable(scalar):
-            mask = _each(scalar, "filter_alert", store, np.arange(len(store)), compiled.filename)
+            mask = _each(scalar, "filter_alert", store, np.arange(len(store)), compiled.filename, label)
         else:
-            raise FilterFault(f"{compiled.filename}: defines neither `filter(alerts)` nor `filter_alert(alert)`")
+            raise FilterFault(f"{label}: defines neither `filter(alerts)` nor `filter_alert(alert)`")
         if callable(refine):
             survivors = np.flatnonzero(mask)
-            mask[survivors] = _each(refine, "refine", store, survivors, compiled.filename)
+            mask[survivors] = _each(refine, "refine", store, survivors, compiled.filename, label)
     except FilterFault:
         raise
     except RecursionError:
-        raise FilterFault(f"{compiled.filename}: recursion too deep", reason=FaultReason.ERROR) from None
+        raise FilterFault(f"{label}: recursion too deep", reason=FaultReason.ERROR) from None
     except MemoryError:
-        raise FilterFault(f"{compiled.filename}: ran out of memory", reason=FaultReason.MEMORY) from None
+        raise FilterFault(f"{label}: ran out of memory", reason=FaultReason.MEMORY) from None
     except Exception as exc:
-        where = _where(exc, compiled.filename)
-        raise FilterFault(f"{where}: {type(exc).__name__}: {exc}", reason=FaultReason.ERROR) from None
+        raise FilterFault(f"{_where(exc, compiled.filename, label)}: {describe(exc)}",
+                          reason=FaultReason.ERROR) from None
     return mask
 
 
-def _each(fn: object, name: str, store: ColumnStore, rows: np.ndarray, filename: str) -> np.ndarray:
+def _each(fn: object, name: str, store: ColumnStore, rows: np.ndarray, filename: str,
+          label: str) -> np.ndarray:
     """Call a per-alert function on each row; it must return exactly True or False."""
     out = np.zeros(len(rows), bool)
     for k, row in enumerate(rows.tolist()):
@@ -116,10 +131,10 @@ def _each(fn: object, name: str, store: ColumnStore, rows: np.ndarray, filename:
         except (FilterFault, RecursionError, MemoryError):
             raise
         except Exception as exc:
-            raise FilterFault(f"{_where(exc, filename)}: {type(exc).__name__}: {exc} "
+            raise FilterFault(f"{_where(exc, filename, label)}: {describe(exc)} "
                               f"(in {name}, alert row {row})", reason=FaultReason.ERROR) from None
         if type(result) is not bool:
-            raise FilterFault(f"{filename}: {name} returned {type(result).__name__} for alert row "
+            raise FilterFault(f"{label}: {name} returned {type(result).__name__} for alert row "
                               f"{row}; return True or False", reason=FaultReason.BAD_RESULT)
         out[k] = result
     return out
@@ -137,10 +152,16 @@ class InProcessRunner:
         outcomes = []
         for key, compiled in self.filters:
             start = time.perf_counter()
+            label = display_name(key, compiled.filename)
             try:
-                mask = run_filter(compiled, store)
+                mask = run_filter(compiled, store, label)
                 outcomes.append(Outcome(key, mask, time.perf_counter() - start))
             except FilterFault as fault:
+                outcomes.append(Outcome(key, None, time.perf_counter() - start, fault))
+            except BaseException as exc:  # noqa: B036 - one filter never ends the visit for all
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                fault = FilterFault(f"{label}: failed ({type(exc).__name__})", reason=FaultReason.ERROR)
                 outcomes.append(Outcome(key, None, time.perf_counter() - start, fault))
         return outcomes
 

@@ -28,6 +28,7 @@ import sys
 import warnings
 from typing import Any
 
+from sandbox.errors import FilterRejected
 from sandbox.pool.protocol import (
     FRAME,
     JOB_HEADER,
@@ -73,8 +74,12 @@ def _receive_job(sock: socket.socket) -> tuple[dict[str, Any], int]:
 
 
 def _fault_message(exc: BaseException) -> str:
+    """The text of a fault for the pool (which escapes it); never raises."""
     try:
-        text = str(exc)
+        if isinstance(exc, FilterRejected):
+            text = "; ".join(str(p) for p in exc.problems)
+        else:
+            text = str(exc)
     except BaseException:  # noqa: B036 - a message that cannot even be built is still a fault
         text = type(exc).__name__
     return text[:MAX_MESSAGE]
@@ -166,8 +171,8 @@ def _run_visit(sock: socket.socket, job: dict[str, Any], buf: Any, statm: int,
 
     from sandbox import limits
     from sandbox.compile import compile_filter
-    from sandbox.errors import FilterFault, FilterRejected
-    from sandbox.run import run_filter
+    from sandbox.errors import FilterFault
+    from sandbox.run import describe, run_filter
     from sandbox.store import ColumnStore
 
     store = ColumnStore(pa.ipc.open_file(buf).get_batch(0))
@@ -200,7 +205,7 @@ def _run_visit(sock: socket.socket, job: dict[str, Any], buf: Any, statm: int,
             _send_result(sock, index, Status.MEMORY, f"{filename}: ran out of memory")
             continue
         except BaseException as exc:  # noqa: B036 - SystemExit & co. must not end the worker silently
-            _send_result(sock, index, Status.ERROR, f"{filename}: {type(exc).__name__}: {_fault_message(exc)}")
+            _send_result(sock, index, Status.ERROR, f"{filename}: {describe(exc)}")
             continue
         if mask.dtype != np.bool_ or mask.shape != (n,):
             _send_result(sock, index, Status.BAD_RESULT, f"{filename}: the result is not one boolean per alert")

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from sandbox.compile import CompiledFilter
 from sandbox.errors import FaultReason, FilterFault
-from sandbox.keys import FilterKey
+from sandbox.keys import FilterKey, display_name
 from sandbox.pool import protocol as wire
 from sandbox.pool.handle import _LIFETIME_CPU_S, _MB, _MIN_RESERVE_MB, Phase, WorkerHandle
 from sandbox.pool.protocol import Kind, Status
@@ -260,13 +260,13 @@ class WorkerPool:
             key, compiled = self.filters[i]
             w.job[key] = compiled
             if w.compiled.get(key) is compiled:
-                entries.append([i, key, compiled.filename, None])
+                entries.append([i, key, display_name(key, compiled.filename), None])
             else:
                 # New, changed or never compiled there: send the source; the old version (if
                 # any) is gone from the worker as soon as it reads this.
                 w.compiled.pop(key, None)
                 w.sent.add(key)
-                entries.append([i, key, compiled.filename, compiled.source])
+                entries.append([i, key, display_name(key, compiled.filename), compiled.source])
         job: dict[str, object] = {"filters": entries, "cpu_s": cpu, "memory_mb": self.memory_mb}
         if w.fresh:
             job["setup"] = {"limits": {"memory_mb": self.memory_mb, "cpu_s": math.ceil(w.cpu_limit),
@@ -461,7 +461,7 @@ class WorkerPool:
             return Outcome(key, mask, seconds)
         if status not in wire.STATUS_REASON or bits:
             return None
-        return Outcome(key, None, seconds, FilterFault(message or f"{compiled.filename}: failed",
+        return Outcome(key, None, seconds, FilterFault(message or f"{display_name(key, compiled.filename)}: failed",
                                                        reason=wire.STATUS_REASON[status]))
 
     def _fail(self, w: WorkerHandle, n: int, now: float, results: list[Outcome | None],
@@ -481,12 +481,12 @@ class WorkerPool:
             for i in w.items:
                 infra.add(i)
                 results[i] = Outcome(self.filters[i][0], None, 0.0, FilterFault(
-                    f"{self.filters[i][1].filename}: not run on this visit: the engine could not "
+                    f"{display_name(self.filters[i][0], self.filters[i][1].filename)}: not run on this visit: the engine could not "
                     "start a worker (not a problem with your filter)", reason=FaultReason.KILLED))
             return
         index = w.items[w.pos]
         key, compiled = self.filters[index]
-        name = compiled.filename
+        name = display_name(key, compiled.filename)
         seconds = now - w.started if w.phase == Phase.RUNNING else 0.0
         if w.failure is None and w.phase == Phase.RUNNING:
             fault = FilterFault(

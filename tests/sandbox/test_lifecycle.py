@@ -62,6 +62,9 @@ def test_sigkill_of_the_engine_takes_stopped_workers_with_it() -> None:
         assert info["pidns"]
         zygotes = _children(info["launcher"])
         workers = info["workers"]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not all(_state(w) == "T" for w in workers):
+            time.sleep(0.02)  # SIGSTOP takes effect asynchronously
         assert len(workers) == 3 and all(_state(w) == "T" for w in workers), "workers are stopped when idle"
         engine.send_signal(signal.SIGKILL)
         engine.wait()
