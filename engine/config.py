@@ -14,6 +14,11 @@ stream_maxlen              ``MINIBROKER_STREAM_MAXLEN``   100000 entries kept pe
 isolation                  ``MINIBROKER_ISOLATION``       ``pool`` (worker processes) or ``inprocess``
 workers                    ``MINIBROKER_WORKERS``         2 worker processes running at once
 idle_workers               ``MINIBROKER_IDLE_WORKERS``    256 users' workers kept between visits
+max_filters_per_user       ``MINIBROKER_MAX_FILTERS``     20 active filters run per user per visit
+user_budget_s              ``MINIBROKER_USER_BUDGET_S``   2.0 s of evaluation per user per visit (never below budget_s)
+suspend_after              ``MINIBROKER_SUSPEND_AFTER``   3 faults within the window suspend a filter
+suspend_window             ``MINIBROKER_FAULT_WINDOW``    5 visits: the window ``suspend_after`` counts in
+idle_worker_rss_mb         ``MINIBROKER_IDLE_RSS_MB``     256 MB resident: an idle worker above is retired
 cache_dir                  ``MINIBROKER_CACHE``           ``~/.cache/minibroker``
 =========================  ============================  =====================================
 """
@@ -46,6 +51,15 @@ class Config:
     workers: int = 2
     # Each idle worker costs ~6 MB; one per active user avoids a fork per user per visit.
     idle_workers: int = 256
+    # Fair shares (sandbox.shares): one user's many or slow filters must not slow everyone; a
+    # filter over its owner's share gets an "over-share" fault, other users never notice.
+    max_filters_per_user: int = 20
+    user_budget_s: float = 2.0
+    # Suspension counts faults over a window, so a filter failing on 2 visits of 3 is caught.
+    suspend_after: int = 3
+    suspend_window: int = 5
+    # Idle workers are stopped but keep their memory: one that grew past this is retired.
+    idle_worker_rss_mb: int = 256
     cache_dir: Path = Path("~/.cache/minibroker").expanduser()
 
     def __post_init__(self) -> None:
@@ -59,6 +73,15 @@ class Config:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if self.idle_workers < 0:
             raise ConfigError(f"idle_workers must be 0 or more, got {self.idle_workers}")
+        if self.max_filters_per_user < 1:
+            raise ConfigError(f"max_filters_per_user must be at least 1, got {self.max_filters_per_user}")
+        if self.user_budget_s <= 0:
+            raise ConfigError(f"user_budget_s must be positive, got {self.user_budget_s}")
+        if not 1 <= self.suspend_after <= self.suspend_window:
+            raise ConfigError(f"suspend_after must be between 1 and suspend_window ({self.suspend_window}), "
+                              f"got {self.suspend_after}")
+        if self.idle_worker_rss_mb < 1:
+            raise ConfigError(f"idle_worker_rss_mb must be at least 1, got {self.idle_worker_rss_mb}")
 
 
 _ENV = {
@@ -69,6 +92,11 @@ _ENV = {
     "MINIBROKER_ISOLATION": "isolation",
     "MINIBROKER_WORKERS": "workers",
     "MINIBROKER_IDLE_WORKERS": "idle_workers",
+    "MINIBROKER_MAX_FILTERS": "max_filters_per_user",
+    "MINIBROKER_USER_BUDGET_S": "user_budget_s",
+    "MINIBROKER_SUSPEND_AFTER": "suspend_after",
+    "MINIBROKER_FAULT_WINDOW": "suspend_window",
+    "MINIBROKER_IDLE_RSS_MB": "idle_worker_rss_mb",
     "MINIBROKER_CACHE": "cache_dir",
 }
 

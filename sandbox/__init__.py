@@ -18,6 +18,7 @@ from sandbox.errors import FaultReason, FilterError, FilterFault, FilterRejected
 from sandbox.keys import FilterKey
 from sandbox.pool import WorkerPool, safe_compile
 from sandbox.run import InProcessRunner, Outcome, validate_result
+from sandbox.shares import Shares
 
 __all__ = [
     "CompiledFilter",
@@ -30,6 +31,7 @@ __all__ = [
     "Outcome",
     "PoolError",
     "Problem",
+    "Shares",
     "WorkerPool",
     "compile_filter",
     "load_filter",

@@ -5,7 +5,7 @@
     FilterError                 a filter failed; the message is for its owner
     ├── FilterRejected          the file breaks the policy (all problems listed, each with its line)
     └── FilterFault             the filter failed while running on a visit (``reason``: "error",
-                                "timeout", "memory", "killed", "bad-result" or "suspended")
+                                "timeout", "memory", "killed", "bad-result", "suspended" or "over-share")
     PoolError                   the worker pool itself failed (an engine problem, not a filter's)
 """
 
@@ -28,6 +28,7 @@ class FaultReason(StrEnum):
     KILLED = "killed"  # its process died or broke protocol, or could not be started
     BAD_RESULT = "bad-result"  # it returned something that is not one boolean per alert
     SUSPENDED = "suspended"  # it faulted too often and waits to be fixed
+    OVER_SHARE = "over-share"  # not run: its owner has too many filters or used their time
 
 
 class FilterError(MinibrokerError):

@@ -17,8 +17,9 @@ import pyarrow as pa
 
 from sandbox.compile import CompiledFilter
 from sandbox.errors import FaultReason, FilterFault
-from sandbox.keys import display_name
+from sandbox.keys import FilterKey, display_name
 from sandbox.namespace import make_globals
+from sandbox.shares import Shares
 from sandbox.store import ColumnStore
 from sandbox.view.columns import AlertsView, Column
 from sandbox.view.record import AlertRecord
@@ -141,18 +142,32 @@ def _each(fn: object, name: str, store: ColumnStore, rows: np.ndarray, filename:
 
 
 class InProcessRunner:
-    """Runs filters one after another in this process (no isolation; see module doc)."""
+    """Runs filters one after another in this process (no isolation; see module doc).
 
-    def __init__(self, filters: Sequence[tuple[str, CompiledFilter]]):
+    ``shares`` limits each user's active filters and evaluation time per visit, as the pool
+    does (:mod:`sandbox.shares`)."""
+
+    def __init__(self, filters: Sequence[tuple[str, CompiledFilter]], shares: Shares | None = None):
         self.filters = list(filters)
+        self.shares = shares or Shares()
 
     def run(self, batch: pa.RecordBatch) -> list[Outcome]:
         """Every filter over one visit batch; a failing filter yields a fault, never an exception."""
         store = ColumnStore(batch)
-        outcomes = []
-        for key, compiled in self.filters:
-            start = time.perf_counter()
+        outcomes: list[Outcome] = []
+        _admitted, over = self.shares.admit([key for key, _ in self.filters])
+        used: dict[str, float] = {}
+        budget = self.shares.budget_s
+        for i, (key, compiled) in enumerate(self.filters):
             label = display_name(key, compiled.filename)
+            owner = FilterKey.parse(key).owner
+            if i in over:
+                outcomes.append(Outcome(key, None, 0.0, self.shares.too_many(label, owner)))
+                continue
+            if budget is not None and used.get(owner, 0.0) >= budget:
+                outcomes.append(Outcome(key, None, 0.0, self.shares.out_of_time(label, owner)))
+                continue
+            start = time.perf_counter()
             try:
                 mask = run_filter(compiled, store, label)
                 outcomes.append(Outcome(key, mask, time.perf_counter() - start))
@@ -163,6 +178,7 @@ class InProcessRunner:
                     raise
                 fault = FilterFault(f"{label}: failed ({type(exc).__name__})", reason=FaultReason.ERROR)
                 outcomes.append(Outcome(key, None, time.perf_counter() - start, fault))
+            used[owner] = used.get(owner, 0.0) + outcomes[-1].seconds
         return outcomes
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ import select
 import socket
 import struct
 import sys
+import time
 import warnings
 from typing import Any
 
@@ -181,7 +182,16 @@ def _run_visit(sock: socket.socket, job: dict[str, Any], buf: Any, statm: int,
     _send_frame(sock, Kind.READY, 0, ready)
 
     keep: dict[str, Any] = {}
+    share = job.get("share_s")  # this user's evaluation time left this visit (None: no limit)
+    used = 0.0
     for index, key, filename, source in job["filters"]:
+        if share is not None and used >= share:
+            # Not started: the user's share is used up. What it compiled before stays, as the
+            # pool's account says; a new source is dropped (the pool sends it again).
+            if source is None and key in compiled:
+                keep[key] = compiled[key]
+            _send_result(sock, index, Status.OVER_SHARE, "")
+            continue
         if source is not None:
             compiled.pop(key, None)
             try:
@@ -195,6 +205,7 @@ def _run_visit(sock: socket.socket, job: dict[str, Any], buf: Any, statm: int,
         cf = compiled[key]  # KeyError: the pool broke its own protocol; exit, it sees EOF
         keep[key] = cf
         _send_frame(sock, Kind.COMPILED, index)
+        started = time.monotonic()
         try:
             mask = run_filter(cf, store)
         except FilterFault as fault:
@@ -207,6 +218,8 @@ def _run_visit(sock: socket.socket, job: dict[str, Any], buf: Any, statm: int,
         except BaseException as exc:  # noqa: B036 - SystemExit & co. must not end the worker silently
             _send_result(sock, index, Status.ERROR, f"{filename}: {describe(exc)}")
             continue
+        finally:
+            used += time.monotonic() - started
         if mask.dtype != np.bool_ or mask.shape != (n,):
             _send_result(sock, index, Status.BAD_RESULT, f"{filename}: the result is not one boolean per alert")
             continue

@@ -50,6 +50,7 @@ class Status(IntEnum):
     MEMORY = 2
     BAD_RESULT = 3
     REJECTED = 4
+    OVER_SHARE = 5  # not run: its user's filters used their time share of this visit
 
 
 STATUS_REASON = {Status.ERROR: FaultReason.ERROR, Status.MEMORY: FaultReason.MEMORY,

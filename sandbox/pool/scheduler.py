@@ -26,14 +26,20 @@ from sandbox.pool import protocol as wire
 from sandbox.pool.handle import _LIFETIME_CPU_S, _MB, _MIN_RESERVE_MB, Phase, WorkerHandle
 from sandbox.pool.protocol import Kind, Status
 from sandbox.pool.shm import share_batch
+from sandbox.pool.suspension import Suspensions
 from sandbox.pool.uids import UidPool
 from sandbox.pool.workdir import Workdir
 from sandbox.pool.zygote import Zygote
 from sandbox.run import Outcome
+from sandbox.shares import Shares
 
 __all__ = ["WorkerPool"]
 
 log = logging.getLogger("sandbox.pool")
+
+# The engine measures a filter's time from outside (IPC included), so it allows the worker's own
+# account of a user's share this much slack before it kills.
+_SHARE_GRACE_S = 0.05
 
 
 class WorkerPool:
@@ -51,8 +57,12 @@ class WorkerPool:
         compiled filters and the mapped batch).
     workers : int
         Workers running a visit at once (deadlines are wall-clock: do not exceed the cores).
-    max_faults : int
-        Consecutive faulty visits after which a filter is suspended.
+    max_faults, fault_window : int
+        A filter that faulted on ``max_faults`` of its last ``fault_window`` visits is suspended
+        (see :mod:`sandbox.pool.suspension`).
+    shares : Shares
+        Per-user limits per visit: active filters and total evaluation time
+        (:mod:`sandbox.shares`).
     compile_s : float
         Wall-clock time to compile each filter in its worker (only when it is new or changed).
     startup_s : float
@@ -66,6 +76,9 @@ class WorkerPool:
         that its memory cannot creep. A worker is also retired early when its address space
         grows by more than ``memory_mb / 2`` between visits, when its cumulative CPU time nears
         its lifetime limit, when a batch would not fit its reserve, and after any fault.
+    max_idle_rss_mb : int
+        A worker whose resident memory exceeds this after a visit is retired rather than kept
+        idle (idle workers are stopped, but their memory stays taken).
 
     Attributes
     ----------
@@ -85,6 +98,9 @@ class WorkerPool:
         startup_s: float = 10.0,
         max_idle_workers: int = 64,
         max_visits_per_worker: int = 1000,
+        fault_window: int = 5,
+        shares: Shares | None = None,
+        max_idle_rss_mb: int = 256,
     ):
         self.filters = list(filters)
         self.budget_s = budget_s
@@ -95,8 +111,10 @@ class WorkerPool:
         self.startup_s = startup_s
         self.max_idle_workers = max(0, max_idle_workers)
         self.max_visits_per_worker = max(1, max_visits_per_worker)
-        self._faults: dict[str, int] = {}
-        self._suspended: dict[str, FilterFault] = {}
+        self.shares = shares or Shares()
+        self.max_idle_rss_mb = max_idle_rss_mb
+        self._suspensions = Suspensions(max_faults, fault_window)
+        self._share_left: dict[str, float] = {}  # user → evaluation time left this visit [s]
         self._enforced: dict[str, bool] = {}
         self._idle: OrderedDict[str, WorkerHandle] = OrderedDict()  # user → worker, least recent first
         self._visit_no = 0
@@ -113,7 +131,7 @@ class WorkerPool:
     @property
     def suspended(self) -> Mapping[str, FilterFault]:
         """Suspended filters: key → the fault that suspended it (``in``, iteration: the keys)."""
-        return dict(self._suspended)
+        return self._suspensions.suspended
 
     @property
     def enforced(self) -> dict[str, bool]:
@@ -128,8 +146,7 @@ class WorkerPool:
         The user's live worker, if any, compiles the new version on its next visit (the old one
         is dropped there); a user left with no filter loses their worker now.
         """
-        self._suspended.pop(key, None)
-        self._faults.pop(key, None)
+        self._suspensions.clear(key)
         rest = [(k, c) for k, c in self.filters if k != key]
         if compiled is None:
             self.filters = rest
@@ -153,18 +170,25 @@ class WorkerPool:
         self._visit_no += 1
         results: list[Outcome | None] = [None] * len(self.filters)
         infra: set[int] = set()
-        by_user: dict[str, list[int]] = {}
         columns: set[str] | None = set()
-        for i, (key, compiled) in enumerate(self.filters):
-            if key in self._suspended:
-                last = self._suspended[key]
-                results[i] = Outcome(key, None, 0.0, FilterFault(
-                    f"{key} is suspended after {self.max_faults} faults in a row (last: {last}); "
-                    "fix it and resubmit to run it again", reason=FaultReason.SUSPENDED))
-                continue
-            by_user.setdefault(FilterKey.parse(key).owner, []).append(i)
-            if columns is not None:
-                columns = None if compiled.columns is None else columns | compiled.columns
+        runnable = []
+        for i, (key, _compiled) in enumerate(self.filters):
+            if self._suspensions.get(key) is not None:
+                results[i] = Outcome(key, None, 0.0, self._suspensions.fault(key, self._label(i)))
+            else:
+                runnable.append(i)
+        admitted, over = self.shares.admit([self.filters[i][0] for i in runnable])
+        for pos, owner in over.items():
+            i = runnable[pos]
+            results[i] = Outcome(self.filters[i][0], None, 0.0, self.shares.too_many(self._label(i), owner))
+        by_user = {owner: [runnable[p] for p in positions] for owner, positions in admitted.items()}
+        for items in by_user.values():
+            for i in items:
+                compiled = self.filters[i][1]
+                if columns is not None:
+                    columns = None if compiled.columns is None else columns | compiled.columns
+        budget = self.shares.budget_s
+        self._share_left = {user: math.inf if budget is None else budget for user in by_user}
         if by_user:
             batch_fd = share_batch(batch, lambda name: columns is None or name in columns)
             try:
@@ -175,7 +199,7 @@ class WorkerPool:
                 os.close(batch_fd)
         out = [r for r in results if r is not None]
         assert len(out) == len(results)
-        self._account(out, infra)
+        self._suspensions.record(out, infra)
         return out
 
     def close(self) -> None:
@@ -208,6 +232,11 @@ class WorkerPool:
             while queue or active:
                 while queue and len(active) < self.workers:
                     user, items = queue.popleft()
+                    if self._share_left[user] <= 0:
+                        for i in items:
+                            results[i] = Outcome(self.filters[i][0], None, 0.0,
+                                                 self.shares.out_of_time(self._label(i), user))
+                        continue
                     w = self._dispatch(user, items, batch_fd, size, n)
                     self._pin(w, active)
                     active.append(w)
@@ -267,7 +296,9 @@ class WorkerPool:
                 w.compiled.pop(key, None)
                 w.sent.add(key)
                 entries.append([i, key, display_name(key, compiled.filename), compiled.source])
-        job: dict[str, object] = {"filters": entries, "cpu_s": cpu, "memory_mb": self.memory_mb}
+        share = self._share_left[user]
+        job: dict[str, object] = {"filters": entries, "cpu_s": cpu, "memory_mb": self.memory_mb,
+                                  "share_s": None if math.isinf(share) else share}
         if w.fresh:
             job["setup"] = {"limits": {"memory_mb": self.memory_mb, "cpu_s": math.ceil(w.cpu_limit),
                                        "nofile": 16, "reserve_mb": w.reserve // _MB + self.memory_mb,
@@ -320,6 +351,10 @@ class WorkerPool:
             return False
         return w.signal(signal.SIGCONT)
 
+    def _label(self, index: int) -> str:
+        key, compiled = self.filters[index]
+        return display_name(key, compiled.filename)
+
     def _release(self, w: WorkerHandle) -> None:
         self._uids.give_back(w.uid, w.release())
 
@@ -343,16 +378,18 @@ class WorkerPool:
         w.visits += 1
         w.fresh = False
         w.compiled = {k: c for k, c in w.job.items() if w.compiled.get(k) is c}
-        stat = w.stat()
+        usage = w.usage()
         reason = None
         if w.retire:
             reason = "it could not release the batch"
-        elif stat is None:
+        elif usage is None:
             reason = "it is gone"
         elif w.visits >= self.max_visits_per_worker:
             reason = f"{w.visits} visits"
-        elif w.base_vm is not None and stat[1] - w.base_vm > self.memory_mb * _MB // 2:
-            reason = f"its memory grew by {(stat[1] - w.base_vm) // _MB} MB"
+        elif w.base_vm is not None and usage[1] - w.base_vm > self.memory_mb * _MB // 2:
+            reason = f"its memory grew by {(usage[1] - w.base_vm) // _MB} MB"
+        elif usage[2] > self.max_idle_rss_mb * _MB:
+            reason = f"it holds {usage[2] // _MB} MB resident (limit {self.max_idle_rss_mb} MB when idle)"
         if reason is None and self.max_idle_workers and w.signal(signal.SIGSTOP):
             self._idle[w.user] = w
             self._evict()
@@ -422,13 +459,18 @@ class WorkerPool:
             key, compiled = self.filters[index]
             if key in w.sent:
                 w.compiled[key] = compiled
-            w.phase, w.started, w.deadline = Phase.RUNNING, now, now + self.budget_s
+            # The user's remaining share caps the budget; the worker keeps the same account and
+            # does not start a filter beyond it, this deadline is the backstop.
+            share = self._share_left[w.user] + _SHARE_GRACE_S
+            w.share_capped = share < self.budget_s
+            w.phase, w.started, w.deadline = Phase.RUNNING, now, now + min(self.budget_s, share)
         elif kind == Kind.RESULT and w.phase in (Phase.COMPILING, Phase.RUNNING) and index == current:
             outcome = self._outcome(w, index, payload, n, now)
             if outcome is None:
                 w.failure = "broke protocol (bad RESULT)"
                 return
             results[index] = outcome
+            self._share_left[w.user] -= outcome.seconds
             w.pos += 1
             if outcome.fault is not None and outcome.fault.reason == FaultReason.MEMORY:
                 # Out of memory may have left the interpreter half-broken: the worker goes, and
@@ -459,6 +501,8 @@ class WorkerPool:
                 return None
             mask = np.unpackbits(np.frombuffer(bits, np.uint8), count=n).astype(bool)
             return Outcome(key, mask, seconds)
+        if status == Status.OVER_SHARE and not bits:
+            return Outcome(key, None, 0.0, self.shares.out_of_time(self._label(index), w.user))
         if status not in wire.STATUS_REASON or bits:
             return None
         return Outcome(key, None, seconds, FilterFault(message or f"{display_name(key, compiled.filename)}: failed",
@@ -488,7 +532,11 @@ class WorkerPool:
         key, compiled = self.filters[index]
         name = display_name(key, compiled.filename)
         seconds = now - w.started if w.phase == Phase.RUNNING else 0.0
-        if w.failure is None and w.phase == Phase.RUNNING:
+        self._share_left[w.user] -= seconds
+        if w.failure is None and w.phase == Phase.RUNNING and w.share_capped:
+            fault = FilterFault(f"{name}: stopped: {w.user}'s filters used their share of "
+                                f"{self.shares.budget_s:g} s on this visit", reason=FaultReason.OVER_SHARE)
+        elif w.failure is None and w.phase == Phase.RUNNING:
             fault = FilterFault(
                 f"{name}: stopped after exceeding its time budget of {self.budget_s:g} s on {n} "
                 "alerts; use column operations instead of Python loops over alerts", reason=FaultReason.TIMEOUT)
@@ -505,15 +553,3 @@ class WorkerPool:
         rest = w.items[w.pos + 1 :]
         if rest:
             queue.appendleft((w.user, rest))  # a fresh worker; the faulty filter is not in it
-
-    def _account(self, outcomes: list[Outcome], infra: set[int]) -> None:
-        for i, o in enumerate(outcomes):
-            if i in infra or (o.fault is not None and o.fault.reason == FaultReason.SUSPENDED):
-                continue
-            if o.fault is None:
-                self._faults.pop(o.key, None)
-                continue
-            count = self._faults[o.key] = self._faults.get(o.key, 0) + 1
-            if count >= self.max_faults:
-                self._suspended[o.key] = o.fault
-                log.warning("filter %s suspended after %d faults: %s", o.key, count, o.fault)
