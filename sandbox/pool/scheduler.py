@@ -241,6 +241,8 @@ class WorkerPool:
                     self._pin(w, active)
                     active.append(w)
                     sel.register(w.sock, selectors.EVENT_READ, w)
+                if not active:
+                    continue  # what was queued needed no worker (its user's share was used up)
                 timeout = max(0.0, min(w.deadline for w in active) - time.monotonic())
                 for key, _events in sel.select(timeout):
                     self._read(key.data, n, results)
