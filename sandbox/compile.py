@@ -40,7 +40,8 @@ class CompiledFilter:
         A short hash of the source: a resubmitted file is a new version.
     columns : frozenset[str] | None
         Names the code mentions (attributes and string constants), from which the engine works
-        out the columns to decode; None when it reaches columns dynamically (decode all).
+        out the columns to decode and to hand each user's worker (never None for a file
+        compiled here: names built at run time are refused where they name a column).
     code : types.CodeType
         The restricted code object, to be executed only by :mod:`sandbox.run`.
     """
@@ -101,7 +102,7 @@ def compile_filter(source: str, filename: str = "<filter>", policy: Policy = POL
         raise FilterRejected([Problem(filename, None, "too-complex", f"the file cannot be parsed ({type(exc).__name__}); simplify it")]) from None
 
     try:
-        problems = check_tree(tree, filename, policy)
+        problems = check_tree(tree, filename, policy) + _dynamic_column_names(tree, filename)
     except Exception as exc:  # every failure at submit is a rejection, never a crash
         raise FilterRejected([Problem(filename, None, "too-complex", f"the file cannot be checked ({type(exc).__name__}); simplify it")]) from None
     result = None
@@ -155,38 +156,72 @@ class _Transformer(RestrictingNodeTransformer):
         return ast.fix_missing_locations(ast.copy_location(call, node))
 
 
-def _columns(tree: ast.Module) -> frozenset[str] | None:
+def _columns(tree: ast.Module) -> frozenset[str]:
     """Names the filter may read: those it mentions plus those its helpers read for it."""
     names = _mentioned_names(tree)
-    if names is None:
-        return None
     from sandbox.helpers import implied_names  # numpy-heavy; only needed once compiled
 
     return names | implied_names(names)
 
 
-def _mentioned_names(tree: ast.Module) -> frozenset[str] | None:
+def _mentioned_names(tree: ast.Module) -> frozenset[str]:
     """Every attribute name and every part of every string constant in the file.
 
     A column path is readable by the filter only if all its parts are mentioned: a conservative
-    superset that survives aliasing (``ds = alerts.diaSource; ds.snr``). Strings built at run
-    time (f-strings, ``+``/``%`` on strings, ``join``) could name any column, so they yield
-    None: decode everything.
+    superset that survives aliasing (``ds = alerts.diaSource; ds.snr``). Each user's worker
+    receives only the columns their filters can read, so a name built at run time
+    (``"diaSource." + field``) finds no column there unless its parts are mentioned too; built
+    right where a column is named, it is refused at compile time (:func:`_dynamic_column_names`).
     """
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute):
             names.add(node.attr)
-            if node.attr in _STRING_BUILDERS:
-                return None
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             names.update(node.value.split("."))
-        elif isinstance(node, ast.JoinedStr):
-            return None
-        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Mod):
-            if any(isinstance(side, ast.Constant) and isinstance(side.value, str) for side in (node.left, node.right)):
-                return None
     return frozenset(names)
 
 
-_STRING_BUILDERS = frozenset({"join", "replace", "upper", "lower", "capitalize", "title", "strip", "lstrip", "rstrip"})
+_STRING_BUILDERS = frozenset({"join", "replace", "upper", "lower", "capitalize", "title", "strip", "lstrip",
+                              "rstrip", "format"})
+# Methods of the views that take a column or field name as their first argument.
+_NAME_TAKERS = frozenset({"history", "band_field", "get"})
+
+
+def _built_string(node: ast.AST) -> str | None:
+    """What kind of run-time string ``node`` builds, or None if it is not one."""
+    if isinstance(node, ast.JoinedStr):
+        return "an f-string"
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Mod):
+        if any(isinstance(side, ast.Constant) and isinstance(side.value, str) or _built_string(side)
+               for side in (node.left, node.right)):
+            return "a string built with `+` or `%`"
+    if isinstance(node, ast.Call):
+        if isinstance(node.func, ast.Attribute) and node.func.attr in _STRING_BUILDERS:
+            return f"a string built with `.{node.func.attr}()`"
+        if isinstance(node.func, ast.Name) and node.func.id == "str":
+            return "a string built with `str()`"
+    return None
+
+
+def _dynamic_column_names(tree: ast.Module, filename: str) -> list[Problem]:
+    """Places where a column is named by a string built at run time (``alerts[f"..."]``,
+    ``alerts.history("ps" + "fFlux")``): the engine must know at compile time which columns a
+    filter reads, to decode and hand its user's worker only those."""
+    problems = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript):
+            name = node.slice
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr in _NAME_TAKERS and node.args):
+            name = node.args[0]
+        else:
+            continue
+        kind = _built_string(name)
+        if kind is not None:
+            problems.append(Problem(
+                filename, getattr(name, "lineno", None), "dynamic-column",
+                f"a column is named by {kind}, known only when the filter runs; write each column "
+                "name out in full (e.g. alerts['diaObject.g_psfFluxMean'], or band_field() for "
+                "per-band fields) so that the service knows which columns your filter reads"))
+    return problems

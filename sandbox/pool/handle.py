@@ -70,6 +70,7 @@ class WorkerHandle:
     failure: str | None = None
     retire: bool = False
     cpu: int = -1  # the core it is pinned to for this visit
+    batch_bytes: int = 0  # size of the batch it maps this visit
     share_capped: bool = False  # the running filter's deadline is its user's share, not the budget
 
     def signal(self, sig: int) -> bool:

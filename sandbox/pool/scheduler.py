@@ -25,7 +25,7 @@ from sandbox.keys import FilterKey, display_name
 from sandbox.pool import protocol as wire
 from sandbox.pool.handle import _LIFETIME_CPU_S, _MB, _MIN_RESERVE_MB, Phase, WorkerHandle
 from sandbox.pool.protocol import Kind, Status
-from sandbox.pool.shm import share_batch
+from sandbox.pool.shm import leaf_paths, project, share_batch
 from sandbox.pool.suspension import Suspensions
 from sandbox.pool.uids import UidPool
 from sandbox.pool.workdir import Workdir
@@ -121,7 +121,7 @@ class WorkerPool:
         # Cores to pin running workers to, one each (see _pin); none when they would share.
         cpus = sorted(os.sched_getaffinity(0))
         self._cpus = cpus if 1 < len(cpus) and self.workers <= len(cpus) else []
-        self._batch_bytes = 0
+        self._batch_of: dict[str, tuple[int, int]] = {}  # user → (memfd, size) of this visit
         self._uids = UidPool()
         self._workdir = Workdir()
         self._zygote: Zygote | None = Zygote(self._workdir.path)
@@ -170,7 +170,6 @@ class WorkerPool:
         self._visit_no += 1
         results: list[Outcome | None] = [None] * len(self.filters)
         infra: set[int] = set()
-        columns: set[str] | None = set()
         runnable = []
         for i, (key, _compiled) in enumerate(self.filters):
             if self._suspensions.get(key) is not None:
@@ -182,21 +181,21 @@ class WorkerPool:
             i = runnable[pos]
             results[i] = Outcome(self.filters[i][0], None, 0.0, self.shares.too_many(self._label(i), owner))
         by_user = {owner: [runnable[p] for p in positions] for owner, positions in admitted.items()}
-        for items in by_user.values():
-            for i in items:
-                compiled = self.filters[i][1]
-                if columns is not None:
-                    columns = None if compiled.columns is None else columns | compiled.columns
         budget = self.shares.budget_s
         self._share_left = {user: math.inf if budget is None else budget for user in by_user}
-        if by_user:
-            batch_fd = share_batch(batch, lambda name: columns is None or name in columns)
-            try:
-                size = self._batch_bytes = os.fstat(batch_fd).st_size
-                queue = deque(by_user.items())
-                self._run(batch_fd, size, n, queue, results, infra)
-            finally:
-                os.close(batch_fd)
+        shared: dict[frozenset[str], tuple[int, int]] = {}  # columns → (memfd, its size)
+        try:
+            for user, paths in self._columns_of(batch, by_user).items():
+                if paths not in shared:
+                    fd = share_batch(project(batch, paths))
+                    shared[paths] = (fd, os.fstat(fd).st_size)
+                self._batch_of[user] = shared[paths]
+            if by_user:
+                self._run(n, deque(by_user.items()), results, infra)
+        finally:
+            self._batch_of.clear()
+            for fd, _size in shared.values():
+                os.close(fd)
         out = [r for r in results if r is not None]
         assert len(out) == len(results)
         self._suspensions.record(out, infra)
@@ -224,7 +223,20 @@ class WorkerPool:
 
     # --- the visit loop --------------------------------------------------------------------
 
-    def _run(self, batch_fd: int, size: int, n: int, queue: deque[tuple[str, list[int]]],
+    def _columns_of(self, batch: pa.RecordBatch, by_user: dict[str, list[int]]) -> dict[str, frozenset[str]]:
+        """The columns each user's worker receives: what that user's filters can read, no more
+        (another user's columns never reach it, whatever the filter does)."""
+        leaves = leaf_paths(batch.schema)
+        out = {}
+        for user, items in by_user.items():
+            paths: set[str] = set()
+            for i in items:
+                reads = self.filters[i][1].reads(leaves)
+                paths |= leaves if reads is None else reads  # None: compiled elsewhere, no names
+            out[user] = frozenset(paths)
+        return out
+
+    def _run(self, n: int, queue: deque[tuple[str, list[int]]],
              results: list[Outcome | None], infra: set[int]) -> None:
         sel = selectors.DefaultSelector()
         active: list[WorkerHandle] = []
@@ -237,7 +249,7 @@ class WorkerPool:
                             results[i] = Outcome(self.filters[i][0], None, 0.0,
                                                  self.shares.out_of_time(self._label(i), user))
                         continue
-                    w = self._dispatch(user, items, batch_fd, size, n)
+                    w = self._dispatch(user, items, n)
                     self._pin(w, active)
                     active.append(w)
                     sel.register(w.sock, selectors.EVENT_READ, w)
@@ -272,9 +284,10 @@ class WorkerPool:
                 self._release(w)
             sel.close()
 
-    def _dispatch(self, user: str, items: list[int], batch_fd: int, size: int, n: int) -> WorkerHandle:
+    def _dispatch(self, user: str, items: list[int], n: int) -> WorkerHandle:
         """Hand this visit to the user's live worker, or to a fresh one; never to another
         user's."""
+        batch_fd, size = self._batch_of[user]
         cpu = math.ceil(len(items) * (self.budget_s + self.compile_s) + self.startup_s)
         w = self._idle.pop(user, None)
         if w is not None and not self._reusable(w, cpu, size):
@@ -285,6 +298,7 @@ class WorkerPool:
         w.items, w.job, w.sent, w.pos, w.buf = items, {}, set(), 0, bytearray()
         w.phase, w.failure, w.retire = Phase.STARTING, None, False
         w.deadline = time.monotonic() + self.startup_s
+        w.batch_bytes = size
         w.last_visit = self._visit_no
         entries = []
         for i in items:
@@ -452,7 +466,7 @@ class WorkerPool:
                     return
                 stat = w.stat()
                 if stat is not None:
-                    w.base_vm = stat[1] - self._batch_bytes  # the mapped batch is not its own
+                    w.base_vm = stat[1] - w.batch_bytes  # the mapped batch is not its own
             elif payload:
                 w.failure = "broke protocol (bad READY)"
                 return
