@@ -16,7 +16,7 @@ The engine calls into this package and never executes user code itself.
 from sandbox.compile import CompiledFilter, compile_filter, load_filter, read_filter_source
 from sandbox.errors import FaultReason, FilterError, FilterFault, FilterRejected, PoolError, Problem
 from sandbox.keys import FilterKey
-from sandbox.pool import WorkerPool, safe_compile
+from sandbox.pool import WorkerPool, safe_compile, safe_compile_many
 from sandbox.run import InProcessRunner, Outcome, validate_result
 from sandbox.shares import Shares
 
@@ -37,5 +37,6 @@ __all__ = [
     "load_filter",
     "read_filter_source",
     "safe_compile",
+    "safe_compile_many",
     "validate_result",
 ]

@@ -40,8 +40,8 @@ The workers' own side is :mod:`sandbox.worker`; their limits are :mod:`sandbox.l
 """
 
 from sandbox.errors import PoolError
-from sandbox.pool.compile import safe_compile
+from sandbox.pool.compile import safe_compile, safe_compile_many
 from sandbox.pool.scheduler import WorkerPool
 from sandbox.pool.shm import share_batch
 
-__all__ = ["PoolError", "WorkerPool", "safe_compile", "share_batch"]
+__all__ = ["PoolError", "WorkerPool", "safe_compile", "safe_compile_many", "share_batch"]

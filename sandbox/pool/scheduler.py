@@ -204,7 +204,9 @@ class WorkerPool:
     def close(self) -> None:
         """Stop every worker and the zygote, and remove the working directory."""
         while self._idle:
-            self._release(self._idle.popitem()[1])
+            pidfd = self._idle.popitem()[1].release()
+            if pidfd >= 0:
+                os.close(pidfd)
         if self._zygote is not None:
             self._zygote.close()
             self._zygote = None

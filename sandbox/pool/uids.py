@@ -47,10 +47,13 @@ class UidPool:
             self._sweep()
 
     def _sweep(self) -> None:
+        poll = select.poll()
+        for _uid, pidfd in self._dying:
+            poll.register(pidfd, select.POLLIN)
+        gone = {fd for fd, _event in poll.poll(0)}  # a pidfd polls readable once its process exited
         still = []
         for uid, pidfd in self._dying:
-            readable, _w, _x = select.select([pidfd], [], [], 0)
-            if readable:  # a pidfd polls readable once its process has exited
+            if pidfd in gone:
                 os.close(pidfd)
                 self._free.append(uid)
             else:

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pytest
 from attack_suite import HONEST
 
-from sandbox import InProcessRunner, compile_filter
-from sandbox.pool import WorkerPool, safe_compile, share_batch
+from sandbox import FilterRejected, InProcessRunner, compile_filter
+from sandbox.pool import WorkerPool, safe_compile, safe_compile_many, share_batch
 from sandbox.pool.zygote import Zygote
 
 LOOP = '"""Never ends."""\n\ndef filter(alerts):\n    while True:\n        pass\n'
@@ -327,3 +327,14 @@ def test_safe_compile_rejects_hostile_source_without_crashing() -> None:
     assert "took longer" in str(info.value)
     good = safe_compile(HONEST["snr"], "snr.py")
     assert good.version == compile_filter(HONEST["snr"], "snr.py").version
+
+
+def test_safe_compile_many_rejects_each_bad_file_and_compiles_the_rest() -> None:
+    """Many files share one throwaway interpreter; a hostile file is rejected on its own and
+    the files after it still compile; a blown deadline moves on to a fresh interpreter."""
+    files = [(HONEST["snr"], "a.py"), ("(" * 10_000, "b.py"), ("x = 1\x00\n", "c.py"), (HONEST["snr"], "d.py")]
+    a, b, c, d = safe_compile_many(files)
+    assert a.name == "a" and d.name == "d"
+    assert isinstance(b, FilterRejected) and isinstance(c, FilterRejected)
+    slow = safe_compile_many(files[:2], timeout_s=0.001)
+    assert all(isinstance(r, FilterRejected) and "took longer" in str(r) for r in slow)
