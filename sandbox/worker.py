@@ -44,10 +44,6 @@ from sandbox.pool.protocol import (
 _FAULT_STATUS = {"memory": Status.MEMORY, "bad-result": Status.BAD_RESULT}
 
 
-def _send_frame(sock: socket.socket, kind: int, index: int, payload: bytes = b"") -> None:
-    sock.sendall(FRAME.pack(kind, index, len(payload)) + payload)
-
-
 def _recv_exact(sock: socket.socket, n: int, first: bytes = b"") -> bytes:
     buf = bytearray(first)
     while len(buf) < n:
@@ -131,11 +127,36 @@ def _serve(sock: socket.socket) -> None:
             ready = hello
         else:
             ready = b""
-        retire = _visit(sock, job, batch_fd, statm, compiled, ready)
-        _send_frame(sock, Kind.DONE, 0, RETIRE if retire else b"")
+        out = _Out(sock)
+        retire = _visit(out, job, batch_fd, statm, compiled, ready)
+        out.frame(Kind.DONE, 0, RETIRE if retire else b"")
+        out.flush()
 
 
-def _visit(sock: socket.socket, job: dict[str, Any], batch_fd: int, statm: int,
+class _Out:
+    """Frames for the pool, sent together where the pool needs no earlier word: each send wakes
+    the engine, and per visit of a one-filter user two sends do (READY with COMPILED, RESULT
+    with DONE) instead of four. A frame the pool's deadlines depend on is flushed before the
+    work it announces (COMPILED before running; everything before compiling)."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.pending: list[bytes] = []
+
+    def frame(self, kind: int, index: int, payload: bytes = b"") -> None:
+        self.pending.append(FRAME.pack(kind, index, len(payload)) + payload)
+
+    def result(self, index: int, status: int, message: str, mask: bytes = b"") -> None:
+        msg = message[:MAX_MESSAGE].encode("utf-8", "replace")
+        self.frame(Kind.RESULT, index, RESULT.pack(status, len(msg)) + msg + mask)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.sock.sendall(b"".join(self.pending))
+            self.pending.clear()
+
+
+def _visit(out: _Out, job: dict[str, Any], batch_fd: int, statm: int,
            compiled: dict[str, Any], ready: bytes) -> bool:
     """One visit: map, run, release. True when the batch could not be released (retire)."""
     import pyarrow as pa
@@ -147,7 +168,7 @@ def _visit(sock: socket.socket, job: dict[str, Any], batch_fd: int, statm: int,
     finally:
         os.close(batch_fd)
     buf = pa.py_buffer(mm)
-    _run_visit(sock, job, buf, statm, compiled, ready)
+    _run_visit(out, job, buf, statm, compiled, ready)
     # Every object built from the batch lived in _run_visit's frame (the store, the columns,
     # the filters' namespaces), but some are in reference cycles (a filter's globals and its
     # functions; the store and its lightcurve columns), which only the collector frees. They
@@ -165,7 +186,7 @@ def _visit(sock: socket.socket, job: dict[str, Any], batch_fd: int, statm: int,
     return True
 
 
-def _run_visit(sock: socket.socket, job: dict[str, Any], buf: Any, statm: int,
+def _run_visit(out: _Out, job: dict[str, Any], buf: Any, statm: int,
                compiled: dict[str, Any], ready: bytes) -> None:
     import numpy as np
     import pyarrow as pa
@@ -179,7 +200,7 @@ def _run_visit(sock: socket.socket, job: dict[str, Any], buf: Any, statm: int,
     store = ColumnStore(pa.ipc.open_file(buf).get_batch(0))
     n = len(store)
     limits.rearm(job["cpu_s"], job["memory_mb"], limits.vm_size_from(statm))
-    _send_frame(sock, Kind.READY, 0, ready)
+    out.frame(Kind.READY, 0, ready)
 
     keep: dict[str, Any] = {}
     share = job.get("share_s")  # this user's evaluation time left this visit (None: no limit)
@@ -190,48 +211,45 @@ def _run_visit(sock: socket.socket, job: dict[str, Any], buf: Any, statm: int,
             # pool's account says; a new source is dropped (the pool sends it again).
             if source is None and key in compiled:
                 keep[key] = compiled[key]
-            _send_result(sock, index, Status.OVER_SHARE, "")
+            out.result(index, Status.OVER_SHARE, "")
             continue
         if source is not None:
+            out.flush()  # the pool times compiling from what it has heard so far
             compiled.pop(key, None)
             try:
                 compiled[key] = compile_filter(source, filename)
             except FilterRejected as exc:
-                _send_result(sock, index, Status.REJECTED, _fault_message(exc))
+                out.result(index, Status.REJECTED, _fault_message(exc))
                 continue
             except BaseException as exc:  # noqa: B036
-                _send_result(sock, index, Status.REJECTED, f"{filename}: cannot be compiled ({type(exc).__name__})")
+                out.result(index, Status.REJECTED, f"{filename}: cannot be compiled ({type(exc).__name__})")
                 continue
         cf = compiled[key]  # KeyError: the pool broke its own protocol; exit, it sees EOF
         keep[key] = cf
-        _send_frame(sock, Kind.COMPILED, index)
+        out.frame(Kind.COMPILED, index)
+        out.flush()
         started = time.monotonic()
         try:
             mask = run_filter(cf, store)
         except FilterFault as fault:
             status = _FAULT_STATUS.get(fault.reason, Status.ERROR)
-            _send_result(sock, index, status, _fault_message(fault))
+            out.result(index, status, _fault_message(fault))
             continue
         except MemoryError:
-            _send_result(sock, index, Status.MEMORY, f"{filename}: ran out of memory")
+            out.result(index, Status.MEMORY, f"{filename}: ran out of memory")
             continue
         except BaseException as exc:  # noqa: B036 - SystemExit & co. must not end the worker silently
-            _send_result(sock, index, Status.ERROR, f"{filename}: {describe(exc)}")
+            out.result(index, Status.ERROR, f"{filename}: {describe(exc)}")
             continue
         finally:
             used += time.monotonic() - started
         if mask.dtype != np.bool_ or mask.shape != (n,):
-            _send_result(sock, index, Status.BAD_RESULT, f"{filename}: the result is not one boolean per alert")
+            out.result(index, Status.BAD_RESULT, f"{filename}: the result is not one boolean per alert")
             continue
-        _send_result(sock, index, Status.OK, "", np.packbits(mask).tobytes())
+        out.result(index, Status.OK, "", np.packbits(mask).tobytes())
     # The pool keeps the same account: what this visit ran is what stays compiled.
     compiled.clear()
     compiled.update(keep)
-
-
-def _send_result(sock: socket.socket, index: int, status: int, message: str, mask: bytes = b"") -> None:
-    msg = message[:MAX_MESSAGE].encode("utf-8", "replace")
-    _send_frame(sock, Kind.RESULT, index, RESULT.pack(status, len(msg)) + msg + mask)
 
 
 # --- zygote -----------------------------------------------------------------------------------

@@ -342,6 +342,8 @@ class WorkerPool:
         if not self._cpus:
             return
         taken = {x.cpu for x in active}
+        if w.cpu >= 0 and w.cpu not in taken:
+            return  # still pinned there from an earlier visit
         w.cpu = next((c for c in self._cpus if c not in taken), -1)
         if w.cpu < 0:
             return

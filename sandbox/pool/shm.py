@@ -63,6 +63,8 @@ def project(batch: pa.RecordBatch, paths: frozenset[str]) -> pa.RecordBatch:
         if kept is not None:
             names.append(field.name)
             arrays.append(kept)
+    if not arrays:  # a filter that reads no column still sees how many alerts there are
+        return pa.RecordBatch.from_arrays([pa.nulls(batch.num_rows)], names=[""])
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
