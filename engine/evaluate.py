@@ -58,6 +58,12 @@ class Evaluator:
         else:
             self.runner = InProcessRunner(pairs, shares=shares)
 
+    def warm(self, schema: pa.Schema) -> None:
+        """Start the workers and compile the filters before the first visit (batches of
+        ``schema``); nothing to do in-process."""
+        if isinstance(self.runner, WorkerPool):
+            self.runner.warm(schema)
+
     def evaluate(self, batch: pa.RecordBatch) -> list[Outcome]:
         """One outcome per active filter, in order; faults are outcomes, not exceptions."""
         return self.runner.run(batch)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from engine.config import Config
-from engine.decode import VisitBatch, decode_block
+from engine.decode import VisitBatch, decode_block, project_schema
 from engine.errors import DecodeError
 from engine.evaluate import Evaluator, columns_needed
 from engine.night import NightBlock, night_info, read_night
@@ -78,6 +78,7 @@ def run_visits(
     block lie back to back, so nothing after a corrupt one can be trusted); the night goes on.
     """
     columns = columns_needed(filters, schema)
+    evaluator.warm(project_schema(schema.arrow, columns))  # workers ready before the first visit
     report = NightReport()
     for block in blocks:
         t0 = time.perf_counter()

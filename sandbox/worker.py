@@ -359,9 +359,8 @@ def _wait_for(child: int) -> None:  # pragma: no cover - the launcher's whole li
 
 
 def _spawn(ctrl: socket.socket, sock_fd: int, zygote: int, pidns: bool) -> int:
-    """Fork one worker; with ``pidns``, as the init of new PID and IPC namespaces of its own
-    (through a short-lived middle process: a namespace's init must be a fresh child). Returns
-    its pid as this process sees it, or -1."""
+    """Fork one worker; with ``pidns``, as the init of new PID and IPC namespaces of its own.
+    Returns its pid as this process sees it, or -1."""
     from sandbox import limits
 
     if not pidns:
@@ -370,29 +369,11 @@ def _spawn(ctrl: socket.socket, sock_fd: int, zygote: int, pidns: bool) -> int:
             ctrl.detach()  # the worker must not close (or use) the zygote's channel
             worker_main(sock_fd, zygote)
         return pid
-    r, w = os.pipe()
-    middle = os.fork()
-    if middle == 0:  # pragma: no cover - the middle process
-        code = 1
-        try:
-            ctrl.detach()
-            os.close(r)
-            if limits.unshare(limits.CLONE_NEWPID | limits.CLONE_NEWIPC):
-                pid = os.fork()
-                if pid == 0:
-                    os.close(w)
-                    worker_main(sock_fd, None)
-                os.write(w, struct.pack(">i", pid))
-                code = 0
-        finally:
-            os._exit(code)
-    os.close(w)
-    try:
-        os.waitpid(middle, 0)
-        data = os.read(r, 4)
-    finally:
-        os.close(r)
-    return struct.unpack(">i", data)[0] if len(data) == 4 else -1
+    pid = limits.fork_into(limits.CLONE_NEWPID | limits.CLONE_NEWIPC)
+    if pid == 0:
+        ctrl.detach()
+        worker_main(sock_fd, None)
+    return pid
 
 
 def _reap() -> None:

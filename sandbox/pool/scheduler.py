@@ -158,6 +158,16 @@ class WorkerPool:
         else:
             self.filters = [(k, compiled if k == key else c) for k, c in self.filters]
 
+    def warm(self, schema: pa.Schema) -> None:
+        """Start every user's worker and compile their filters now, before the first visit
+        (the service does so at start), so that the first visit costs what later ones do.
+
+        Runs an empty visit of ``schema``; nothing is recorded (a fault here counts for
+        nothing, and its worker is simply not kept).
+        """
+        empty = pa.RecordBatch.from_arrays([pa.array([], type=f.type) for f in schema], schema=schema)
+        self._evaluate(empty, record=False)
+
     def run(self, batch: pa.RecordBatch) -> list[Outcome]:
         """Every filter over one visit; a failing filter yields a fault, never an exception.
 
@@ -166,6 +176,9 @@ class WorkerPool:
         PoolError
             Only when the zygote cannot be (re)started: an engine problem, not a filter's.
         """
+        return self._evaluate(batch, record=True)
+
+    def _evaluate(self, batch: pa.RecordBatch, *, record: bool) -> list[Outcome]:
         n = batch.num_rows
         self._visit_no += 1
         results: list[Outcome | None] = [None] * len(self.filters)
@@ -198,7 +211,8 @@ class WorkerPool:
                 os.close(fd)
         out = [r for r in results if r is not None]
         assert len(out) == len(results)
-        self._suspensions.record(out, infra)
+        if record:
+            self._suspensions.record(out, infra)
         return out
 
     def close(self) -> None:
