@@ -176,8 +176,8 @@ class InProcessRunner:
             except BaseException as exc:  # noqa: B036 - one filter never ends the visit for all
                 if isinstance(exc, KeyboardInterrupt):
                     raise
-                fault = FilterFault(f"{label}: failed ({type(exc).__name__})", reason=FaultReason.ERROR)
-                outcomes.append(Outcome(key, None, time.perf_counter() - start, fault))
+                failed = FilterFault(f"{label}: failed ({type(exc).__name__})", reason=FaultReason.ERROR)
+                outcomes.append(Outcome(key, None, time.perf_counter() - start, failed))
             used[owner] = used.get(owner, 0.0) + outcomes[-1].seconds
         return outcomes
 
