@@ -17,6 +17,7 @@ Why each conditional syscall is allowed only so:
 - ``newfstatat`` only with ``AT_EMPTY_PATH`` (glibc's ``fstat``); workers also sit in an empty
   ``chroot``, so even a path given with that flag names nothing.
 
+``mincore`` is left out too: page residency of shared mappings is a side channel.
 Threads and processes (``clone``, ``clone3``, ``fork``, ``vfork``, ``execve``), every call
 that opens or names a file, sockets, signals to anyone, ``ptrace``, ``ioctl``, scheduling
 changes, System V and POSIX IPC, keyrings, namespaces and mounts are all simply absent.
@@ -39,7 +40,7 @@ log = logging.getLogger("sandbox.limits")
 # (its handlers' returns) and exit.
 ALLOWED: frozenset[str] = frozenset({
     # memory
-    "brk", "mmap", "munmap", "mremap", "mprotect", "madvise", "mincore",
+    "brk", "mmap", "munmap", "mremap", "mprotect", "madvise",
     # descriptors it already holds
     "read", "readv", "pread64", "write", "writev", "close", "lseek", "fstat", "dup", "dup3",
     "recvmsg", "recvfrom", "sendmsg", "sendto", "poll", "ppoll", "select", "pselect6",

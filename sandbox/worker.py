@@ -373,6 +373,8 @@ def _spawn(ctrl: socket.socket, sock_fd: int, zygote: int, pidns: bool) -> int:
     if pid == 0:
         ctrl.detach()
         worker_main(sock_fd, None)
+    if pid < 0:  # not permitted here: a plain child, in the zygote's namespaces (still its own uid)
+        return _spawn(ctrl, sock_fd, zygote, False)
     return pid
 
 

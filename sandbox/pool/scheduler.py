@@ -259,7 +259,7 @@ class WorkerPool:
         try:
             while queue or active:
                 while queue and len(active) < self.workers:
-                    user, items = self._next(queue, active)
+                    user, items = queue.popleft()
                     if self._share_left[user] <= 0:
                         for i in items:
                             results[i] = Outcome(self.filters[i][0], None, 0.0,
@@ -343,19 +343,6 @@ class WorkerPool:
             w.failure = f"could not hand the job to the worker ({exc})"
         w.sock.setblocking(False)
         return w
-
-    def _next(self, queue: deque[tuple[str, list[int]]], active: list[WorkerHandle]) -> tuple[str, list[int]]:
-        """The next user to run: among the first few queued, one whose idle worker is already
-        pinned to a free core (re-pinning costs a syscall and a migration), else the first."""
-        if self._cpus:
-            taken = {w.cpu for w in active}
-            for k in range(min(8, len(queue))):
-                w = self._idle.get(queue[k][0])
-                if w is not None and w.cpu >= 0 and w.cpu not in taken:
-                    entry = queue[k]
-                    del queue[k]
-                    return entry
-        return queue.popleft()
 
     def _pin(self, w: WorkerHandle, active: list[WorkerHandle]) -> None:
         """Run ``w`` on a core no other running worker has.

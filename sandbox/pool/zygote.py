@@ -16,7 +16,7 @@ from pathlib import Path
 from sandbox.errors import PoolError
 from sandbox.limits import clean_environment
 
-__all__ = ["Zygote", "python_command"]
+__all__ = ["Zygote", "isolation_warning", "python_command"]
 
 log = logging.getLogger("sandbox.pool")
 
@@ -38,6 +38,17 @@ _LAYERS = [
     ("a chroot", "root"),
     ("seccomp (libseccomp or pyseccomp missing)", "seccomp"),
 ]
+
+
+def isolation_warning(info: dict[str, object]) -> str | None:
+    """The one line that says which isolation layers a zygote reported missing (``info`` is
+    its hello: ``root``, ``pidns``, ``netns``, ``seccomp``), or None when all took effect."""
+    missing = [what for what, key in _LAYERS if not info.get(key)]
+    if not missing:
+        return None
+    why = "not root" if not info.get("root") else "not permitted"
+    return (f"sandbox isolation incomplete ({why}): workers run without {', '.join(missing)}; "
+            "run the engine as root for full isolation")
 
 
 def _pid_of(pidfd: int) -> int:
@@ -80,12 +91,9 @@ class Zygote:
         self.info: dict[str, object] = json.loads(hello[1:])
         if self.info.get("threads") != 1:
             log.warning("sandbox zygote runs %s threads; forking it may deadlock", self.info.get("threads"))
-        missing = [what for what, key in _LAYERS if not self.info.get(key)]
-        if missing:
-            # One line, once per zygote: what a non-root engine cannot give its workers.
-            log.warning("sandbox isolation incomplete (%s): workers run without %s; run the engine "
-                        "as root for full isolation", "not root" if not self.info.get("root") else
-                        "not permitted", ", ".join(missing))
+        warning = isolation_warning(self.info)
+        if warning:
+            log.warning("%s", warning)  # one line, once per zygote
 
     def fork(self) -> tuple[socket.socket, int, int]:
         """A new worker: our end of its channel, its pid (as this process sees it; 0 when it

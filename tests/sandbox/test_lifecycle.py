@@ -94,3 +94,15 @@ def test_a_live_engines_directory_is_kept(tmp_path: Path) -> None:
     finally:
         live.close()
     assert not os.path.exists(live.path)
+
+
+def test_a_non_root_engine_says_in_one_line_what_it_could_not_apply() -> None:
+    """Started without root, the pool logs one line naming each missing layer; as root, none."""
+    from sandbox.pool.zygote import isolation_warning
+
+    line = isolation_warning({"root": False, "pidns": False, "netns": False, "seccomp": True})
+    assert line is not None and "\n" not in line and line.startswith("sandbox isolation incomplete (not root)")
+    for layer in ("own uids", "PID namespaces", "IPC namespaces", "network namespace", "chroot"):
+        assert layer in line
+    assert "seccomp" not in line
+    assert isolation_warning({"root": True, "pidns": True, "netns": True, "seccomp": True}) is None
