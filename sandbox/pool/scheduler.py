@@ -121,6 +121,8 @@ class WorkerPool:
         # Cores to pin running workers to, one each (see _pin); none when they would share.
         cpus = sorted(os.sched_getaffinity(0))
         self._cpus = cpus if 1 < len(cpus) and self.workers <= len(cpus) else []
+        self._reads_schema: pa.Schema | None = None
+        self._reads: dict[int, tuple[CompiledFilter, frozenset[str]]] = {}  # id → (filter, its columns)
         self._batch_of: dict[str, tuple[int, int]] = {}  # user → (memfd, size) of this visit
         self._uids = UidPool()
         self._workdir = Workdir()
@@ -147,6 +149,7 @@ class WorkerPool:
         is dropped there); a user left with no filter loses their worker now.
         """
         self._suspensions.clear(key)
+        self._reads = {}
         rest = [(k, c) for k, c in self.filters if k != key]
         if compiled is None:
             self.filters = rest
@@ -241,14 +244,22 @@ class WorkerPool:
 
     def _columns_of(self, batch: pa.RecordBatch, by_user: dict[str, list[int]]) -> dict[str, frozenset[str]]:
         """The columns each user's worker receives: what that user's filters can read, no more
-        (another user's columns never reach it, whatever the filter does)."""
-        leaves = leaf_paths(batch.schema)
+        (another user's columns never reach it, whatever the filter does). Worked out once per
+        schema and filter set (visits share one schema)."""
+        if self._reads_schema is None or not self._reads_schema.equals(batch.schema):
+            self._reads_schema, self._reads = batch.schema, {}
+        leaves: frozenset[str] | None = None
         out = {}
         for user, items in by_user.items():
             paths: set[str] = set()
             for i in items:
-                reads = self.filters[i][1].reads(leaves)
-                paths |= leaves if reads is None else reads  # None: compiled elsewhere, no names
+                compiled = self.filters[i][1]
+                reads = self._reads.get(id(compiled))
+                if reads is None or reads[0] is not compiled:
+                    leaves = leaves or leaf_paths(batch.schema)
+                    got = compiled.reads(leaves)
+                    reads = self._reads[id(compiled)] = (compiled, leaves if got is None else frozenset(got))
+                paths |= reads[1]
             out[user] = frozenset(paths)
         return out
 
