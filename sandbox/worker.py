@@ -1,9 +1,10 @@
 """The child side of :class:`sandbox.pool.WorkerPool`: a zygote and the workers it forks.
 
 The **zygote** is a fresh interpreter started by the pool with a scrubbed environment
-(:func:`sandbox.limits.clean_environment`). It imports numpy, pyarrow and this package, moves
-into an empty network namespace, and then only forks: it never sees user code, credentials or
-visit data. Each fork is a **worker** for one user, kept alive across that user's visits (never
+(:func:`sandbox.limits.clean_environment`). It imports numpy, pyarrow and this package, becomes
+(when root) the init of new PID, network and IPC namespaces, and then only forks: it never sees
+user code, credentials or visit data. Each fork is a **worker** for one user, the init of PID
+and IPC namespaces of its own, kept alive across that user's visits (never
 shared with another user). A worker closes everything it inherited, hardens itself
 (:func:`sandbox.limits.harden`) on its first job, before it compiles anything, and then serves
 one visit after another: it receives the visit batch's descriptor, maps it read-only, builds a
