@@ -4,13 +4,13 @@ run) and in the worker pool (:class:`sandbox.pool.WorkerPool`, 2 workers at a ti
 long-lived worker per user, all kept between visits), as ms per visit and the ratio.
 
 Workload: the benchmark visit shared by every file here (``conftest.py``:
-:func:`engine.bench.bench_block`, one simulated v11.1 visit of 10,000 alerts, seed 7), decoded
+:func:`engine.local.bench.bench_block`, one simulated v11.1 visit of 10,000 alerts, seed 7), decoded
 to the columns the filters can read plus the delivery columns, as the engine hands it over;
 each user's worker receives only its own user's columns. The filters are
-:func:`engine.bench.typical_filters` (cuts, flags, photometry, sky regions and lightcurve
+:func:`engine.local.bench.typical_filters` (cuts, flags, photometry, sky regions and lightcurve
 reductions with varied thresholds), one per user.
 
-Figures per row (:func:`engine.bench.scaling`): **start** forks, hardens and compiles every
+Figures per row (:func:`engine.local.bench.scaling`): **start** forks, hardens and compiles every
 user's worker (what the service does before its first visit), **first** is the first visit
 after that, **steady** the median of later visits; **in-process** the same filters' median in
 the engine process. Every worker runs under its own uid in its own PID and IPC namespaces with
@@ -28,13 +28,13 @@ import os
 
 import pytest
 
-from engine.bench import scaling
+from engine.local.bench import scaling
 
 USERS = (10, 100, 1000)
 
 
 def measure(block, schema, rounds: int = 5) -> dict[int, dict[str, float]]:  # type: ignore[no-untyped-def]
-    """The figures of :func:`engine.bench.scaling` for each number of users, in one run."""
+    """The figures of :func:`engine.local.bench.scaling` for each number of users, in one run."""
     return {users: scaling(block, schema, users, rounds) for users in USERS}
 
 
@@ -61,9 +61,9 @@ def test_isolation_scaling(benchmark, bench_visit, schema, peak_memory, summarie
 
 
 if __name__ == "__main__":
-    from engine.bench import bench_block
+    from engine.alerts.schema import load_schema
     from engine.config import load_config
-    from engine.schema import load_schema
+    from engine.local.bench import bench_block
 
     block = bench_block(load_config(env={}), progress=True)
     print("\n".join(report(measure(block, load_schema("11.1")), block.count)))

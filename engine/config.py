@@ -9,17 +9,26 @@ setting                    environment variable           default
 =========================  ============================  =====================================
 redis_url                  ``REDIS_URL``                  none: ``demo`` starts a private server
 budget_s                   ``MINIBROKER_BUDGET_S``        0.5 s per filter per visit
-max_matches_per_visit      ``MINIBROKER_MAX_MATCHES``     200 per filter per visit
-stream_maxlen              ``MINIBROKER_STREAM_MAXLEN``   100000 entries kept per user stream
+max_matches_per_visit      ``MINIBROKER_MAX_MATCHES``     20 per filter per visit (the cap; an
+                                                          admin may raise one filter's to 100)
+stream_maxlen              ``MINIBROKER_STREAM_MAXLEN``   10000 entries kept per user stream
+retention_s                ``MINIBROKER_RETENTION_S``     604800 (7 days): stream entries,
+                                                          packets, dedup sets and counters
+suspend_after_faults       ``MINIBROKER_SUSPEND_AFTER``   3 faulty visits among the last ``suspend_window``
+suspend_window             ``MINIBROKER_FAULT_WINDOW``    5 visits (the pool's count; the streams count in a row)
 isolation                  ``MINIBROKER_ISOLATION``       ``pool`` (worker processes) or ``inprocess``
 workers                    ``MINIBROKER_WORKERS``         2 worker processes running at once
 idle_workers               ``MINIBROKER_IDLE_WORKERS``    256 users' workers kept between visits
 max_filters_per_user       ``MINIBROKER_MAX_FILTERS``     20 active filters run per user per visit
 user_budget_s              ``MINIBROKER_USER_BUDGET_S``   2.0 s of evaluation per user per visit (never below budget_s)
-suspend_after              ``MINIBROKER_SUSPEND_AFTER``   3 faults within the window suspend a filter
-suspend_window             ``MINIBROKER_FAULT_WINDOW``    5 visits: the window ``suspend_after`` counts in
 idle_worker_rss_mb         ``MINIBROKER_IDLE_RSS_MB``     256 MB resident: an idle worker above is retired
-cache_dir                  ``MINIBROKER_CACHE``           ``~/.cache/minibroker``
+cache_dir                  ``MINIBROKER_CACHE``           ``~/.cache/minibroker`` (sample nights, decoders)
+decoder                    ``MINIBROKER_DECODER``         ``auto``: generated C when a compiler is
+                                                          found, else fastavro; ``fast`` or ``reference``
+compiler                   ``MINIBROKER_CC``, ``CC``      gcc or cc on ``PATH``
+vo_authority               ``MINIBROKER_VO_AUTHORITY``    ``minibroker.local``: IVORN authority
+vo_packet_url              ``MINIBROKER_VO_PACKET_URL``   ``ivo://{authority}/alerts#{diaSourceId}``
+vtp_allow_private          ``MINIBROKER_VTP_PRIVATE``     false: VTP receivers must be public
 =========================  ============================  =====================================
 """
 
@@ -34,9 +43,10 @@ from typing import Any
 
 from engine.errors import ConfigError
 
-__all__ = ["Config", "load_config"]
+__all__ = ["MAX_CAP", "Config", "load_config"]
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+MAX_CAP = 100  # the most matches per visit an admin may allow one filter (`admin set-cap`)
 
 
 @dataclass(frozen=True)
@@ -45,8 +55,10 @@ class Config:
 
     redis_url: str | None = None
     budget_s: float = 0.5
-    max_matches_per_visit: int = 200
-    stream_maxlen: int = 100_000
+    max_matches_per_visit: int = 20
+    stream_maxlen: int = 10_000
+    retention_s: int = 7 * 24 * 3600
+    suspend_after_faults: int = 3
     isolation: str = "pool"
     workers: int = 2
     # Each idle worker costs ~6 MB; one per active user avoids a fork per user per visit.
@@ -55,33 +67,49 @@ class Config:
     # filter over its owner's share gets an "over-share" fault, other users never notice.
     max_filters_per_user: int = 20
     user_budget_s: float = 2.0
-    # Suspension counts faults over a window, so a filter failing on 2 visits of 3 is caught.
-    suspend_after: int = 3
+    # The pool suspends a filter after suspend_after_faults faults among its last suspend_window
+    # visits, so a filter failing on 2 visits of 3 is caught too.
     suspend_window: int = 5
     # Idle workers are stopped but keep their memory: one that grew past this is retired.
     idle_worker_rss_mb: int = 256
     cache_dir: Path = Path("~/.cache/minibroker").expanduser()
+    decoder: str = "auto"
+    compiler: str | None = None
+    # VOEvent naming: packets are ivo://<vo_authority>/<user>/<filter>#<diaSourceId>; set it to
+    # the authority your IVOA registry entry names. Checked in engine.formats.voevent.
+    vo_authority: str = "minibroker.local"
+    # Where a VOEvent's Reference says the full Avro packet is ({authority}, {diaSourceId}, {schema_id}).
+    vo_packet_url: str = "ivo://{authority}/alerts#{diaSourceId}"
+    # Users name the hosts the VTP forwarder connects to: by default only public addresses, so
+    # that no one can point it at the service's own network (Redis, metadata endpoints).
+    vtp_allow_private: bool = False
 
     def __post_init__(self) -> None:
         if self.budget_s <= 0:
             raise ConfigError(f"budget_s must be positive, got {self.budget_s}")
         if self.max_matches_per_visit < 1:
             raise ConfigError(f"max_matches_per_visit must be at least 1, got {self.max_matches_per_visit}")
-        if self.isolation not in ("pool", "inprocess"):
-            raise ConfigError(f"isolation must be 'pool' or 'inprocess', got {self.isolation!r}")
-        if self.workers < 1:
-            raise ConfigError(f"workers must be at least 1, got {self.workers}")
-        if self.idle_workers < 0:
-            raise ConfigError(f"idle_workers must be 0 or more, got {self.idle_workers}")
+        if self.stream_maxlen < 1 or self.retention_s < 1:
+            raise ConfigError(f"stream_maxlen and retention_s must be positive, got {self.stream_maxlen}, {self.retention_s}")
+        if self.suspend_after_faults < 1:
+            raise ConfigError(f"suspend_after_faults must be at least 1, got {self.suspend_after_faults}")
+        if self.suspend_window < self.suspend_after_faults:
+            raise ConfigError(f"suspend_window must be at least suspend_after_faults ({self.suspend_after_faults}), "
+                              f"got {self.suspend_window}")
         if self.max_filters_per_user < 1:
             raise ConfigError(f"max_filters_per_user must be at least 1, got {self.max_filters_per_user}")
         if self.user_budget_s <= 0:
             raise ConfigError(f"user_budget_s must be positive, got {self.user_budget_s}")
-        if not 1 <= self.suspend_after <= self.suspend_window:
-            raise ConfigError(f"suspend_after must be between 1 and suspend_window ({self.suspend_window}), "
-                              f"got {self.suspend_after}")
         if self.idle_worker_rss_mb < 1:
             raise ConfigError(f"idle_worker_rss_mb must be at least 1, got {self.idle_worker_rss_mb}")
+        if self.isolation not in ("pool", "inprocess"):
+            raise ConfigError(f"isolation must be 'pool' or 'inprocess', got {self.isolation!r}")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.decoder not in ("auto", "fast", "reference"):
+            raise ConfigError(f"decoder must be 'auto', 'fast' or 'reference', got {self.decoder!r}")
+        if self.idle_workers < 0:
+            raise ConfigError(f"idle_workers must be 0 or more, got {self.idle_workers}")
 
 
 _ENV = {
@@ -89,15 +117,23 @@ _ENV = {
     "MINIBROKER_BUDGET_S": "budget_s",
     "MINIBROKER_MAX_MATCHES": "max_matches_per_visit",
     "MINIBROKER_STREAM_MAXLEN": "stream_maxlen",
+    "MINIBROKER_RETENTION_S": "retention_s",
+    "MINIBROKER_SUSPEND_AFTER": "suspend_after_faults",
+    "MINIBROKER_FAULT_WINDOW": "suspend_window",
+    "MINIBROKER_MAX_FILTERS": "max_filters_per_user",
+    "MINIBROKER_USER_BUDGET_S": "user_budget_s",
+    "MINIBROKER_IDLE_RSS_MB": "idle_worker_rss_mb",
     "MINIBROKER_ISOLATION": "isolation",
     "MINIBROKER_WORKERS": "workers",
     "MINIBROKER_IDLE_WORKERS": "idle_workers",
-    "MINIBROKER_MAX_FILTERS": "max_filters_per_user",
-    "MINIBROKER_USER_BUDGET_S": "user_budget_s",
-    "MINIBROKER_SUSPEND_AFTER": "suspend_after",
-    "MINIBROKER_FAULT_WINDOW": "suspend_window",
-    "MINIBROKER_IDLE_RSS_MB": "idle_worker_rss_mb",
     "MINIBROKER_CACHE": "cache_dir",
+    "MINIBROKER_DECODER": "decoder",
+    # CC first: the more specific MINIBROKER_CC, read later, wins.
+    "CC": "compiler",
+    "MINIBROKER_CC": "compiler",
+    "MINIBROKER_VO_AUTHORITY": "vo_authority",
+    "MINIBROKER_VO_PACKET_URL": "vo_packet_url",
+    "MINIBROKER_VTP_PRIVATE": "vtp_allow_private",
 }
 
 
@@ -110,8 +146,13 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return int(value)
         if kind == "Path":
             return Path(str(value)).expanduser()
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            return {"1": True, "true": True, "yes": True, "on": True,
+                    "0": False, "false": False, "no": False, "off": False}[str(value).strip().lower()]
         return str(value) if value is not None else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, KeyError):
         raise ConfigError(f"{source}: {name} = {value!r} is not a valid {kind}") from None
 
 

@@ -8,11 +8,15 @@
     ├── SourceError                 a night file or Kafka topic cannot be read
     ├── DecodeError                 one message body is corrupt or truncated
     ├── PublishError                Redis refused or lost a write
+    ├── DeliveryError               a user's VTP broker could not be reached or broke the protocol
     ├── ServerError                 the embedded Redis-compatible server failed to start
     ├── FilterError                 (defined in ``sandbox.errors``) a user's filter failed
     │   ├── FilterRejected          compile-time: the file breaks the policy; lists all problems
     │   └── FilterFault             run-time: crash, timeout, memory, bad result, suspended
     └── PoolError                   (``sandbox.errors``) the worker pool itself failed
+
+    MinibrokerWarning               (a ``UserWarning``) something works, but not as well as it
+                                    could: the CLI prints it as one line ``minibroker: warning: ...``
 
 Messages say what went wrong, where (file:line, visit, message offset) and what to do next.
 This module imports nothing so that both packages can share the root without cycles.
@@ -23,7 +27,9 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DecodeError",
+    "DeliveryError",
     "MinibrokerError",
+    "MinibrokerWarning",
     "PublishError",
     "SchemaError",
     "ServerError",
@@ -55,5 +61,15 @@ class PublishError(MinibrokerError):
     """Writing matches to Redis failed."""
 
 
+class DeliveryError(MinibrokerError):
+    """A user's VTP broker could not be reached, or answered outside the protocol."""
+
+
 class ServerError(MinibrokerError):
     """A private Redis-compatible server could not be started."""
+
+
+class MinibrokerWarning(UserWarning):
+    """Work goes on, slower or with less than asked (a foreign night file, no C compiler).
+
+    Library code emits it with :func:`warnings.warn`; the CLI prints each as one line."""

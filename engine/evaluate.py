@@ -11,10 +11,10 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
+from engine.alerts.fields import HEADLINE_FIELDS
+from engine.alerts.schema import AlertSchema
 from engine.config import Config
-from engine.publish import HEADLINE_FIELDS
 from engine.registry import ActiveFilter
-from engine.schema import AlertSchema
 from sandbox import InProcessRunner, Outcome, Shares
 from sandbox.pool import WorkerPool
 
@@ -28,7 +28,7 @@ DELIVERY_COLUMNS = frozenset(
 
 def columns_needed(filters: Sequence[ActiveFilter], schema: AlertSchema) -> set[str] | None:
     """Dotted column paths the filters can read plus the delivery columns; None means all."""
-    from engine.schema import leaf_paths
+    from engine.alerts.schema import leaf_paths
 
     paths = frozenset(leaf_paths(schema.arrow))
     needed = {p for p in DELIVERY_COLUMNS if p in paths or p in schema.arrow.names}
@@ -53,7 +53,8 @@ class Evaluator:
         if config.isolation == "pool":
             self.runner = WorkerPool(pairs, budget_s=config.budget_s, workers=config.workers,
                                      max_idle_workers=config.idle_workers, shares=shares,
-                                     max_faults=config.suspend_after, fault_window=config.suspend_window,
+                                     max_faults=config.suspend_after_faults,
+                                     fault_window=config.suspend_window,
                                      max_idle_rss_mb=config.idle_worker_rss_mb)
         else:
             self.runner = InProcessRunner(pairs, shares=shares)

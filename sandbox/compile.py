@@ -165,7 +165,7 @@ def _columns(tree: ast.Module) -> frozenset[str]:
 
 
 def _mentioned_names(tree: ast.Module) -> frozenset[str]:
-    """Every attribute name and every part of every string constant in the file.
+    """Every attribute name, plain name and part of every string constant in the file.
 
     A column path is readable by the filter only if all its parts are mentioned: a conservative
     superset that survives aliasing (``ds = alerts.diaSource; ds.snr``). Each user's worker
@@ -177,6 +177,8 @@ def _mentioned_names(tree: ast.Module) -> frozenset[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute):
             names.add(node.attr)
+        elif isinstance(node, ast.Name):  # helpers that read columns for the filter (implied_names)
+            names.add(node.id)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             names.update(node.value.split("."))
     return frozenset(names)

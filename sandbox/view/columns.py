@@ -24,8 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # the trusted side builds these views; the views never import it at run time
-    from sandbox.store import ColumnStore, _ListInfo
+if TYPE_CHECKING:
+    # The trusted store (sandbox.store) builds these views and they read through it; the views
+    # do not import it, not even for types: the dependency points one way only.
+    ColumnStore = Any
+    _ListInfo = Any
 
 __all__ = ["AlertsView", "BANDS", "Column", "ListColumn", "as_column"]
 

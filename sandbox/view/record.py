@@ -25,7 +25,7 @@ from sandbox.view.columns import Column, ListColumn
 from sandbox.view.image import Image, parse_fits_image
 
 if TYPE_CHECKING:
-    from sandbox.store import ColumnStore
+    ColumnStore = Any  # sandbox.store, which the views read through but do not import
 
 __all__ = ["AlertRecord", "PUBLIC_ATTRS"]
 
