@@ -82,7 +82,7 @@ def prepare() -> bool:
         log.warning("seccomp: not available on %s/%s", platform.system(), platform.machine())
         return False
     try:
-        import pyseccomp as sc  # type: ignore[import-untyped]
+        import pyseccomp as sc
     except (ImportError, OSError) as exc:  # OSError: the binding is there, libseccomp.so.2 not
         log.warning("seccomp: libseccomp's Python binding is unavailable (%s); "
                     "install pyseccomp and Debian's libseccomp2", exc)

@@ -9,17 +9,13 @@ notice, and the fault does not count towards suspension.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from sandbox.errors import FaultReason, FilterFault
 from sandbox.keys import FilterKey
 
 __all__ = ["Shares"]
-
-K = TypeVar("K")
-
 
 @dataclass(frozen=True)
 class Shares:
@@ -28,14 +24,13 @@ class Shares:
     max_filters: int | None = None
     budget_s: float | None = None
 
-    def admit(self, keys: Iterable[K], owner: Callable[[K], str] = lambda k: FilterKey.parse(k).owner,  # type: ignore[arg-type, return-value]
-              ) -> tuple[dict[str, list[int]], dict[int, str]]:
+    def admit(self, keys: Iterable[str]) -> tuple[dict[str, list[int]], dict[int, str]]:
         """Positions of the filters that may run, per owner, in order; and the positions over
         the count (position → owner)."""
         runs: dict[str, list[int]] = {}
         over: dict[int, str] = {}
         for i, key in enumerate(keys):
-            who = owner(key)
+            who = FilterKey.parse(key).owner
             mine = runs.setdefault(who, [])
             if self.max_filters is not None and len(mine) >= self.max_filters:
                 over[i] = who

@@ -19,7 +19,7 @@ them) and are flagged read-only; every operation returns a new column.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -65,6 +65,7 @@ class Column:
     # _memo is set only on the columns a ColumnStore hands out (see _store_owned): derived
     # results of the visit, shared by every filter. Left unset (no cost) on all other columns.
     __slots__ = ("_v", "_m", "_memo")
+    _memo: dict[Any, Any]
     # What restricted code may reach on a column (sandbox.namespace reads this).
     _public = frozenset({"isnull", "notnull", "fill", "tolist", "dtype", "isin", "between"})
 
@@ -196,7 +197,7 @@ class Column:
             "with & | ~ (not `and`/`or`/`not`) and wrap each comparison in parentheses"
         )
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Any]:
         return iter(self.tolist())
 
 
