@@ -18,7 +18,7 @@ the seccomp allow-list (the engine runs as root here).
 
 Run: ``python -m pytest benchmarks/bench_isolation.py --benchmark-enable -s`` (or
 ``python benchmarks/bench_isolation.py``); about a minute on 2 cores, most of it the 1,000-user
-row. ``minibroker bench --json`` reports the 1,000-user row as ``inprocess_1000_filters_ms``,
+row, then the start from 1,000 users' filter files (compile included). ``minibroker bench --json`` reports the 1,000-user row as ``inprocess_1000_filters_ms``,
 ``pool_1000_users_ms`` (steady), ``pool_1000_users_first_ms`` and ``pool_1000_users_start_ms``.
 """
 
@@ -38,6 +38,37 @@ def measure(block, schema, rounds: int = 5) -> dict[int, dict[str, float]]:  # t
     return {users: scaling(block, schema, users, rounds) for users in USERS}
 
 
+def start_from_files(schema, users: int = 1000) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Seconds to start the service's evaluation from ``users`` users' filter files (one
+    typical filter each): compile them all (:func:`engine.registry.discover`, throwaway
+    processes) and start and warm every worker; the first part alone too."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from engine.alerts.schema import project_schema
+    from engine.evaluate import columns_needed
+    from engine.local.bench import typical_filters
+    from engine.registry import discover
+    from sandbox.pool import WorkerPool
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for key, compiled in typical_filters(users, users):
+            owner, name = key.split("/")
+            (Path(tmp) / owner).mkdir()
+            (Path(tmp) / owner / f"{name}.py").write_text(compiled.source)
+        t0 = time.perf_counter()
+        found = discover(tmp)
+        compiled_s = time.perf_counter() - t0
+        assert len(found.active) == users, found.rejected
+        pool = WorkerPool([(f.key, f.compiled) for f in found.active], budget_s=2.0, max_idle_workers=users)
+        try:
+            pool.warm(project_schema(schema.arrow, columns_needed(found.active, schema)))
+            return compiled_s, time.perf_counter() - t0
+        finally:
+            pool.close()
+
+
 def report(rows: dict[int, dict[str, float]], count: int) -> list[str]:
     """The table: ms per visit in-process and in the pool, and their ratio (lower is better)."""
     lines = [f"one typical filter per user, {count} alerts per visit, {len(os.sched_getaffinity(0))} cores",
@@ -55,7 +86,10 @@ def test_isolation_scaling(benchmark, bench_visit, schema, peak_memory, summarie
     if benchmark.disabled:
         pytest.skip("run with --benchmark-enable")
     rows = benchmark.pedantic(measure, args=(bench_visit, schema), rounds=1, iterations=1)
-    lines = report(rows, bench_visit.count) + [peak_memory()]
+    compiled_s, started_s = start_from_files(schema)
+    lines = report(rows, bench_visit.count) + [
+        f"start from 1000 users' filter files: {started_s:.1f} s (compiling them: {compiled_s:.1f} s)",
+        peak_memory()]
     print("\nisolation\n" + "\n".join(lines))
     summaries.append(("isolation (bench_isolation.py)", lines))
 
@@ -66,4 +100,7 @@ if __name__ == "__main__":
     from engine.local.bench import bench_block
 
     block = bench_block(load_config(env={}), progress=True)
-    print("\n".join(report(measure(block, load_schema("11.1")), block.count)))
+    alert_schema = load_schema("11.1")
+    print("\n".join(report(measure(block, alert_schema), block.count)))
+    compiled_s, started_s = start_from_files(alert_schema)
+    print(f"start from 1000 users' filter files: {started_s:.1f} s (compiling them: {compiled_s:.1f} s)")
