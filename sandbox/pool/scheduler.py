@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -40,6 +41,21 @@ log = logging.getLogger("sandbox.pool")
 # The engine measures a filter's time from outside (IPC included), so it allows the worker's own
 # account of a user's share this much slack before it kills.
 _SHARE_GRACE_S = 0.05
+
+
+def _enough_descriptors(workers: int) -> None:
+    """Raise this process's soft descriptor limit for ``workers`` live workers (three each: the
+    channel, the pidfd, the /proc stat file), as far as the hard limit allows: a common default
+    of 1,024 would run out near 300 users."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 3 * workers + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if new > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < want:
+            log.warning("only %d file descriptors for %d workers; lower idle_workers or raise the "
+                        "hard limit (ulimit -Hn)", new, workers)
 
 
 class WorkerPool:
@@ -124,6 +140,7 @@ class WorkerPool:
         self._reads_schema: pa.Schema | None = None
         self._reads: dict[int, tuple[CompiledFilter, frozenset[str]]] = {}  # id → (filter, its columns)
         self._batch_of: dict[str, tuple[int, int]] = {}  # user → (memfd, size) of this visit
+        _enough_descriptors(self.max_idle_workers + self.workers)
         self._uids = UidPool()
         self._workdir = Workdir()
         self._zygote: Zygote | None = Zygote(self._workdir.path)
