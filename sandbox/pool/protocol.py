@@ -13,8 +13,12 @@ Wire format (everything is plain bytes; nothing is ever unpickled):
   ``READY`` once the batch is mapped (on the first visit, JSON: which limits took effect),
   per filter ``COMPILED`` and then ``RESULT``: :data:`RESULT` (status, message length) + UTF-8
   message + for ``OK`` exactly ``ceil(n / 8)`` bytes of ``np.packbits(mask)``; and ``DONE``
-  when the visit's batch is released (payload ``b"R"``: it could not be; retire me). The pool
-  checks every length, index and status before use, and treats anything else as a fault.
+  when the visit's batch is released (payload ``b"R"``: it could not be; retire me). Frames
+  the pool's deadlines do not wait for travel together (READY with the first COMPILED, the last
+  RESULT with DONE). A filter not started because its user's share of the visit is used up
+  gets a RESULT with status OVER_SHARE. The job carries ``share_s``, that share's remainder.
+  The pool checks every length, index and status before use, and treats anything else as a
+  fault.
 """
 
 from __future__ import annotations
