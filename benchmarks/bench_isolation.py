@@ -1,87 +1,95 @@
-"""Overhead of isolation: the same 100 typical filters over one 10,000-alert visit, run in the
-engine process (:class:`sandbox.InProcessRunner`, the baseline here) and in the worker pool
-(:class:`sandbox.pool.WorkerPool`, 2 workers), as ms per visit and a ratio to in-process.
+"""Cost of isolation as users grow: 10, 100 and 1,000 users of one typical filter each over one
+10,000-alert visit, in the engine process (:class:`sandbox.InProcessRunner`, the baseline, same
+run) and in the worker pool (:class:`sandbox.pool.WorkerPool`, 2 workers at a time, one
+long-lived worker per user, all kept between visits), as ms per visit and the ratio.
 
 Workload: the benchmark visit shared by every file here (``conftest.py``:
 :func:`engine.local.bench.bench_block`, one simulated v11.1 visit of 10,000 alerts, seed 7), decoded
-to the columns the filters can read plus the delivery columns, as the engine hands it to the
-pool in service; the pool writes only the columns the filters can read to shared memory. The
-filters are :func:`engine.local.bench.typical_filters` (cuts, flags, photometry, sky regions and
-lightcurve reductions with varied thresholds), owned by 100 users (one filter each) or by 10
-users (ten each).
+to the columns the filters can read plus the delivery columns, as the engine hands it over;
+each user's worker receives only its own user's columns. The filters are
+:func:`engine.local.bench.typical_filters` (cuts, flags, photometry, sky regions and lightcurve
+reductions with varied thresholds), one per user.
 
-Pool figures: **cold** is a new pool's first visit (every worker forked, hardened and
-compiling); **steady** is the median of later visits (workers alive, filters compiled). With
-100 users and the pool's default ``max_idle_workers=64``, 36 users get a fresh worker every
-visit; the ``max_idle_workers=100`` row keeps them all (the engine's default,
-``idle_workers=256``, keeps them all too).
+Figures per row (:func:`engine.local.bench.scaling`): **start** forks, hardens and compiles every
+user's worker (what the service does before its first visit), **first** is the first visit
+after that, **steady** the median of later visits; **in-process** the same filters' median in
+the engine process. Every worker runs under its own uid in its own PID and IPC namespaces with
+the seccomp allow-list (the engine runs as root here).
 
 Run: ``python -m pytest benchmarks/bench_isolation.py --benchmark-enable -s`` (or
-``python benchmarks/bench_isolation.py``). The summary adds peak memory: the pool's workers
-are the zygote's children, so they count in the children's peak once the pool has closed.
+``python benchmarks/bench_isolation.py``); about a minute on 2 cores, most of it the 1,000-user
+row, then the start from 1,000 users' filter files (compile included). ``minibroker bench --json`` reports the 1,000-user row as ``inprocess_1000_filters_ms``,
+``pool_1000_users_ms`` (steady), ``pool_1000_users_first_ms`` and ``pool_1000_users_start_ms``.
 """
 
 from __future__ import annotations
 
 import os
-import statistics
-import time
-from collections.abc import Callable
 
-import pyarrow as pa
 import pytest
 
-from engine.local.bench import typical_filters
-from sandbox import InProcessRunner
-from sandbox.pool import WorkerPool
+from engine.local.bench import scaling
 
-STEADY_VISITS = 7
+USERS = (10, 100, 1000)
 
 
-def _time(run: Callable[[pa.RecordBatch], list], visit: pa.RecordBatch) -> float:
-    start = time.perf_counter()
-    out = run(visit)
-    elapsed = time.perf_counter() - start
-    faults = [o.fault for o in out if o.fault is not None]
-    assert not faults, faults[:3]
-    return elapsed
+def measure(block, schema, rounds: int = 5) -> dict[int, dict[str, float]]:  # type: ignore[no-untyped-def]
+    """The figures of :func:`engine.local.bench.scaling` for each number of users, in one run."""
+    return {users: scaling(block, schema, users, rounds) for users in USERS}
 
 
-def measure(visit: pa.RecordBatch, probe: Callable[[], str] | None = None,
-            notes: list[str] | None = None) -> dict[str, float]:
-    """Seconds per visit for every configuration, in one run; ``probe()`` (the pool's memory)
-    is noted after each pool's steady visits."""
-    timings: dict[str, float] = {}
-    runner = InProcessRunner(typical_filters(100))
-    _time(runner.run, visit)  # warm caches and lazy imports
-    timings["in-process"] = statistics.median(_time(runner.run, visit) for _ in range(STEADY_VISITS))
-    for users, idle in ((100, 64), (100, 100), (10, 64)):
-        label = f"pool, {users} users x {100 // users}" + (f", max_idle={idle}" if users > 64 else "")
-        with WorkerPool(typical_filters(100, users), workers=2, budget_s=2.0, max_idle_workers=idle) as pool:
-            timings[f"{label}: cold"] = _time(pool.run, visit)
-            timings[f"{label}: steady"] = statistics.median(_time(pool.run, visit) for _ in range(STEADY_VISITS))
-            if probe is not None and notes is not None:
-                notes.append(f"{label}: {probe()}")
-    return timings
+def start_from_files(schema, users: int = 1000) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Seconds to start the service's evaluation from ``users`` users' filter files (one
+    typical filter each): compile them all (:func:`engine.registry.discover`, throwaway
+    processes) and start and warm every worker; the first part alone too."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from engine.alerts.schema import project_schema
+    from engine.evaluate import columns_needed
+    from engine.local.bench import typical_filters
+    from engine.registry import discover
+    from sandbox.pool import WorkerPool
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for key, compiled in typical_filters(users, users):
+            owner, name = key.split("/")
+            (Path(tmp) / owner).mkdir()
+            (Path(tmp) / owner / f"{name}.py").write_text(compiled.source)
+        t0 = time.perf_counter()
+        found = discover(tmp)
+        compiled_s = time.perf_counter() - t0
+        assert len(found.active) == users, found.rejected
+        pool = WorkerPool([(f.key, f.compiled) for f in found.active], budget_s=2.0, max_idle_workers=users)
+        try:
+            pool.warm(project_schema(schema.arrow, columns_needed(found.active, schema)))
+            return compiled_s, time.perf_counter() - t0
+        finally:
+            pool.close()
 
 
-def report(timings: dict[str, float], count: int) -> list[str]:
-    """The table: ms per visit, alerts/s and the ratio to in-process (lower is better)."""
-    base = timings["in-process"]
-    lines = [f"100 filters, {count} alerts (the benchmark visit), {len(os.sched_getaffinity(0))} cores",
-             f"{'':46s} {'ms/visit':>9s} {'alerts/s':>10s} {'x in-process':>12s}"]
-    lines += [f"{name:46s} {t * 1000:9.1f} {count / t:10.0f} {t / base:12.1f}" for name, t in timings.items()]
+def report(rows: dict[int, dict[str, float]], count: int) -> list[str]:
+    """The table: ms per visit in-process and in the pool, and their ratio (lower is better)."""
+    lines = [f"one typical filter per user, {count} alerts per visit, {len(os.sched_getaffinity(0))} cores",
+             f"{'users':>6s} {'in-process':>11s} {'pool steady':>12s} {'x in-process':>13s} "
+             f"{'pool first':>11s} {'pool start':>11s}"]
+    for users, f in rows.items():
+        base, steady = f[f"inprocess_{users}_filters_ms"], f[f"pool_{users}_users_ms"]
+        lines.append(f"{users:6d} {base:9.1f}ms {steady:10.1f}ms {steady / base:13.1f} "
+                     f"{f[f'pool_{users}_users_first_ms']:9.1f}ms {f[f'pool_{users}_users_start_ms']:9.1f}ms")
     return lines
 
 
-def test_isolation_overhead(benchmark, visit_projected, peak_memory, pool_memory, summaries) -> None:  # type: ignore[no-untyped-def]
-    """Print the table (only with ``--benchmark-enable``: it takes about ten seconds)."""
+def test_isolation_scaling(benchmark, bench_visit, schema, peak_memory, summaries) -> None:  # type: ignore[no-untyped-def]
+    """Print the table (only with ``--benchmark-enable``: it takes about a minute)."""
     if benchmark.disabled:
         pytest.skip("run with --benchmark-enable")
-    batch = visit_projected.batch
-    notes: list[str] = []
-    timings = benchmark.pedantic(measure, args=(batch, pool_memory, notes), rounds=1, iterations=1)
-    lines = report(timings, batch.num_rows) + notes + [peak_memory()]
+    rows = benchmark.pedantic(measure, args=(bench_visit, schema), rounds=1, iterations=1)
+    compiled_s, started_s = start_from_files(schema)
+    lines = report(rows, bench_visit.count) + [
+        f"start from 1000 users' filter files: {started_s:.1f} s (compiling them: {compiled_s:.1f} s)",
+        peak_memory()]
     print("\nisolation\n" + "\n".join(lines))
     summaries.append(("isolation (bench_isolation.py)", lines))
 
@@ -89,13 +97,10 @@ def test_isolation_overhead(benchmark, visit_projected, peak_memory, pool_memory
 if __name__ == "__main__":
     from engine.alerts.schema import load_schema
     from engine.config import load_config
-    from engine.decode import decode_block
-    from engine.evaluate import columns_needed
     from engine.local.bench import bench_block
-    from engine.registry import ActiveFilter
 
-    schema = load_schema("11.1")
-    active = [ActiveFilter(key.split("/")[0], c) for key, c in typical_filters(100)]
     block = bench_block(load_config(env={}), progress=True)
-    batch = decode_block(block, schema, columns_needed(active, schema)).batch
-    print("\n".join(report(measure(batch), batch.num_rows)))
+    alert_schema = load_schema("11.1")
+    print("\n".join(report(measure(block, alert_schema), block.count)))
+    compiled_s, started_s = start_from_files(alert_schema)
+    print(f"start from 1000 users' filter files: {started_s:.1f} s (compiling them: {compiled_s:.1f} s)")

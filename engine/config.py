@@ -14,10 +14,14 @@ max_matches_per_visit      ``MINIBROKER_MAX_MATCHES``     20 per filter per visi
 stream_maxlen              ``MINIBROKER_STREAM_MAXLEN``   10000 entries kept per user stream
 retention_s                ``MINIBROKER_RETENTION_S``     604800 (7 days): stream entries,
                                                           packets, dedup sets and counters
-suspend_after_faults       ``MINIBROKER_SUSPEND_AFTER``   3 faulty visits in a row
+suspend_after_faults       ``MINIBROKER_SUSPEND_AFTER``   3 faulty visits among the last ``suspend_window``
+suspend_window             ``MINIBROKER_FAULT_WINDOW``    5 visits (the pool's count; the streams count in a row)
 isolation                  ``MINIBROKER_ISOLATION``       ``pool`` (worker processes) or ``inprocess``
 workers                    ``MINIBROKER_WORKERS``         2 worker processes running at once
 idle_workers               ``MINIBROKER_IDLE_WORKERS``    256 users' workers kept between visits
+max_filters_per_user       ``MINIBROKER_MAX_FILTERS``     20 active filters run per user per visit
+user_budget_s              ``MINIBROKER_USER_BUDGET_S``   2.0 s of evaluation per user per visit (never below budget_s)
+idle_worker_rss_mb         ``MINIBROKER_IDLE_RSS_MB``     256 MB resident: an idle worker above is retired
 cache_dir                  ``MINIBROKER_CACHE``           ``~/.cache/minibroker`` (sample nights, decoders)
 decoder                    ``MINIBROKER_DECODER``         ``auto``: generated C when a compiler is
                                                           found, else fastavro; ``fast`` or ``reference``
@@ -59,6 +63,15 @@ class Config:
     workers: int = 2
     # Each idle worker costs ~6 MB; one per active user avoids a fork per user per visit.
     idle_workers: int = 256
+    # Fair shares (sandbox.shares): one user's many or slow filters must not slow everyone; a
+    # filter over its owner's share gets an "over-share" fault, other users never notice.
+    max_filters_per_user: int = 20
+    user_budget_s: float = 2.0
+    # The pool suspends a filter after suspend_after_faults faults among its last suspend_window
+    # visits, so a filter failing on 2 visits of 3 is caught too.
+    suspend_window: int = 5
+    # Idle workers are stopped but keep their memory: one that grew past this is retired.
+    idle_worker_rss_mb: int = 256
     cache_dir: Path = Path("~/.cache/minibroker").expanduser()
     decoder: str = "auto"
     compiler: str | None = None
@@ -80,6 +93,15 @@ class Config:
             raise ConfigError(f"stream_maxlen and retention_s must be positive, got {self.stream_maxlen}, {self.retention_s}")
         if self.suspend_after_faults < 1:
             raise ConfigError(f"suspend_after_faults must be at least 1, got {self.suspend_after_faults}")
+        if self.suspend_window < self.suspend_after_faults:
+            raise ConfigError(f"suspend_window must be at least suspend_after_faults ({self.suspend_after_faults}), "
+                              f"got {self.suspend_window}")
+        if self.max_filters_per_user < 1:
+            raise ConfigError(f"max_filters_per_user must be at least 1, got {self.max_filters_per_user}")
+        if self.user_budget_s <= 0:
+            raise ConfigError(f"user_budget_s must be positive, got {self.user_budget_s}")
+        if self.idle_worker_rss_mb < 1:
+            raise ConfigError(f"idle_worker_rss_mb must be at least 1, got {self.idle_worker_rss_mb}")
         if self.isolation not in ("pool", "inprocess"):
             raise ConfigError(f"isolation must be 'pool' or 'inprocess', got {self.isolation!r}")
         if self.workers < 1:
@@ -97,6 +119,10 @@ _ENV = {
     "MINIBROKER_STREAM_MAXLEN": "stream_maxlen",
     "MINIBROKER_RETENTION_S": "retention_s",
     "MINIBROKER_SUSPEND_AFTER": "suspend_after_faults",
+    "MINIBROKER_FAULT_WINDOW": "suspend_window",
+    "MINIBROKER_MAX_FILTERS": "max_filters_per_user",
+    "MINIBROKER_USER_BUDGET_S": "user_budget_s",
+    "MINIBROKER_IDLE_RSS_MB": "idle_worker_rss_mb",
     "MINIBROKER_ISOLATION": "isolation",
     "MINIBROKER_WORKERS": "workers",
     "MINIBROKER_IDLE_WORKERS": "idle_workers",

@@ -15,7 +15,7 @@ from engine.alerts.fields import HEADLINE_FIELDS
 from engine.alerts.schema import AlertSchema
 from engine.config import Config
 from engine.registry import ActiveFilter
-from sandbox import InProcessRunner, Outcome
+from sandbox import InProcessRunner, Outcome, Shares
 from sandbox.pool import WorkerPool
 
 __all__ = ["DELIVERY_COLUMNS", "Evaluator", "columns_needed"]
@@ -46,12 +46,24 @@ class Evaluator:
     def __init__(self, filters: Sequence[ActiveFilter], config: Config):
         self.filters = list(filters)
         pairs = [(f.key, f.compiled) for f in self.filters]
+        # A user's share always fits at least one filter's whole budget.
+        shares = Shares(max_filters=config.max_filters_per_user,
+                        budget_s=max(config.user_budget_s, config.budget_s))
         self.runner: WorkerPool | InProcessRunner
         if config.isolation == "pool":
             self.runner = WorkerPool(pairs, budget_s=config.budget_s, workers=config.workers,
-                                     max_idle_workers=config.idle_workers)
+                                     max_idle_workers=config.idle_workers, shares=shares,
+                                     max_faults=config.suspend_after_faults,
+                                     fault_window=config.suspend_window,
+                                     max_idle_rss_mb=config.idle_worker_rss_mb)
         else:
-            self.runner = InProcessRunner(pairs)
+            self.runner = InProcessRunner(pairs, shares=shares)
+
+    def warm(self, schema: pa.Schema) -> None:
+        """Start the workers and compile the filters before the first visit (batches of
+        ``schema``); nothing to do in-process."""
+        if isinstance(self.runner, WorkerPool):
+            self.runner.warm(schema)
 
     def evaluate(self, batch: pa.RecordBatch) -> list[Outcome]:
         """One outcome per active filter, in order; faults are outcomes, not exceptions."""

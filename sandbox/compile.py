@@ -12,6 +12,7 @@ from pathlib import Path
 from types import CodeType
 
 from RestrictedPython import compile_restricted_exec
+from RestrictedPython.transformer import RestrictingNodeTransformer
 
 from sandbox.errors import FilterRejected, Problem
 from sandbox.policy import POLICY, Policy, check_tree
@@ -39,7 +40,8 @@ class CompiledFilter:
         A short hash of the source: a resubmitted file is a new version.
     columns : frozenset[str] | None
         Names the code mentions (attributes and string constants), from which the engine works
-        out the columns to decode; None when it reaches columns dynamically (decode all).
+        out the columns to decode and to hand each user's worker (never None for a file
+        compiled here: names built at run time are refused where they name a column).
     code : types.CodeType
         The restricted code object, to be executed only by :mod:`sandbox.run`.
     """
@@ -100,7 +102,7 @@ def compile_filter(source: str, filename: str = "<filter>", policy: Policy = POL
         raise FilterRejected([Problem(filename, None, "too-complex", f"the file cannot be parsed ({type(exc).__name__}); simplify it")]) from None
 
     try:
-        problems = check_tree(tree, filename, policy)
+        problems = check_tree(tree, filename, policy) + _dynamic_column_names(tree, filename)
     except Exception as exc:  # every failure at submit is a rejection, never a crash
         raise FilterRejected([Problem(filename, None, "too-complex", f"the file cannot be checked ({type(exc).__name__}); simplify it")]) from None
     result = None
@@ -108,7 +110,7 @@ def compile_filter(source: str, filename: str = "<filter>", policy: Policy = POL
         # RestrictedPython's transformer recurses per nesting level: past the limit it raises
         # RecursionError, and on other hostile input ValueError or MemoryError, not SyntaxError.
         try:
-            result = compile_restricted_exec(source, filename=filename)
+            result = compile_restricted_exec(source, filename=filename, policy=_Transformer)
         except Exception as exc:
             problems.append(Problem(filename, None, "too-complex", f"the file cannot be compiled ({type(exc).__name__}); simplify it"))
     if result is not None:
@@ -133,40 +135,95 @@ def compile_filter(source: str, filename: str = "<filter>", policy: Policy = POL
     )
 
 
-def _columns(tree: ast.Module) -> frozenset[str] | None:
+class _Transformer(RestrictingNodeTransformer):
+    """RestrictedPython's transformer, plus: every value an f-string or ``%`` formats goes
+    through the namespace's guards (``_format_value_``, ``_mod_``), so that no value a filter
+    can turn into text shows a memory address (``<function f at 0x7f...>``)."""
+
+    def visit_FormattedValue(self, node: ast.FormattedValue) -> ast.AST:
+        node = self.node_contents_visit(node)
+        call = ast.Call(func=ast.Name("_format_value_", ast.Load()),
+                        args=[node.value, ast.Constant(node.conversion)], keywords=[])
+        node.value = ast.fix_missing_locations(ast.copy_location(call, node.value))
+        node.conversion = -1
+        return node
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        node = self.node_contents_visit(node)
+        if not isinstance(node.op, ast.Mod):
+            return node
+        call = ast.Call(func=ast.Name("_mod_", ast.Load()), args=[node.left, node.right], keywords=[])
+        return ast.fix_missing_locations(ast.copy_location(call, node))
+
+
+def _columns(tree: ast.Module) -> frozenset[str]:
     """Names the filter may read: those it mentions plus those its helpers read for it."""
     names = _mentioned_names(tree)
-    if names is None:
-        return None
     from sandbox.helpers import implied_names  # numpy-heavy; only needed once compiled
 
     return names | implied_names(names)
 
 
-def _mentioned_names(tree: ast.Module) -> frozenset[str] | None:
+def _mentioned_names(tree: ast.Module) -> frozenset[str]:
     """Every attribute name, plain name and part of every string constant in the file.
 
     A column path is readable by the filter only if all its parts are mentioned: a conservative
-    superset that survives aliasing (``ds = alerts.diaSource; ds.snr``). Strings built at run
-    time (f-strings, ``+``/``%`` on strings, ``join``) could name any column, so they yield
-    None: decode everything.
+    superset that survives aliasing (``ds = alerts.diaSource; ds.snr``). Each user's worker
+    receives only the columns their filters can read, so a name built at run time
+    (``"diaSource." + field``) finds no column there unless its parts are mentioned too; built
+    right where a column is named, it is refused at compile time (:func:`_dynamic_column_names`).
     """
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute):
             names.add(node.attr)
-            if node.attr in _STRING_BUILDERS:
-                return None
         elif isinstance(node, ast.Name):  # helpers that read columns for the filter (implied_names)
             names.add(node.id)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             names.update(node.value.split("."))
-        elif isinstance(node, ast.JoinedStr):
-            return None
-        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Mod):
-            if any(isinstance(side, ast.Constant) and isinstance(side.value, str) for side in (node.left, node.right)):
-                return None
     return frozenset(names)
 
 
-_STRING_BUILDERS = frozenset({"join", "replace", "upper", "lower", "capitalize", "title", "strip", "lstrip", "rstrip"})
+_STRING_BUILDERS = frozenset({"join", "replace", "upper", "lower", "capitalize", "title", "strip", "lstrip",
+                              "rstrip", "format"})
+# Methods of the views that take a column or field name as their first argument.
+_NAME_TAKERS = frozenset({"history", "band_field", "get"})
+
+
+def _built_string(node: ast.AST) -> str | None:
+    """What kind of run-time string ``node`` builds, or None if it is not one."""
+    if isinstance(node, ast.JoinedStr):
+        return "an f-string"
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Mod):
+        if any(isinstance(side, ast.Constant) and isinstance(side.value, str) or _built_string(side)
+               for side in (node.left, node.right)):
+            return "a string built with `+` or `%`"
+    if isinstance(node, ast.Call):
+        if isinstance(node.func, ast.Attribute) and node.func.attr in _STRING_BUILDERS:
+            return f"a string built with `.{node.func.attr}()`"
+        if isinstance(node.func, ast.Name) and node.func.id == "str":
+            return "a string built with `str()`"
+    return None
+
+
+def _dynamic_column_names(tree: ast.Module, filename: str) -> list[Problem]:
+    """Places where a column is named by a string built at run time (``alerts[f"..."]``,
+    ``alerts.history("ps" + "fFlux")``): the engine must know at compile time which columns a
+    filter reads, to decode and hand its user's worker only those."""
+    problems = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript):
+            name = node.slice
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr in _NAME_TAKERS and node.args):
+            name = node.args[0]
+        else:
+            continue
+        kind = _built_string(name)
+        if kind is not None:
+            problems.append(Problem(
+                filename, getattr(name, "lineno", None), "dynamic-column",
+                f"a column is named by {kind}, known only when the filter runs; write each column "
+                "name out in full (e.g. alerts['diaObject.g_psfFluxMean'], or band_field() for "
+                "per-band fields) so that the service knows which columns your filter reads"))
+    return problems

@@ -1,7 +1,7 @@
 """Cutout measures for the whole visit: ``cutout_centroid``, ``cutout_second_moments``,
 ``cutout_elongation``, ``cutout_median`` (helpers filters may call).
 
-Each gives, alert by alert, exactly what the :class:`sandbox.alert.Image` method of the same
+Each gives, alert by alert, exactly what the :class:`sandbox.view.Image` method of the same
 name gives (the same stack code of :mod:`sandbox.images`), as columns for ``filter(alerts)``
 (null where an alert has no cutout) or as numbers for one alert in ``filter_alert``/``refine``.
 """
@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from sandbox import images
-from sandbox.alert import AlertRecord
-from sandbox.columns import AlertsView, Column
+from sandbox.view.columns import AlertsView, Column
+from sandbox.view.record import AlertRecord
 
 __all__ = ["cutout_centroid", "cutout_elongation", "cutout_median", "cutout_second_moments"]
 

@@ -5,17 +5,30 @@
     FilterError                 a filter failed; the message is for its owner
     ├── FilterRejected          the file breaks the policy (all problems listed, each with its line)
     └── FilterFault             the filter failed while running on a visit (``reason``: "error",
-                                "timeout", "memory", "killed", "bad-result" or "suspended")
+                                "timeout", "memory", "killed", "bad-result", "suspended" or "over-share")
     PoolError                   the worker pool itself failed (an engine problem, not a filter's)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from engine.errors import MinibrokerError
+from sandbox.text import escape
 
-__all__ = ["FilterError", "FilterFault", "FilterRejected", "PoolError", "Problem"]
+__all__ = ["FaultReason", "FilterError", "FilterFault", "FilterRejected", "PoolError", "Problem"]
+
+class FaultReason(StrEnum):
+    """Why a filter produced no mask on a visit (the ``reason`` field of a fault entry)."""
+
+    ERROR = "error"  # it raised
+    TIMEOUT = "timeout"  # it overran its time budget (or compiling did)
+    MEMORY = "memory"  # it ran out of memory
+    KILLED = "killed"  # its process died or broke protocol, or could not be started
+    BAD_RESULT = "bad-result"  # it returned something that is not one boolean per alert
+    SUSPENDED = "suspended"  # it faulted too often and waits to be fixed
+    OVER_SHARE = "over-share"  # not run: its owner has too many filters or used their time
 
 
 class FilterError(MinibrokerError):
@@ -30,6 +43,11 @@ class Problem:
     line: int | None
     rule: str
     message: str
+
+    def __post_init__(self) -> None:
+        # Rejections quote the file (a syntax error's line): escaped like every message.
+        object.__setattr__(self, "filename", escape(self.filename))
+        object.__setattr__(self, "message", escape(self.message))
 
     def __str__(self) -> str:
         where = f"{self.filename}:{self.line}" if self.line else self.filename
@@ -50,9 +68,9 @@ class FilterFault(FilterError):
     ``killed``, ``bad-result`` or ``suspended``; the message names the file:line when the filter
     raised."""
 
-    def __init__(self, message: str, *, reason: str = "error"):
-        self.reason = reason
-        super().__init__(message)
+    def __init__(self, message: str, *, reason: FaultReason | str = FaultReason.ERROR):
+        self.reason = FaultReason(reason)
+        super().__init__(escape(message))
 
 
 class PoolError(MinibrokerError):

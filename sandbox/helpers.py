@@ -21,7 +21,7 @@ Groups:
   ``sky.watchlist``, ``sky.nearest``, ``sky.galactic_latitude``, ``sky.galactic_longitude``,
   ``sky.ecliptic_latitude``, ``sky.ecliptic_longitude``; ``arcsec`` and ``arcmin`` in degrees.
 
-Lightcurve reductions are methods of the columns themselves (:class:`sandbox.columns.ListColumn`).
+Lightcurve reductions are methods of the columns themselves (:class:`sandbox.view.ListColumn`).
 
 Every helper also takes plain numbers (``None`` for null), as ``filter_alert`` and ``refine``
 see them, and then returns a number (``None`` for null): with no column among its arguments a
@@ -38,10 +38,11 @@ from typing import Any
 
 import numpy as np
 
-from sandbox.alert import AlertRecord, Image
-from sandbox.columns import BANDS, AlertsView, Column, ListColumn, _Group, _readonly, memo_of
 from sandbox.cutouts import cutout_centroid, cutout_elongation, cutout_median, cutout_second_moments
 from sandbox.lightcurves import thin
+from sandbox.view.columns import BANDS, AlertsView, Column, ListColumn, _Group, _readonly, memo_of
+from sandbox.view.image import Image
+from sandbox.view.record import AlertRecord
 
 __all__ = ["Namespace", "exported", "implied_names"]
 

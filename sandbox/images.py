@@ -1,6 +1,6 @@
 """Pixel statistics of cutouts: NaN treatment and intensity moments (trusted side).
 
-:class:`sandbox.alert.Image` calls these on its private array and hands filters plain floats
+:class:`sandbox.view.Image` calls these on its private array and hands filters plain floats
 or tuples of floats only.
 
 NaN pixels (masked or off-chip in Rubin cutouts) are treated as the filter asks:
@@ -160,7 +160,7 @@ class _Layout:
 
 
 def _layout(data: bytes) -> _Layout:
-    """The first 2-D image HDU of a FITS file, as :func:`sandbox.alert.parse_fits_image` finds it."""
+    """The first 2-D image HDU of a FITS file, as :func:`sandbox.view.parse_fits_image` finds it."""
     pos = 0
     while pos < len(data):
         header: dict[str, str] = {}

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from sandbox.alert import AlertRecord
-from sandbox.columns import Column, ListColumn
+from sandbox.view.columns import Column, ListColumn
+from sandbox.view.record import AlertRecord
 
 __all__ = ["thin", "thin_mask"]
 

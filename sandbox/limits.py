@@ -1,64 +1,65 @@
 """Operating-system limits for the processes that run untrusted filters.
 
 The language layers (:mod:`sandbox.policy`, :mod:`sandbox.namespace`) give early, clear errors;
-this module is the boundary. A worker, before it touches any user code:
+this module is the boundary. Where the pieces come from:
+
+- The **zygote** (:func:`sandbox.worker.zygote_main`) starts with a scrubbed environment
+  (:func:`clean_environment`), dies with the engine (:func:`set_parent_death_signal`) and,
+  when root, runs as the init of its own PID namespace with empty network and IPC namespaces
+  (:func:`unshare`): when it dies, for whatever reason, the kernel kills every process in that
+  namespace, stopped workers included.
+- Each **worker** is forked into a PID and IPC namespace of its own (it is that namespace's
+  init: it sees no other process, and its System V and POSIX message queues are its own).
+
+A worker, before it touches any user code (:func:`harden`):
 
 1. closes every inherited file descriptor except its channel to the engine, with ``/dev/null``
-   on 0/1/2, and sits in an empty, unwritable directory;
+   on 0/1/2;
 2. sets resource limits: address space (``RLIMIT_AS``), CPU seconds (``RLIMIT_CPU``), no file
    growth (``RLIMIT_FSIZE=0``), no core dumps, a handful of descriptors (``RLIMIT_NOFILE``),
    no new processes (``RLIMIT_NPROC=0``). Workers live across visits: the *hard* limits are
    fixed here for the worker's whole life and are the backstop; before each visit, still in
    trusted code, the worker lowers (or re-raises, never past the hard limit) the *soft* CPU
    and address-space limits to that visit's allowance (:func:`rearm`);
-3. gives up root for ``nobody`` (so ``RLIMIT_NPROC`` applies, other processes' ``/proc``
-   entries are closed and nothing root-owned is writable) and sets ``no_new_privs``;
-4. installs a seccomp filter that makes every syscall that opens files, creates sockets or
-   processes, signals or traces other processes, or changes the file system, mounts or
-   namespaces fail with ``EPERM``.
-
-The zygote that forks workers runs with a scrubbed environment (:func:`clean_environment`) and,
-when permitted, in a new, empty network namespace (:func:`unshare_network`): no interface but a
-down loopback, so even a socket created despite seccomp has nowhere to go.
+3. when root: ``chroot`` into an empty directory (no path names anything), and gives up root
+   for a uid of its own (:class:`Limits` ``uid``; the pool hands every live worker a different
+   one), so that no worker can signal, re-limit, reschedule or inspect another;
+4. installs the seccomp allow-list (:mod:`sandbox.seccomp`), with ``no_new_privs``.
 
 Everything here is Linux-only. Whatever cannot be applied is logged and reported by
-:func:`harden` so that the pool can say what is enforced; seccomp is implemented for x86_64
-only (other architectures rely on the remaining layers).
+:func:`harden` (and :func:`unshare`) so that the pool can say what is enforced.
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
 import logging
 import math
 import os
-import platform
 import resource
-import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+from sandbox import seccomp as _seccomp
 
 __all__ = [
     "Limits",
     "clean_environment",
     "close_fds",
+    "fork_into",
     "harden",
-    "install_seccomp",
     "rearm",
-    "unshare_network",
+    "unshare",
     "vm_size_from",
 ]
 
 log = logging.getLogger("sandbox.limits")
 
-NOBODY = 65534
-_CLONE_NEWNET = 0x40000000
-_CLONE_NEWIPC = 0x08000000
+NOBODY = 65534  # the uid of a worker hardened without one of its own (tests, old callers)
+CLONE_NEWNET = 0x40000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
 _PR_SET_PDEATHSIG = 1
-_PR_SET_NO_NEW_PRIVS = 38
-_PR_SET_SECCOMP = 22
-_SECCOMP_MODE_FILTER = 2
 
 # Environment a worker may see: nothing from the engine (REDIS_URL, tokens, HOME ...). The
 # thread counts keep BLAS/OpenMP from starting threads in the zygote, which must stay
@@ -99,12 +100,19 @@ class Limits:
         Further address space for what the worker maps later (the visit batches it receives
         after hardening) and for its heap to settle over many visits; part of the hard limit
         only.
+    uid : int or None
+        The uid (and gid) to run as when started as root; None means ``nobody``. The pool gives
+        every live worker its own.
+    root : str or None
+        An empty directory to ``chroot`` into when root; None: stay where it is.
     """
 
     memory_mb: int = 1024
     cpu_s: int = 30
     nofile: int = 16
     reserve_mb: int = 0
+    uid: int | None = None
+    root: str | None = None
 
 
 def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -118,27 +126,55 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def unshare_network() -> bool:
-    """Move this process into new, empty network and System V IPC namespaces.
+def unshare(flags: int) -> bool:
+    """Move this process (for ``CLONE_NEWPID``: its future children) into new namespaces.
 
-    Returns False (and logs a warning) where this is not permitted (not root, no user
-    namespaces); seccomp then still forbids creating sockets.
+    Returns False where this is not permitted (not root, no user namespaces); the caller says
+    what that leaves out.
     """
-    if platform.system() != "Linux":
-        log.warning("network isolation: not on Linux; workers keep the host network")
-        return False
-    if _libc().unshare(_CLONE_NEWNET | _CLONE_NEWIPC) != 0:
-        err = ctypes.get_errno()
-        log.warning("network isolation: unshare(CLONE_NEWNET) failed (%s); relying on seccomp", os.strerror(err))
-        return False
-    return True
+    return _libc().unshare(flags) == 0
 
 
-def set_parent_death_signal() -> None:
-    """Die with SIGKILL when the parent process dies (no orphaned workers or zygotes)."""
+_SYS_CLONE = 56  # x86_64
+_SIGCHLD = 17
+
+
+def fork_into(flags: int) -> int:
+    """``os.fork()`` into new namespaces (``CLONE_NEWPID``: the child is their init) in one
+    step: ``unshare(CLONE_NEWPID)`` works once per process, so a zygote would otherwise need a
+    middle process per worker (a second fork, an exit and a wait: about half the cost of
+    starting a worker). Python's own before- and after-fork hooks run as for ``os.fork()``.
+
+    Only for a single-threaded caller (the zygote). Returns the child's pid (0 in the child),
+    or -1 where this is not permitted or not x86_64.
+    """
+    import platform
+
+    if platform.machine() != "x86_64":
+        return -1
+    api = ctypes.pythonapi
+    libc = _libc()
+    api.PyOS_BeforeFork()
+    pid = libc.syscall(ctypes.c_long(_SYS_CLONE), ctypes.c_ulong(flags | _SIGCHLD), ctypes.c_long(0),
+                       ctypes.c_long(0), ctypes.c_long(0), ctypes.c_long(0))
+    if pid == 0:
+        api.PyOS_AfterFork_Child()
+    else:
+        api.PyOS_AfterFork_Parent()
+    return pid
+
+
+def set_parent_death_signal(parent: int | None = None) -> bool:
+    """Die with SIGKILL when the parent process dies (no orphaned workers or zygotes).
+
+    With ``parent`` given, returns False when the parent is already gone (the signal would
+    never come): the caller exits. The kernel clears this setting when a process changes its
+    uid, so :func:`harden` sets it again afterwards.
+    """
     import signal
 
     _libc().prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    return parent is None or os.getppid() == parent
 
 
 def close_fds(keep: Iterable[int]) -> None:
@@ -177,117 +213,25 @@ def vm_size_from(statm_fd: int) -> int:
     return int(os.pread(statm_fd, 128, 0).split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _drop_privileges() -> bool:
-    if os.getuid() != 0:
-        return False
+def _become(uid: int) -> None:
     os.setgroups([])
-    os.setresgid(NOBODY, NOBODY, NOBODY)
-    os.setresuid(NOBODY, NOBODY, NOBODY)
-    return True
-
-
-# --- seccomp ----------------------------------------------------------------------------------
-
-_AUDIT_ARCH_X86_64 = 0xC000003E
-_X32_BIT = 0x40000000
-
-# Syscalls a filter never needs. Reading a mapped batch, computing, allocating and writing
-# results to the inherited socket stay allowed; everything that reaches outside does not. A
-# long-lived worker's loop needs nothing more than that: recvmsg on its inherited socket (which
-# may carry the next visit's read-only memfd), mmap/munmap of that descriptor, close, pread of
-# the /proc/self/statm descriptor it opened before hardening, and getrusage/prlimit64 to lower
-# its soft limits per visit (the hard limits stay, as only root could raise them).
-DENIED_SYSCALLS_X86_64: dict[str, int] = {
-    # files: no open at all after setup (no reading /proc/self/environ, no marker files)
-    "open": 2, "openat": 257, "openat2": 437, "creat": 85, "open_by_handle_at": 304,
-    "name_to_handle_at": 303, "memfd_create": 319,
-    # file system changes
-    "mkdir": 83, "mkdirat": 258, "rmdir": 84, "unlink": 87, "unlinkat": 263, "rename": 82,
-    "renameat": 264, "renameat2": 316, "link": 86, "linkat": 265, "symlink": 88,
-    "symlinkat": 266, "chmod": 90, "fchmod": 91, "fchmodat": 268, "chown": 92, "fchown": 93,
-    "lchown": 94, "fchownat": 260, "truncate": 76, "mknod": 133, "mknodat": 259, "utime": 132,
-    "utimes": 235, "utimensat": 280, "futimesat": 261, "setxattr": 188, "lsetxattr": 189,
-    "fsetxattr": 190, "removexattr": 197, "lremovexattr": 198, "fremovexattr": 199,
-    # network
-    "socket": 41, "socketpair": 53, "connect": 42, "bind": 49, "listen": 50, "accept": 43,
-    "accept4": 288,
-    # processes and threads
-    "clone": 56, "clone3": 435, "fork": 57, "vfork": 58, "execve": 59, "execveat": 322,
-    # other processes
-    "kill": 62, "tkill": 200, "tgkill": 234, "rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297,
-    "pidfd_send_signal": 424, "pidfd_open": 434, "pidfd_getfd": 438, "ptrace": 101,
-    "process_vm_readv": 310, "process_vm_writev": 311, "kcmp": 312,
-    # the system
-    "mount": 165, "umount2": 166, "unshare": 272, "setns": 308, "chroot": 161,
-    "pivot_root": 155, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323,
-    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "keyctl": 250,
-    "add_key": 248, "request_key": 249, "personality": 135, "reboot": 169, "swapon": 167,
-    "swapoff": 168, "kexec_load": 246, "kexec_file_load": 320, "init_module": 175,
-    "finit_module": 313, "delete_module": 176, "acct": 163, "quotactl": 179,
-    "sethostname": 170, "setdomainname": 171, "iopl": 172, "ioperm": 173, "open_tree": 428,
-    "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
-    "mount_setattr": 442, "fanotify_init": 300, "inotify_init": 253, "inotify_init1": 294,
-    "msgget": 68, "semget": 64, "shmget": 29, "seccomp": 317,
-}
-
-
-def _bpf_program(denied: Iterable[int]) -> bytes:
-    ld_abs, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
-    allow, kill = 0x7FFF0000, 0x80000000
-    deny = 0x00050000 | errno.EPERM
-
-    def ins(code: int, jt: int, jf: int, k: int) -> bytes:
-        return struct.pack("HBBI", code, jt, jf, k)
-
-    prog = [
-        ins(ld_abs, 0, 0, 4),  # seccomp_data.arch
-        ins(jeq, 1, 0, _AUDIT_ARCH_X86_64),
-        ins(ret, 0, 0, kill),  # a foreign ABI (int 0x80) could dodge the table: kill
-        ins(ld_abs, 0, 0, 0),  # seccomp_data.nr
-        ins(jge, 0, 1, _X32_BIT),
-        ins(ret, 0, 0, deny),  # x32 syscall numbers alias the ones below
-    ]
-    for nr in sorted(set(denied)):
-        prog += [ins(jeq, 0, 1, nr), ins(ret, 0, 0, deny)]
-    prog.append(ins(ret, 0, 0, allow))
-    return b"".join(prog)
-
-
-def install_seccomp(denied: Mapping[str, int] | None = None) -> bool:
-    """Make the denied syscalls fail with EPERM in this process and all it could create.
-
-    Irreversible. Returns False (and logs) where seccomp is unavailable or the architecture is
-    not x86_64.
-    """
-    if platform.system() != "Linux" or platform.machine() != "x86_64":
-        log.warning("seccomp: not implemented for %s/%s", platform.system(), platform.machine())
-        return False
-    libc = _libc()
-    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        log.warning("seccomp: no_new_privs failed (%s)", os.strerror(ctypes.get_errno()))
-        return False
-    code = _bpf_program((denied or DENIED_SYSCALLS_X86_64).values())
-    buf = ctypes.create_string_buffer(code, len(code))
-
-    class _Prog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    prog = _Prog(len(code) // 8, ctypes.addressof(buf))
-    if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
-        log.warning("seccomp: filter not installed (%s)", os.strerror(ctypes.get_errno()))
-        return False
-    return True
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
 
 
 def harden(limits: Limits, *, seccomp: bool = True) -> dict[str, bool]:
-    """Apply ``limits``, drop privileges and install seccomp in the calling process.
+    """Apply ``limits``, leave the file system, drop privileges and install seccomp in the
+    calling process.
 
     Call after the descriptors are closed, before any user code (including compiling it)
     runs. Address space mapped later (a worker's visit batches) must fit in
     ``limits.reserve_mb``: the soft limit allows ``memory_mb`` beyond what is mapped now, the
-    hard limit ``reserve_mb`` more. Returns which layers took effect, for the pool's report.
+    hard limit ``reserve_mb`` more. Returns which layers took effect, for the pool's report:
+    ``rlimits``, ``chroot``, ``uid`` (its own, or ``nobody``), ``seccomp``.
     """
     applied: dict[str, bool] = {}
+    if seccomp:
+        _seccomp.prepare()  # loads libseccomp: no file can be opened after the chroot
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits.nofile, limits.nofile))
@@ -295,14 +239,30 @@ def harden(limits: Limits, *, seccomp: bool = True) -> dict[str, bool]:
     vm = _vm_size_bytes() + limits.memory_mb * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (vm, vm + limits.reserve_mb * 2**20))
     applied["rlimits"] = True
-    try:
-        applied["nobody"] = _drop_privileges()
-    except OSError as exc:
-        log.warning("privileges: cannot switch to nobody (%s)", exc)
-        applied["nobody"] = False
-    # After setuid: RLIMIT_NPROC is not enforced for root, and nobody cannot raise it again.
+    root = os.getuid() == 0
+    applied["chroot"] = False
+    if root and limits.root is not None:
+        try:
+            os.chroot(limits.root)
+            os.chdir("/")
+            applied["chroot"] = True
+        except OSError as exc:
+            log.warning("chroot into %s failed (%s)", limits.root, exc)
+    parent = os.getppid()
+    applied["uid"] = False
+    if root:
+        try:
+            _become(NOBODY if limits.uid is None else limits.uid)
+            applied["uid"] = True
+        except OSError as exc:
+            log.warning("privileges: cannot switch to uid %s (%s)", limits.uid, exc)
+    # Changing uid cleared the parent-death signal; a worker in a PID namespace of its own has
+    # no visible parent (0) and dies with its namespace's ancestors instead.
+    if parent and not set_parent_death_signal(parent):
+        os._exit(1)
+    # After setuid: RLIMIT_NPROC is not enforced for root, and the new uid cannot raise it.
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
-    applied["seccomp"] = install_seccomp() if seccomp else False
+    applied["seccomp"] = _seccomp.install() if seccomp else False
     return applied
 
 

@@ -9,15 +9,17 @@ no underscore.
 from __future__ import annotations
 
 import operator
+import re
 import types
+from collections.abc import Callable
 from typing import Any
 
 from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
 
 from sandbox import helpers
-from sandbox.alert import PUBLIC_ATTRS as _ALERT_ATTRS
-from sandbox.alert import AlertRecord
-from sandbox.columns import AlertsView, Column, ListColumn, _Group
+from sandbox.view.columns import AlertsView, Column, ListColumn, _Group
+from sandbox.view.record import PUBLIC_ATTRS as _ALERT_ATTRS
+from sandbox.view.record import AlertRecord
 
 __all__ = ["make_globals"]
 
@@ -99,7 +101,7 @@ def _write(obj: Any) -> Any:
 
 _INPLACE = {
     "+=": operator.iadd, "-=": operator.isub, "*=": operator.imul, "/=": operator.itruediv,
-    "//=": operator.ifloordiv, "%=": operator.imod, "**=": operator.ipow,
+    "//=": operator.ifloordiv, "%=": lambda a, b: _mod(a, b), "**=": operator.ipow,
     "&=": operator.iand, "|=": operator.ior, "^=": operator.ixor,
 }
 
@@ -109,6 +111,63 @@ def _inplacevar(op: str, x: Any, y: Any) -> Any:
     if fn is None:
         raise TypeError(f"`{op}` is not available in filters")
     return fn(x, y)
+
+
+# CPython's default repr names an object's address (``<function f at 0x7f3a...>``): a filter
+# must not learn addresses (id() and repr() are refused for that reason), so every way it can
+# turn a value into text (str(), f-strings, %-formatting) drops them.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def text_of(obj: Any, conversion: Callable[[Any], str] = str) -> str:
+    """``str(obj)`` (or ``conversion(obj)``) without memory addresses."""
+    text = conversion(obj)
+    return text if type(obj) in _PLAIN else _ADDRESS.sub("", text)
+
+
+class _StrType(type):
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return isinstance(obj, str)
+
+    def __subclasscheck__(cls, sub: Any) -> bool:
+        return issubclass(sub, str)
+
+
+class _Str(metaclass=_StrType):
+    """The filters' ``str``: ``str(x)`` without addresses; ``isinstance(x, str)`` as usual."""
+
+    def __new__(cls, obj: Any = "") -> str:  # type: ignore[misc]
+        return text_of(obj)
+
+
+_SAFE_BUILTINS["str"] = _Str
+
+
+def _format_value(obj: Any, conversion: int) -> Any:
+    """An f-string's ``{obj}``, ``{obj!s}``, ``{obj!r}``, ``{obj!a}``: plain values pass as
+    they are (so format specs work), anything else as its text without addresses."""
+    if conversion == ord("r"):
+        return text_of(obj, repr)
+    if conversion == ord("a"):
+        return text_of(obj, ascii)
+    return obj if type(obj) in _PLAIN else text_of(obj)
+
+
+def _plain(obj: Any) -> Any:
+    return obj if type(obj) in _PLAIN else text_of(obj)
+
+
+def _mod(a: Any, b: Any) -> Any:
+    """``a % b``; for %-formatting of a string, every argument is made plain first."""
+    if isinstance(a, str):
+        if type(b) is tuple:
+            b = tuple(_plain(x) for x in b)
+        elif type(b) is dict:
+            b = {k: _plain(v) for k, v in b.items()}
+        else:
+            b = _plain(b)
+    return a % b
 
 
 def make_globals() -> dict[str, Any]:
@@ -122,6 +181,8 @@ def make_globals() -> dict[str, Any]:
         "_write_": _write,
         "_inplacevar_": _inplacevar,
         "_apply_": _apply,
+        "_format_value_": _format_value,
+        "_mod_": _mod,
         "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
         "_unpack_sequence_": guarded_unpack_sequence,
     }

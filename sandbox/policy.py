@@ -124,9 +124,9 @@ def check_tree(tree: ast.Module, filename: str, policy: Policy = POLICY) -> list
         if len(args.args) != 1 or args.vararg or args.kwarg or args.kwonlyargs or args.posonlyargs:
             add(fn, "entry-point", f"`{fn.name}` takes exactly one argument, e.g. `def {fn.name}(alerts):`")
 
-    for node in tree.body[1 if has_doc else 0 :]:
-        if not isinstance(node, ast.FunctionDef | ast.Assign | ast.AnnAssign):
-            add(node, "top-level", "at the top level only constants and function definitions are allowed; put logic inside `filter`")
+    for statement in tree.body[1 if has_doc else 0 :]:
+        if not isinstance(statement, ast.FunctionDef | ast.Assign | ast.AnnAssign):
+            add(statement, "top-level", "at the top level only constants and function definitions are allowed; put logic inside `filter`")
 
     for node in ast.walk(tree):
         for kind, rule, message in policy.forbidden_nodes:

@@ -1,9 +1,10 @@
 """The child side of :class:`sandbox.pool.WorkerPool`: a zygote and the workers it forks.
 
 The **zygote** is a fresh interpreter started by the pool with a scrubbed environment
-(:func:`sandbox.limits.clean_environment`). It imports numpy, pyarrow and this package, moves
-into an empty network namespace, and then only forks: it never sees user code, credentials or
-visit data. Each fork is a **worker** for one user, kept alive across that user's visits (never
+(:func:`sandbox.limits.clean_environment`). It imports numpy, pyarrow and this package, becomes
+(when root) the init of new PID, network and IPC namespaces, and then only forks: it never sees
+user code, credentials or visit data. Each fork is a **worker** for one user, the init of PID
+and IPC namespaces of its own, kept alive across that user's visits (never
 shared with another user). A worker closes everything it inherited, hardens itself
 (:func:`sandbox.limits.harden`) on its first job, before it compiles anything, and then serves
 one visit after another: it receives the visit batch's descriptor, maps it read-only, builds a
@@ -12,21 +13,7 @@ fresh column store, gives the visit its own soft CPU and memory limits
 globals), reports each as it finishes, unmaps the batch and waits. Filters are compiled once and
 kept; the pool sends a filter's source again only when it changed.
 
-Wire format (everything is plain bytes; nothing is ever unpickled):
-
-- pool → zygote (``SOCK_SEQPACKET``): ``b"F"`` carrying one descriptor, the worker's end of a
-  fresh socket pair; the reply is the worker's pid (``>I``) carrying a pidfd for it.
-- pool → worker, once per visit: ``>I`` length + a JSON job, carrying the read-only descriptor
-  of the visit batch (Arrow IPC file format in a sealed memfd). The job lists the filters to
-  run as ``[index, key, filename, source or null]``: a source means "compile this (again)";
-  null means "run what you compiled for this key". The worker compiles under the full policy
-  rather than trusting code objects. The first job also carries ``setup``: the limits.
-- worker → pool: frames of :data:`FRAME` (kind, filter index, payload length) + payload.
-  ``READY`` once the batch is mapped (on the first visit, JSON: which limits took effect),
-  per filter ``COMPILED`` and then ``RESULT``: :data:`RESULT` (status, message length) + UTF-8
-  message + for ``OK`` exactly ``ceil(n / 8)`` bytes of ``np.packbits(mask)``; and ``DONE``
-  when the visit's batch is released (payload ``b"R"``: it could not be; retire me). The pool
-  checks every length, index and status before use, and treats anything else as a fault.
+The wire format is :mod:`sandbox.pool.protocol`.
 """
 
 from __future__ import annotations
@@ -35,26 +22,27 @@ import gc
 import json
 import mmap
 import os
+import select
 import socket
 import struct
 import sys
+import time
 import warnings
 from typing import Any
 
-FRAME = struct.Struct(">BII")  # kind, filter index, payload length
-RESULT = struct.Struct(">BI")  # status, message length (then message, then mask)
-JOB_HEADER = struct.Struct(">I")
+from sandbox.errors import FilterRejected
+from sandbox.pool.protocol import (
+    FRAME,
+    JOB_HEADER,
+    MAX_JOB,
+    MAX_MESSAGE,
+    RESULT,
+    RETIRE,
+    Kind,
+    Status,
+)
 
-READY, COMPILED, RESULT_KIND, DONE = 1, 2, 3, 4
-OK, ERROR, MEMORY, BAD_RESULT, REJECTED = 0, 1, 2, 3, 4
-STATUS_REASON = {ERROR: "error", MEMORY: "memory", BAD_RESULT: "bad-result", REJECTED: "error"}
-MAX_MESSAGE = 2000  # characters of a fault message that reach the owner
-MAX_JOB = 64 * 2**20
-RETIRE = b"R"
-
-
-def _send_frame(sock: socket.socket, kind: int, index: int, payload: bytes = b"") -> None:
-    sock.sendall(FRAME.pack(kind, index, len(payload)) + payload)
+_FAULT_STATUS = {"memory": Status.MEMORY, "bad-result": Status.BAD_RESULT}
 
 
 def _recv_exact(sock: socket.socket, n: int, first: bytes = b"") -> bytes:
@@ -84,23 +72,29 @@ def _receive_job(sock: socket.socket) -> tuple[dict[str, Any], int]:
 
 
 def _fault_message(exc: BaseException) -> str:
+    """The text of a fault for the pool (which escapes it); never raises."""
     try:
-        text = str(exc)
+        if isinstance(exc, FilterRejected):
+            text = "; ".join(str(p) for p in exc.problems)
+        else:
+            text = str(exc)
     except BaseException:  # noqa: B036 - a message that cannot even be built is still a fault
         text = type(exc).__name__
     return text[:MAX_MESSAGE]
 
 
-def worker_main(sock_fd: int, zygote_pid: int) -> None:
-    """Serve one user's visits until the pool closes the channel or kills us. Never returns."""
+def worker_main(sock_fd: int, zygote_pid: int | None) -> None:
+    """Serve one user's visits until the pool closes the channel or kills us. Never returns.
+
+    ``zygote_pid`` is None when the worker is the init of its own PID namespace (it then dies
+    with the zygote's namespace); otherwise it must not outlive the zygote, and through it the
+    engine: a stopped or stuck worker then goes too.
+    """
     from sandbox import limits
 
     code = 0
     try:
-        # A worker outlives its visits, so it must not outlive the zygote (and through it the
-        # engine): a stopped or stuck worker then goes too.
-        limits.set_parent_death_signal()
-        if os.getppid() != zygote_pid:
+        if zygote_pid is not None and not limits.set_parent_death_signal(zygote_pid):
             os._exit(1)
         limits.close_fds([sock_fd])
         sock = socket.socket(fileno=sock_fd)
@@ -134,11 +128,36 @@ def _serve(sock: socket.socket) -> None:
             ready = hello
         else:
             ready = b""
-        retire = _visit(sock, job, batch_fd, statm, compiled, ready)
-        _send_frame(sock, DONE, 0, RETIRE if retire else b"")
+        out = _Out(sock)
+        retire = _visit(out, job, batch_fd, statm, compiled, ready)
+        out.frame(Kind.DONE, 0, RETIRE if retire else b"")
+        out.flush()
 
 
-def _visit(sock: socket.socket, job: dict[str, Any], batch_fd: int, statm: int,
+class _Out:
+    """Frames for the pool, sent together where the pool needs no earlier word: each send wakes
+    the engine, and per visit of a one-filter user two sends do (READY with COMPILED, RESULT
+    with DONE) instead of four. A frame the pool's deadlines depend on is flushed before the
+    work it announces (COMPILED before running; everything before compiling)."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.pending: list[bytes] = []
+
+    def frame(self, kind: int, index: int, payload: bytes = b"") -> None:
+        self.pending.append(FRAME.pack(kind, index, len(payload)) + payload)
+
+    def result(self, index: int, status: int, message: str, mask: bytes = b"") -> None:
+        msg = message[:MAX_MESSAGE].encode("utf-8", "replace")
+        self.frame(Kind.RESULT, index, RESULT.pack(status, len(msg)) + msg + mask)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.sock.sendall(b"".join(self.pending))
+            self.pending.clear()
+
+
+def _visit(out: _Out, job: dict[str, Any], batch_fd: int, statm: int,
            compiled: dict[str, Any], ready: bytes) -> bool:
     """One visit: map, run, release. True when the batch could not be released (retire)."""
     import pyarrow as pa
@@ -150,7 +169,7 @@ def _visit(sock: socket.socket, job: dict[str, Any], batch_fd: int, statm: int,
     finally:
         os.close(batch_fd)
     buf = pa.py_buffer(mm)
-    _run_visit(sock, job, buf, statm, compiled, ready)
+    _run_visit(out, job, buf, statm, compiled, ready)
     # Every object built from the batch lived in _run_visit's frame (the store, the columns,
     # the filters' namespaces), but some are in reference cycles (a filter's globals and its
     # functions; the store and its lightcurve columns), which only the collector frees. They
@@ -168,61 +187,70 @@ def _visit(sock: socket.socket, job: dict[str, Any], batch_fd: int, statm: int,
     return True
 
 
-def _run_visit(sock: socket.socket, job: dict[str, Any], buf: Any, statm: int,
+def _run_visit(out: _Out, job: dict[str, Any], buf: Any, statm: int,
                compiled: dict[str, Any], ready: bytes) -> None:
     import numpy as np
     import pyarrow as pa
 
     from sandbox import limits
-    from sandbox.columns import ColumnStore
     from sandbox.compile import compile_filter
-    from sandbox.errors import FilterFault, FilterRejected
-    from sandbox.run import run_filter
+    from sandbox.errors import FilterFault
+    from sandbox.run import describe, run_filter
+    from sandbox.store import ColumnStore
 
     store = ColumnStore(pa.ipc.open_file(buf).get_batch(0))
     n = len(store)
     limits.rearm(job["cpu_s"], job["memory_mb"], limits.vm_size_from(statm))
-    _send_frame(sock, READY, 0, ready)
+    out.frame(Kind.READY, 0, ready)
 
     keep: dict[str, Any] = {}
+    share = job.get("share_s")  # this user's evaluation time left this visit (None: no limit)
+    used = 0.0
     for index, key, filename, source in job["filters"]:
+        if share is not None and used >= share:
+            # Not started: the user's share is used up. What it compiled before stays, as the
+            # pool's account says; a new source is dropped (the pool sends it again).
+            if source is None and key in compiled:
+                keep[key] = compiled[key]
+            out.result(index, Status.OVER_SHARE, "")
+            continue
         if source is not None:
+            out.flush()  # the pool times compiling from what it has heard so far
             compiled.pop(key, None)
             try:
                 compiled[key] = compile_filter(source, filename)
             except FilterRejected as exc:
-                _send_result(sock, index, REJECTED, _fault_message(exc))
+                out.result(index, Status.REJECTED, _fault_message(exc))
                 continue
             except BaseException as exc:  # noqa: B036
-                _send_result(sock, index, REJECTED, f"{filename}: cannot be compiled ({type(exc).__name__})")
+                out.result(index, Status.REJECTED, f"{filename}: cannot be compiled ({type(exc).__name__})")
                 continue
         cf = compiled[key]  # KeyError: the pool broke its own protocol; exit, it sees EOF
         keep[key] = cf
-        _send_frame(sock, COMPILED, index)
+        out.frame(Kind.COMPILED, index)
+        out.flush()
+        started = time.monotonic()
         try:
             mask = run_filter(cf, store)
         except FilterFault as fault:
-            status = MEMORY if fault.reason == "memory" else BAD_RESULT if fault.reason == "bad-result" else ERROR
-            _send_result(sock, index, status, _fault_message(fault))
+            status = _FAULT_STATUS.get(fault.reason, Status.ERROR)
+            out.result(index, status, _fault_message(fault))
             continue
         except MemoryError:
-            _send_result(sock, index, MEMORY, f"{filename}: ran out of memory")
+            out.result(index, Status.MEMORY, f"{filename}: ran out of memory")
             continue
         except BaseException as exc:  # noqa: B036 - SystemExit & co. must not end the worker silently
-            _send_result(sock, index, ERROR, f"{filename}: {type(exc).__name__}: {_fault_message(exc)}")
+            out.result(index, Status.ERROR, f"{filename}: {describe(exc)}")
             continue
+        finally:
+            used += time.monotonic() - started
         if mask.dtype != np.bool_ or mask.shape != (n,):
-            _send_result(sock, index, BAD_RESULT, f"{filename}: the result is not one boolean per alert")
+            out.result(index, Status.BAD_RESULT, f"{filename}: the result is not one boolean per alert")
             continue
-        _send_result(sock, index, OK, "", np.packbits(mask).tobytes())
+        out.result(index, Status.OK, "", np.packbits(mask).tobytes())
     # The pool keeps the same account: what this visit ran is what stays compiled.
     compiled.clear()
     compiled.update(keep)
-
-
-def _send_result(sock: socket.socket, index: int, status: int, message: str, mask: bytes = b"") -> None:
-    msg = message[:MAX_MESSAGE].encode("utf-8", "replace")
-    _send_frame(sock, RESULT_KIND, index, RESULT.pack(status, len(msg)) + msg + mask)
 
 
 # --- zygote -----------------------------------------------------------------------------------
@@ -236,8 +264,15 @@ def _threads() -> int:
 
 
 def zygote_main(ctrl_fd: int, workdir: str) -> None:
-    """Serve fork requests on ``ctrl_fd`` until the pool closes it."""
-    from sandbox import limits
+    """Serve fork requests on ``ctrl_fd`` until the pool closes it.
+
+    When permitted (root), this process only launches: it moves its future children into new
+    PID, network and IPC namespaces and forks the real zygote, which is the init of that PID
+    namespace, and waits for it. Whatever way the engine dies, the launcher gets SIGKILL (its
+    parent-death signal), then the zygote (its own), and with the zygote the kernel kills every
+    process of its namespace: every worker, stopped or not.
+    """
+    from sandbox import limits, seccomp
 
     limits.set_parent_death_signal()
     # Warm every module a worker needs, so forks share them and workers never import (after
@@ -247,22 +282,38 @@ def zygote_main(ctrl_fd: int, workdir: str) -> None:
     import pyarrow.compute  # noqa: F401 - pyarrow imports it lazily inside Array methods
     import pyarrow.ipc  # noqa: F401
 
-    import sandbox.alert  # noqa: F401
-    import sandbox.columns  # noqa: F401
     import sandbox.compile  # noqa: F401
     import sandbox.helpers  # noqa: F401
     import sandbox.namespace  # noqa: F401
     import sandbox.run  # noqa: F401
+    import sandbox.store  # noqa: F401
+    import sandbox.view  # noqa: F401
 
+    filtered = seccomp.prepare()  # built once here; each worker only loads it
     # Move every object into the permanent generation: a worker's garbage collections then
     # skip them, instead of touching (and so copying, ~2 µs a page) all the zygote's memory.
     gc.collect()
     gc.freeze()
-    netns = limits.unshare_network()
     os.chdir(workdir)
+    pidns = limits.unshare(limits.CLONE_NEWPID | limits.CLONE_NEWNET | limits.CLONE_NEWIPC)
+    if pidns:
+        # As its namespace's init the zygote sees no parent (getppid() is 0), so it checks
+        # that the launcher still lives through a pidfd, after arming its own death signal.
+        launcher = os.pidfd_open(os.getpid())
+        child = os.fork()
+        if child != 0:
+            os.close(ctrl_fd)
+            _wait_for(child)
+        limits.set_parent_death_signal()
+        gone, _w, _x = select.select([launcher], [], [], 0)
+        os.close(launcher)
+        if gone:
+            os._exit(1)
+    netns = pidns or limits.unshare(limits.CLONE_NEWNET | limits.CLONE_NEWIPC)
     ctrl = socket.socket(fileno=ctrl_fd)
     zygote = os.getpid()
-    hello = {"pid": zygote, "netns": netns, "threads": _threads()}
+    hello = {"pid": zygote, "netns": netns, "pidns": pidns, "root": os.getuid() == 0,
+             "seccomp": filtered, "threads": _threads()}
     ctrl.send(b"Z" + json.dumps(hello).encode())
     ctrl.settimeout(1.0)
     while True:
@@ -279,19 +330,53 @@ def zygote_main(ctrl_fd: int, workdir: str) -> None:
             for fd in fds:
                 os.close(fd)
             continue
-        pid = os.fork()
-        if pid == 0:
-            ctrl.detach()  # the worker must not close (or use) the zygote's channel
-            worker_main(fds[0], zygote)
+        pid = _spawn(ctrl, fds[0], zygote, pidns)
         os.close(fds[0])
         # The pidfd is opened before this process reaps anything, so it names exactly this
-        # child even if it has already exited; the pool signals through it, never by pid.
-        pidfd = os.pidfd_open(pid)
+        # worker even if it has already exited; the pool signals through it, never by pid.
+        try:
+            pidfd = os.pidfd_open(pid) if pid > 0 else -1
+        except OSError:
+            pidfd = -1
+        if pidfd < 0:  # no worker: the pool sees its channel closed, a failed start
+            ctrl.send(struct.pack(">I", 0))
+            continue
         try:
             socket.send_fds(ctrl, [struct.pack(">I", pid)], [pidfd])
         finally:
             os.close(pidfd)
     os._exit(0)
+
+
+def _wait_for(child: int) -> None:  # pragma: no cover - the launcher's whole life
+    while True:
+        try:
+            _pid, status = os.waitpid(child, 0)
+        except ChildProcessError:
+            os._exit(1)
+        except InterruptedError:
+            continue
+        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def _spawn(ctrl: socket.socket, sock_fd: int, zygote: int, pidns: bool) -> int:
+    """Fork one worker; with ``pidns``, as the init of new PID and IPC namespaces of its own.
+    Returns its pid as this process sees it, or -1."""
+    from sandbox import limits
+
+    if not pidns:
+        pid = os.fork()
+        if pid == 0:
+            ctrl.detach()  # the worker must not close (or use) the zygote's channel
+            worker_main(sock_fd, zygote)
+        return pid
+    pid = limits.fork_into(limits.CLONE_NEWPID | limits.CLONE_NEWIPC)
+    if pid == 0:
+        ctrl.detach()
+        worker_main(sock_fd, None)
+    if pid < 0:  # not permitted here: a plain child, in the zygote's namespaces (still its own uid)
+        return _spawn(ctrl, sock_fd, zygote, False)
+    return pid
 
 
 def _reap() -> None:

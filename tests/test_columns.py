@@ -12,8 +12,8 @@ import pyarrow as pa
 import pytest
 
 from engine.decode import decode_messages
-from sandbox.alert import AlertRecord, Image, parse_fits_image
-from sandbox.columns import AlertsView, Column, ColumnStore, ListColumn
+from sandbox.store import ColumnStore
+from sandbox.view import AlertRecord, AlertsView, Column, Image, ListColumn, parse_fits_image
 
 LISTS = ("prvDiaSources", "prvDiaForcedSources")
 
@@ -275,7 +275,7 @@ def test_lightcurve_arithmetic_covers_every_column_operator() -> None:
     """`**`, `//` and `%` act point by point on lightcurves, as on columns (err ** 2 works)."""
     import pyarrow as pa
 
-    from sandbox.columns import ColumnStore
+    from sandbox.store import ColumnStore
 
     batch = pa.RecordBatch.from_pylist(
         [{"lc": [{"e": 2.0}, {"e": 3.0}]}, {"lc": None}, {"lc": [{"e": 5.0}]}],

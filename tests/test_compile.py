@@ -52,10 +52,25 @@ def test_syntax_errors_name_the_line() -> None:
     assert p.rule == "syntax" and p.line in (3, 4)
 
 
-def test_computed_column_names_decode_everything() -> None:
-    """A filter that builds column names at run time gets all columns (never a wrong answer)."""
-    f = compile_filter('"""Dynamic."""\ndef filter(alerts):\n    b = "g"\n    return alerts["diaObject." + b + "_psfFluxMean"] > 1\n', "d.py")
-    assert f.columns is None and f.reads({"diaSource.snr"}) is None
+@pytest.mark.parametrize("name", [
+    '"diaObject." + b + "_psfFluxMean"', 'f"diaObject.{b}_psfFluxMean"', '".".join(["diaObject", b])',
+    '"diaObject.%s_psfFluxMean" % b',
+])
+def test_computed_column_names_are_refused_at_compile_time(name: str) -> None:
+    """A filter that builds a column name at run time is refused with its line and what to do
+    (it would otherwise widen the columns decoded and shared for everyone)."""
+    src = f'"""Dynamic."""\ndef filter(alerts):\n    b = "g"\n    return alerts[{name}] > 1\n'
+    with pytest.raises(FilterRejected) as info:
+        compile_filter(src, "d.py")
+    (p,) = info.value.problems
+    assert (p.rule, p.line) == ("dynamic-column", 4) and "write each column name out in full" in p.message
+
+
+def test_f_strings_elsewhere_compile_and_read_only_named_columns() -> None:
+    """An f-string that names no column (a message) is fine; the columns stay known."""
+    f = compile_filter('"""Msg."""\ndef filter(alerts):\n    n = len(alerts)\n    if n < 0:\n'
+                       '        raise ValueError(f"odd {n}")\n    return alerts.diaSource.snr > 1\n', "m.py")
+    assert f.reads({"diaSource.snr", "diaSource.ra", "diaObject.g_psfFluxMean"}) == {"diaSource.snr"}
 
 
 def test_unreadable_files_are_rejected_with_advice(tmp_path) -> None:

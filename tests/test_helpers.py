@@ -14,9 +14,10 @@ import pytest
 
 from engine.decode import decode_messages
 from sandbox import helpers as h
-from sandbox.columns import AlertsView, Column, ColumnStore
 from sandbox.compile import compile_filter
 from sandbox.run import InProcessRunner
+from sandbox.store import ColumnStore
+from sandbox.view.columns import AlertsView, Column
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "filters.md"
 
@@ -222,7 +223,7 @@ def test_every_exported_helper_is_documented_with_an_example() -> None:
     code = "\n".join(blocks) + " ".join(re.findall(r"`([^`]+)`", prose))
     names = [n for n in h.exported() if n not in {"pi", "nan", "inf"}]
     names += [f"sky.{m}" for m in h.sky._members]
-    from sandbox.columns import ListColumn
+    from sandbox.view.columns import ListColumn
 
     names += [f".{m}(" for m in ListColumn._public | Column._public if m != "dtype"]
     missing = [n for n in names if n not in code]

@@ -19,11 +19,11 @@ import pytest
 from engine.decode import decode_messages
 from sandbox import helpers as h
 from sandbox import images
-from sandbox.alert import AlertRecord, Image
-from sandbox.columns import AlertsView, Column, ColumnStore
 from sandbox.compile import compile_filter
 from sandbox.lightcurves import thin_mask
 from sandbox.run import InProcessRunner
+from sandbox.store import ColumnStore
+from sandbox.view import AlertRecord, AlertsView, Column, Image
 
 NULL = None
 NAN = math.nan

@@ -27,7 +27,7 @@ from engine.local import localtest
 from engine.local.report import NullCounts, encode_png, findings, write_report
 from engine.service.pipeline import NightReport
 from engine.sources.night import night_info, read_night
-from sandbox.alert import parse_fits_image
+from sandbox.view.image import parse_fits_image
 
 BRIGHT = '''"""Bright <script>alert("owned")</script> & detections."""
 

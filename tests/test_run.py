@@ -74,7 +74,7 @@ def test_faults_name_the_line_and_what_to_do(expr: str, reason: str, message: st
     assert outcome.fault.reason == reason
     assert message in str(outcome.fault)
     if reason == "error":
-        assert str(outcome.fault).startswith("t.py:3")
+        assert str(outcome.fault).startswith("u/t.py:3")  # named by owner/name
 
 
 def test_one_failing_filter_does_not_disturb_others() -> None:

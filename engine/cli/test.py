@@ -18,8 +18,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     t.add_argument("filter", type=Path, help="the filter file")
     t.add_argument("--night", type=Path, help="night file (default: a cached 10-visit sample night)")
     t.add_argument("--show", type=int, default=10, help="how many matches to list")
-    t.add_argument("--isolation", choices=("pool", "inprocess"), default="inprocess",
-                   help="run the filter in worker processes, as the service does (default: in-process)")
+    t.add_argument("--isolation", choices=("pool", "inprocess"), default="pool",
+                   help="pool (default): in a worker under the service's time budget and limits, so a "
+                        "filter that passes here behaves the same in production; inprocess: faster, no limits")
     t.add_argument("--report", type=Path, metavar="PATH",
                    help="also write an HTML page: plots per visit, sky map, lightcurves, cutouts, warnings")
     t.add_argument("--no-progress", action="store_true")

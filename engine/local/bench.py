@@ -134,6 +134,9 @@ def measure(config: Config, *, rounds: int = 5, say: Callable[[str], None] | Non
         evals.append(time.perf_counter() - t0)
     figures["evaluate_100_filters_ms"] = round(1000 * statistics.median(evals), 1)
 
+    say("1,000 users of one typical filter each: in-process, and through the worker pool")
+    figures.update(scaling(block, schema, 1000, rounds))
+
     with PrivateRedis() as server:
         client = redis.Redis.from_url(server.url)
         for label, size, visits in (("10k", n, rounds + 3), ("40k", 4 * n, max(3, rounds // 2 + 1))):
@@ -148,6 +151,45 @@ def measure(config: Config, *, rounds: int = 5, say: Callable[[str], None] | Non
     figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     figures["cores"] = len(os.sched_getaffinity(0))
     return figures
+
+
+def scaling(block: NightBlock, schema: AlertSchema, users: int, rounds: int = 5) -> dict[str, float]:
+    """``users`` users of one typical filter each over one visit: the same filters in-process
+    and through the worker pool (workers started and warmed first, all kept between visits),
+    as median ms per visit, plus the pool's start (fork, harden and compile every worker) and
+    first visit."""
+    from engine.alerts.schema import project_schema
+    from engine.decode import decode_block
+    from engine.evaluate import columns_needed
+    from engine.registry import ActiveFilter
+    from sandbox import InProcessRunner
+    from sandbox.pool import WorkerPool
+
+    pairs = typical_filters(users, users)
+    active = [ActiveFilter(key.split("/")[0], compiled) for key, compiled in pairs]
+    columns = columns_needed(active, schema)
+    batch = decode_block(block, schema, columns).batch
+
+    def median_ms(run: Callable[[Any], object]) -> float:
+        times = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            run(batch)
+            times.append(time.perf_counter() - t0)
+        return round(1000 * statistics.median(times), 1)
+
+    runner = InProcessRunner(pairs)
+    runner.run(batch)
+    out = {f"inprocess_{users}_filters_ms": median_ms(runner.run)}
+    t0 = time.perf_counter()
+    with WorkerPool(pairs, budget_s=2.0, max_idle_workers=users) as pool:
+        pool.warm(project_schema(schema.arrow, columns))
+        out[f"pool_{users}_users_start_ms"] = round(1000 * (time.perf_counter() - t0), 1)
+        t0 = time.perf_counter()
+        pool.run(batch)
+        out[f"pool_{users}_users_first_ms"] = round(1000 * (time.perf_counter() - t0), 1)
+        out[f"pool_{users}_users_ms"] = median_ms(pool.run)
+    return out
 
 
 def _visits(block: NightBlock, schema: AlertSchema, active: list[ActiveFilter], config: Config,

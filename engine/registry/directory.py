@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import ConfigError
-from sandbox import CompiledFilter, FilterRejected, read_filter_source, safe_compile
+from sandbox import CompiledFilter, FilterRejected, read_filter_source, safe_compile_many
 
 __all__ = ["ActiveFilter", "FilterSet", "discover"]
 
@@ -65,12 +65,20 @@ def discover(directory: str | os.PathLike[str], owner: str = "demo") -> FilterSe
             continue
         found.extend((sub.name, p) for p in sorted(sub.glob("*.py")))
     active, rejected = [], {}
+    readable: list[tuple[str, Path, str]] = []
     for user, path in found:
         if path.name.startswith("_"):
             continue
         try:
-            # A throwaway process compiles it first: hostile source cannot hang or crash us.
-            active.append(ActiveFilter(user, safe_compile(read_filter_source(path), str(path))))
+            readable.append((user, path, read_filter_source(path)))
         except FilterRejected as exc:
             rejected[f"{user}/{path.stem}"] = exc
+    # Throwaway processes compile them first (many files each, a deadline per file): hostile
+    # source cannot hang or crash us.
+    compiled = safe_compile_many([(source, str(path)) for _user, path, source in readable])
+    for (user, path, _source), result in zip(readable, compiled, strict=True):
+        if isinstance(result, FilterRejected):
+            rejected[f"{user}/{path.stem}"] = result
+        else:
+            active.append(ActiveFilter(user, result))
     return FilterSet(active, rejected, skipped)

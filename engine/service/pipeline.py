@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from engine.alerts.schema import AlertSchema
+from engine.alerts.schema import AlertSchema, project_schema
 from engine.config import Config
 from engine.decode import VisitBatch, decode_block
 from engine.errors import DecodeError
@@ -87,6 +87,7 @@ def run_visits(
     block lie back to back, so nothing after a corrupt one can be trusted); the night goes on.
     """
     columns = columns_needed(filters, schema)
+    evaluator.warm(project_schema(schema.arrow, columns))  # workers ready before the first visit
     report = NightReport()
     for block in blocks:
         t0 = time.perf_counter()

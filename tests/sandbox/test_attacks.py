@@ -64,7 +64,8 @@ def pool_outcomes(visit: pa.RecordBatch, outside: Outside) -> list[dict]:
             mixed.append((f"mixed/{killers[k].name}", compile_filter(killers[k].source(), f"{killers[k].name}.py")))
     with WorkerPool(honest[:3] + filters + mixed + honest[3:], budget_s=BUDGET_S, max_faults=5) as pool:
         runs = [{o.key: o for o in pool.run(visit)} for _ in range(2)]
-        assert pool.enforced == {"netns": True, "rlimits": True, "nobody": True, "seccomp": True}
+        assert pool.enforced == {"netns": True, "pidns": True, "rlimits": True, "chroot": True,
+                                 "uid": True, "seccomp": True}
     return runs
 
 

@@ -13,8 +13,9 @@ import pyarrow as pa
 import pytest
 from attack_suite import HONEST
 
-from sandbox import InProcessRunner, compile_filter
-from sandbox.pool import WorkerPool, _Zygote, safe_compile, share_batch
+from sandbox import FilterRejected, InProcessRunner, compile_filter
+from sandbox.pool import WorkerPool, safe_compile, safe_compile_many, share_batch
+from sandbox.pool.zygote import Zygote
 
 LOOP = '"""Never ends."""\n\ndef filter(alerts):\n    while True:\n        pass\n'
 BOOM = '"""Always fails."""\n\ndef filter(alerts):\n    return 1 / 0\n'
@@ -38,14 +39,14 @@ def test_same_outcomes_as_in_process_in_the_same_order(visit: pa.RecordBatch) ->
 
 def _counting_forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     forks: list[int] = []
-    real = _Zygote.fork
+    real = Zygote.fork
 
-    def counting(self: _Zygote):  # type: ignore[no-untyped-def]
+    def counting(self: Zygote):  # type: ignore[no-untyped-def]
         sock, pid, pidfd = real(self)
         forks.append(pid)
         return sock, pid, pidfd
 
-    monkeypatch.setattr(_Zygote, "fork", counting)
+    monkeypatch.setattr(Zygote, "fork", counting)
     return forks
 
 
@@ -211,18 +212,31 @@ def test_update_recompiles_in_the_live_worker(visit: pa.RecordBatch, monkeypatch
     assert _state(pid, "gone") in ("gone", "Z")  # killed (a zombie until the zygote reaps it)
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def _worker_pids(pool: WorkerPool) -> list[int]:
+    """The pool's worker processes: the zygote's children (the zygote is its launcher's child
+    when it runs in a PID namespace of its own)."""
+    launcher = pool._zygote.proc.pid  # type: ignore[union-attr]
+    zygotes = _children(launcher) if pool.enforced["pidns"] else [launcher]
+    return [w for z in zygotes for w in _children(z)]
+
+
 def test_a_killed_worker_faults_one_filter_and_the_rest_deliver(visit: pa.RecordBatch) -> None:
     """A worker that dies mid-filter gives that filter a 'killed' fault; the same user's next
     filter runs in a fresh worker."""
     filters = [("u/loop", compile_filter(LOOP, "loop.py")), ("u/snr", compile_filter(HONEST["snr"], "snr.py"))]
     with WorkerPool(filters, budget_s=10) as pool:
-        zpid = pool._zygote.proc.pid  # type: ignore[union-attr]
-
         def kill_children() -> None:
             time.sleep(0.7)
-            with open(f"/proc/{zpid}/task/{zpid}/children") as f:
-                for pid in f.read().split():
-                    os.kill(int(pid), 9)
+            for pid in _worker_pids(pool):
+                os.kill(pid, 9)
 
         t = threading.Thread(target=kill_children)
         t.start()
@@ -313,3 +327,14 @@ def test_safe_compile_rejects_hostile_source_without_crashing() -> None:
     assert "took longer" in str(info.value)
     good = safe_compile(HONEST["snr"], "snr.py")
     assert good.version == compile_filter(HONEST["snr"], "snr.py").version
+
+
+def test_safe_compile_many_rejects_each_bad_file_and_compiles_the_rest() -> None:
+    """Many files share one throwaway interpreter; a hostile file is rejected on its own and
+    the files after it still compile; a blown deadline moves on to a fresh interpreter."""
+    files = [(HONEST["snr"], "a.py"), ("(" * 10_000, "b.py"), ("x = 1\x00\n", "c.py"), (HONEST["snr"], "d.py")]
+    a, b, c, d = safe_compile_many(files)
+    assert a.name == "a" and d.name == "d"
+    assert isinstance(b, FilterRejected) and isinstance(c, FilterRejected)
+    slow = safe_compile_many(files[:2], timeout_s=0.001)
+    assert all(isinstance(r, FilterRejected) and "took longer" in str(r) for r in slow)
