@@ -15,7 +15,7 @@ stream_maxlen              ``MINIBROKER_STREAM_MAXLEN``   10000 entries kept per
 retention_s                ``MINIBROKER_RETENTION_S``     604800 (7 days): stream entries,
                                                           packets, dedup sets and counters
 suspend_after_faults       ``MINIBROKER_SUSPEND_AFTER``   3 faulty visits among the last ``suspend_window``
-suspend_window             ``MINIBROKER_FAULT_WINDOW``    5 visits (the pool's count; the streams count in a row)
+suspend_window             ``MINIBROKER_FAULT_WINDOW``    5 visits (one rule: the pool and the registry)
 isolation                  ``MINIBROKER_ISOLATION``       ``pool`` (worker processes) or ``inprocess``
 workers                    ``MINIBROKER_WORKERS``         2 worker processes running at once
 idle_workers               ``MINIBROKER_IDLE_WORKERS``    256 users' workers kept between visits

@@ -159,7 +159,7 @@ def test_registry_statistics_and_suspension(visit, redis_client, unique_user) ->
     assert registry.get(unique_user, "flaky").status is FilterStatus.ACTIVE
     fault_on(visit.visit + 2)
     record = registry.get(unique_user, "flaky")
-    assert record.status is FilterStatus.SUSPENDED and "2 faulty visits" in record.reason
+    assert record.status is FilterStatus.SUSPENDED and "2 faults in its last 3 visits" in record.reason
     assert record.stats["faults"] == 2
     kinds = [e[b"kind"] for e in _entries(redis_client, unique_user)]
     assert kinds.count(b"fault") == 2 and kinds.count(b"suspended") == 1
@@ -175,4 +175,22 @@ def test_registry_statistics_and_suspension(visit, redis_client, unique_user) ->
     registry.set_cap(unique_user, "flaky", 50)
     active.refresh()
     assert active.caps[f.key] == 50
+    registry.forget_user(unique_user)
+
+
+def test_suspension_counts_faults_in_a_window(visit, redis_client, unique_user) -> None:
+    """A filter that faults on every other visit is suspended once 3 of its last 5 visits
+    faulted (the worker pool's rule too), not only after 3 faults in a row."""
+    registry = Registry(redis_client)
+    f = _filter(unique_user, "alternating")
+    registry.add_version(unique_user, "alternating", ALL, "alternating.py", f.compiled.version)
+    publisher = Publisher(redis_client, _config(suspend_after_faults=3, suspend_window=5))
+    fault = FilterFault("alternating.py:3: ZeroDivisionError")
+    for i, faulted in enumerate([True, False, True, False, True]):
+        other = dataclasses.replace(visit, visit=visit.visit + 100 + i)
+        outcome = Outcome(f.key, None, 0.1, fault) if faulted else _outcome(f, np.zeros(len(visit), bool))
+        publisher.publish(other, [f], [outcome])
+        status = registry.get(unique_user, "alternating").status
+        assert status is (FilterStatus.SUSPENDED if i == 4 else FilterStatus.ACTIVE), i
+    assert "3 faults in its last 5 visits" in registry.get(unique_user, "alternating").reason
     registry.forget_user(unique_user)

@@ -8,7 +8,7 @@ Per filter (keys in :mod:`engine.keys`, all under the owner's hash tag):
   ``hash`` (its code hash, the ``filter_version`` on stream entries), ``cap`` (an admin's
   per-filter cap, absent for the default), ``created``/``updated`` (UTC ISO times) and the
   running statistics written by :mod:`engine.publish`: ``visits``, ``passed``, ``delivered``,
-  ``withheld``, ``faults``, ``eval_us`` and ``consecutive_faults`` (which suspends it);
+  ``withheld``, ``faults``, ``eval_us``, and ``recent`` (the last visits' faults, which suspend it);
 - ``minibroker:{alice}:filter:<name>:versions``: list of versions, oldest first, each JSON
   ``{"version", "hash", "time", "filename", "code"}``.
 
@@ -36,7 +36,7 @@ from sandbox import CompiledFilter, FilterRejected, safe_compile
 
 __all__ = ["ActiveFilters", "FilterRecord", "FilterStatus", "FilterVersion", "Registry"]
 
-_STATS = ("visits", "passed", "delivered", "withheld", "faults", "eval_us", "consecutive_faults")
+_STATS = ("visits", "passed", "delivered", "withheld", "faults", "eval_us")
 
 
 class FilterStatus(enum.StrEnum):
@@ -118,7 +118,7 @@ class Registry:
         pipe = self.client.pipeline(transaction=False)
         pipe.rpush(keys.versions_key(user, name), json.dumps(dataclasses.asdict(version)))
         pipe.hset(fkey, mapping={"status": FilterStatus.ACTIVE.value, "reason": "", "version": number,
-                                 "hash": code_hash, "updated": when, "consecutive_faults": 0})
+                                 "hash": code_hash, "updated": when, "recent": ""})
         pipe.hsetnx(fkey, "created", when)
         pipe.sadd(keys.filters_key(user), name)
         pipe.execute()
@@ -131,7 +131,7 @@ class Registry:
             raise ConfigError(f"{user} has no filter named {name!r}; `minibroker filters list` shows them")
         fields: dict[str, Any] = {"status": status.value, "reason": reason, "updated": _now()}
         if status is FilterStatus.ACTIVE:
-            fields["consecutive_faults"] = 0
+            fields["recent"] = ""  # a fresh start: old faults no longer count
         self.client.hset(keys.filter_key(user, name), mapping=fields)
         self._changed(user)
         record = self.get(user, name)

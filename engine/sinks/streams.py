@@ -10,7 +10,8 @@ Keys are named in :mod:`engine.registry.keys`. A user's stream ``minibroker:{ali
   cap that were not delivered), ``cap``;
 - ``kind=fault``: ``filter``, ``filter_version``, ``visit``, ``reason``, ``message``;
 - ``kind=suspended``: ``filter``, ``filter_version``, ``visit``, ``message`` (the filter stops
-  running after ``suspend_after_faults`` faulty visits in a row; resubmit or enable it);
+  running after ``suspend_after_faults`` faulty visits among its last ``suspend_window``, the
+  same rule as the worker pool's; resubmit or enable it);
 - ``kind=visit`` (the visit marker, one per user per visit, after that visit's other entries):
   ``visit``, ``alerts`` (evaluated), ``filters`` (JSON: filter name → ``passed``,
   ``delivered``, ``withheld``, ``faults``). Silence between markers means nothing passed.
@@ -46,7 +47,9 @@ same age) comes out of :mod:`engine.subscribe` marked ``packet_expired``.
 
 Statistics: for filters in the Redis registry (:mod:`engine.registry.store`), the same script
 adds to the filter's statistics (visits, passed, delivered, withheld, faults, evaluation time)
-and counts faulty visits in a row, suspending the filter at ``suspend_after_faults``.
+and keeps the filter's last ``suspend_window`` visits (``recent``: ``1`` faulted, ``0`` ran),
+suspending it once ``suspend_after_faults`` of them faulted. Kept in Redis, the count survives
+restarts and is shared by every engine.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ __all__ = ["PublishReport", "Publisher", "packet_token", "read_packet", "stream_
 
 
 # KEYS: stream, visit hash, then per filter: seen set, registry hash.
-# ARGV: visit, maxlen, ttl, minid, portion, alerts, max_faults, schema_id, H, H headline names,
+# ARGV: visit, maxlen, ttl, minid, portion, alerts, "max_faults:window", schema_id, H, H headline names,
 #       F, then per filter: name, version, kind, cap, eval_us, and either (fault) reason,
 #       message or (match) a JSON list of candidates [id, token, H values] in delivery order and
 #       a JSON list of the ids of the other passing alerts (one argument each, not one per
@@ -84,7 +87,18 @@ __all__ = ["PublishReport", "Publisher", "packet_token", "read_packet", "stream_
 _PUBLISH_USER = """
 local stream, vkey = KEYS[1], KEYS[2]
 local visit, maxlen, ttl, minid = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local portion, alerts, maxfaults, schema = ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8]
+local portion, alerts, schema = ARGV[5], ARGV[6], ARGV[8]
+local maxfaults, window = string.match(ARGV[7], '(%d+):(%d+)')
+maxfaults, window = tonumber(maxfaults), tonumber(window)
+-- the filter's last `window` visits, newest last: '1' faulted, '0' ran
+local function remember(fkey, faulted, new_visit)
+  local r = redis.call('HGET', fkey, 'recent') or ''
+  if not new_visit then r = string.sub(r, 1, -2) end  -- another part of a visit already counted
+  r = string.sub(r .. (faulted and '1' or '0'), -window)
+  redis.call('HSET', fkey, 'recent', r)
+  local _, n = string.gsub(r, '1', '')
+  return n, #r
+end
 local h = tonumber(ARGV[9])
 local names = {}
 for j = 1, h do names[j] = ARGV[9 + j] end
@@ -103,10 +117,10 @@ for i = 1, nf do
   p = p + 5
   local skip = redis.call('HSETNX', vkey, 'done|' .. portion .. '|' .. name .. '|' .. version, 1) == 0
   local registered = (not skip) and redis.call('EXISTS', fkey) == 1
-  local delivered, withheld, suspended = 0, 0, 0
+  local delivered, withheld, suspended, first = 0, 0, 0, false
   if not skip then
     -- the first time this visit reaches this filter: the marker must say it ran
-    local first = redis.call('HSETNX', vkey, 'counted|' .. name, 1) == 1
+    first = redis.call('HSETNX', vkey, 'counted|' .. name, 1) == 1
     changed = changed or first
     if registered then
       redis.call('HINCRBY', fkey, 'eval_us', eval_us)
@@ -123,9 +137,9 @@ for i = 1, nf do
       add({'kind', 'fault', 'filter', name, 'filter_version', version, 'visit', visit, 'reason', reason, 'message', message})
       if registered then
         redis.call('HINCRBY', fkey, 'faults', 1)
-        local c = redis.call('HINCRBY', fkey, 'consecutive_faults', 1)
+        local c, seen_visits = remember(fkey, true, first)
         if c >= maxfaults and redis.call('HGET', fkey, 'status') == 'active' then
-          local why = 'suspended after ' .. c .. ' faulty visits in a row (last: ' .. message .. ')'
+          local why = 'suspended after ' .. c .. ' faults in its last ' .. seen_visits .. ' visits (last: ' .. message .. ')'
           redis.call('HSET', fkey, 'status', 'suspended', 'reason', why)
           add({'kind', 'suspended', 'filter', name, 'filter_version', version, 'visit', visit, 'message',
                why .. '; fix it and submit it again, or `minibroker filters enable ' .. name .. '`'})
@@ -172,7 +186,7 @@ for i = 1, nf do
         redis.call('HINCRBY', fkey, 'passed', passed)
         redis.call('HINCRBY', fkey, 'delivered', delivered)
         redis.call('HINCRBY', fkey, 'withheld', withheld)
-        redis.call('HSET', fkey, 'consecutive_faults', 0)
+        if first then remember(fkey, false, true) end
       end
     end
   end
@@ -348,7 +362,8 @@ class Publisher:
         minid = f"{int((time.time() - ttl) * 1000)}-0"
         portion = f"{ids[0]}+{len(ids)}" if len(ids) else "0"  # which part of the visit this is
         common = [str(visit.visit), str(self.config.stream_maxlen), str(ttl), minid, portion,
-                  str(len(visit)), str(self.config.suspend_after_faults), str(visit.schema.schema_id),
+                  str(len(visit)), f"{self.config.suspend_after_faults}:{self.config.suspend_window}",
+                  str(visit.schema.schema_id),
                   str(len(HEADLINE_FIELDS)), *HEADLINE_FIELDS]
         order: list[list[tuple[str, Outcome]]] = []  # per script call: its filters, in order
         for user, items in by_user.items():
