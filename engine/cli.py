@@ -11,6 +11,7 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from engine import __version__
 from engine.config import Config, load_config
@@ -68,12 +69,20 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=5, help="repetitions per figure (more = steadier)")
     b.add_argument("--isolation", choices=("pool", "inprocess"))
 
+    _live_parsers(sub)
+
     d = sub.add_parser("demo", help="the whole service on embedded defaults: server, night, filters, subscriber")
     d.add_argument("--visits", type=int, default=10)
     d.add_argument("--alerts-per-visit", type=int, default=1000)
     d.add_argument("--filters", type=Path, help="default: the bundled sample filters")
     d.add_argument("--isolation", choices=("pool", "inprocess"))
     return p
+
+
+def _live_parsers(sub: Any) -> None:
+    from engine._live_cli import add_parsers
+
+    add_parsers(sub, _COMMANDS)
 
 
 def _redis(url: str | None):  # type: ignore[no-untyped-def]
@@ -177,7 +186,7 @@ def _cmd_demo(args: argparse.Namespace, config: Config) -> int:
                     filters=args.filters, isolation=args.isolation)
 
 
-_COMMANDS = {
+_COMMANDS: dict[str, Any] = {
     "simulate": _cmd_simulate,
     "test": _cmd_test,
     "run": _cmd_run,

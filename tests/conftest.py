@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from alertdata import SHARED_ALERTS, packet_files
 
+pytest_plugins = ["kafka_fixtures"]
+
 # Read once, before any fixture runs: some suites plant a fake credential in REDIS_URL.
 _GIVEN_REDIS_URL = os.environ.get("REDIS_URL")
 
