@@ -32,6 +32,8 @@ def add_parsers(sub: Any, commands: dict[str, Any]) -> None:
                                    "(give each shard its own --group)")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     s.add_argument("--drain-timeout-s", type=float, default=30.0, help="SIGTERM: give up draining after this long")
+    s.add_argument("-X", dest="kafka_options", action="append", default=[], metavar="KEY=VALUE",
+                   help="a librdkafka consumer setting, e.g. -X session.timeout.ms=6000 (repeatable)")
     s.add_argument("--idle-exit-s", type=float, help="exit 0 when no alert arrived for this long (tests, batch use)")
 
     p = sub.add_parser("produce", help="publish a night onto a Kafka topic as Rubin does (tests, demos, load)")
@@ -69,7 +71,7 @@ def _cmd_serve(args: argparse.Namespace, config: Config) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     settings = ServeSettings(
         kafka=KafkaSettings(args.bootstrap, args.topic, args.group, linger_s=args.linger_s,
-                            max_alerts=args.max_alerts),
+                            max_alerts=args.max_alerts, extra=_options(args.kafka_options)),
         filters=args.filters, owner=args.owner, drain_timeout_s=args.drain_timeout_s,
         shard=parse_shard(args.shard) if args.shard else None, metrics_port=args.metrics_port,
     )
@@ -77,6 +79,16 @@ def _cmd_serve(args: argparse.Namespace, config: Config) -> int:
     for line in describe(settings):
         print(line, file=sys.stderr, flush=True)
     return serve(settings, config, client, idle_exit_s=args.idle_exit_s)
+
+
+def _options(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"-X {item!r}: give KEY=VALUE, e.g. -X session.timeout.ms=6000")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def _cmd_produce(args: argparse.Namespace, config: Config) -> int:

@@ -40,7 +40,9 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int, timeout_s: float =
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     try:
-        meta = admin.list_topics(topic=topic, timeout=timeout_s)
+        # Asking for every topic: a metadata request naming one auto-creates it on some brokers
+        # (Tansu), with their default partition count instead of ours.
+        meta = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         raise SourceError(f"cannot reach the Kafka broker at {bootstrap} ({exc}); start one or "
                           "check --bootstrap (`minibroker demo` starts its own)") from None

@@ -257,8 +257,10 @@ class Service:
         last_activity = time.monotonic()
         try:
             while not self.stopping.is_set():
-                for batch in self.source.poll(0.2):
+                batches = self.source.poll(0.2)
+                for batch in batches:
                     self.process(batch)
+                if batches or self.source.busy:  # idle time counts only when nothing is pending
                     last_activity = time.monotonic()
                 if max_visits is not None and self.visits_done >= max_visits:
                     break

@@ -322,6 +322,11 @@ class KafkaSource:
         """The partitions this consumer holds now."""
         return set(self._assigned)
 
+    @property
+    def busy(self) -> bool:
+        """True while unassigned (joining the group) or holding an open batch."""
+        return not self._assigned or bool(self._open)
+
     # -- reading -----------------------------------------------------------------------------
     def poll(self, timeout_s: float = 0.2, max_messages: int = 1000) -> list[VisitMessages]:
         """Read what has arrived (waiting up to ``timeout_s``) and return the batches that closed."""

@@ -1,0 +1,148 @@
+"""The live service on a real Kafka-protocol broker (Tansu) and a real Redis: produce → serve →
+user streams, compared with a clean offline run of the same night and filters."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from kafka_fixtures import (
+    committed,
+    delete_keys,
+    filter_dir,
+    reference_matches,
+    serve_command,
+    stream_matches,
+)
+
+from engine.config import load_config
+from engine.decode import frame
+from engine.publish import stream_key
+from engine.service.produce import produce_night
+from engine.service.serve import DEADLETTER_STREAM, ServeSettings, serve
+from engine.service.visitindex import lookup
+from engine.sources.kafka import KafkaSettings
+
+PARTITIONS = 4
+
+
+@pytest.fixture()
+def users(tmp_path: Path, redis_client, unique_user: str, kafka_names):  # type: ignore[no-untyped-def]
+    """Two filter trees with the same filters: ``live`` for serve, ``ref`` for the offline run."""
+    live, ref = f"{unique_user}l", f"{unique_user}r"
+    dirs = filter_dir(tmp_path / "live", live), filter_dir(tmp_path / "ref", ref)
+    yield live, ref, dirs[0], dirs[1]
+    delete_keys(redis_client, live, ref, kafka_names.topic)
+    for entry_id, fields in redis_client.xrange(DEADLETTER_STREAM):
+        if fields.get(b"topic") == kafka_names.topic.encode():
+            redis_client.xdel(DEADLETTER_STREAM, entry_id)
+
+
+def _serve_here(bootstrap: str, names, filters: Path, client, idle_s: float = 2.0) -> None:  # type: ignore[no-untyped-def]
+    settings = ServeSettings(KafkaSettings(bootstrap, names.topic, names.group, linger_s=0.5), filters)
+    config = load_config(env={}, isolation="inprocess")
+    assert serve(settings, config, client, idle_exit_s=idle_s, handle_signals=False) == 0
+
+
+def test_serve_delivers_what_an_offline_run_delivers(kafka_bootstrap, kafka_names, redis_client, users,
+                                                     small_night) -> None:
+    """Kafka → serve → Redis gives every user the same matches, once each, as `run --night`;
+    offsets are committed to the end and the visit index lists each visit's offset ranges."""
+    live, ref, live_dir, ref_dir = users
+    produced = produce_night(small_night, kafka_bootstrap, kafka_names.topic, partitions=PARTITIONS,
+                             progress=False)
+    _serve_here(kafka_bootstrap, kafka_names, live_dir, redis_client)
+    expected = reference_matches(redis_client, small_night, ref_dir, ref)
+    got = stream_matches(redis_client, live)
+    assert expected and sum(expected.values()) > 20
+    assert got == expected
+    assert committed(kafka_bootstrap, kafka_names.topic, kafka_names.group, PARTITIONS) == produced.per_partition
+    spans = lookup(redis_client, kafka_names.topic, 0)
+    assert [s.visit for s in spans] == produced.visits
+    assert all(len(s.offsets) == PARTITIONS for s in spans)
+
+
+def test_bad_messages_go_to_the_dead_letter_stream(kafka_bootstrap, kafka_names, redis_client, users,
+                                                   small_night, v11_packets) -> None:
+    """Junk, an unknown schema id, a truncated and a corrupt datum are dead-lettered with their
+    reason and coordinates; the good alerts around them are still delivered."""
+    from confluent_kafka import Producer
+
+    live, ref, live_dir, ref_dir = users
+    produced = produce_night(small_night, kafka_bootstrap, kafka_names.topic, partitions=1, progress=False)
+    good = v11_packets[0]
+    bad = {
+        "not_avro": b"hello, not an alert",
+        "unknown_schema": frame(good[5:], 4242),
+        "truncated": good[:9],
+        "corrupt": good[: len(good) // 2],
+    }
+    p = Producer({"bootstrap.servers": kafka_bootstrap})
+    for body in bad.values():
+        p.produce(kafka_names.topic, body, partition=0)
+    p.flush(10)
+    _serve_here(kafka_bootstrap, kafka_names, live_dir, redis_client)
+    letters = {}
+    for _id, f in redis_client.xrange(DEADLETTER_STREAM):
+        if f[b"topic"] == kafka_names.topic.encode():
+            letters[int(f[b"offset"])] = (f[b"reason"].decode(), f[b"body"], f[b"detail"].decode())
+    first = produced.alerts
+    assert {o: r for o, (r, _b, _d) in letters.items()} == {first + i: r for i, r in enumerate(bad)}
+    assert [b for _r, b, _d in letters.values()] == list(bad.values())
+    assert stream_matches(redis_client, live) == reference_matches(redis_client, small_night, ref_dir, ref)
+    assert committed(kafka_bootstrap, kafka_names.topic, kafka_names.group, 1) == {0: first + len(bad)}
+
+
+def test_a_schema_version_change_mid_topic_is_served(kafka_bootstrap, kafka_names, redis_client, users,
+                                                     tmp_path) -> None:
+    """A topic carrying a v10.0 night and then a v11.1 night is decoded with each message's own
+    schema; both nights deliver what their offline runs deliver."""
+    from engine.simulate import simulate_night
+
+    live, ref, live_dir, ref_dir = users
+    nights = [simulate_night(tmp_path / f"v{v}.avro", visits=2, alerts_per_visit=100, seed=5 + i,
+                             schema_version=v, progress=False).path
+              for i, v in enumerate(("10.0", "11.1"))]
+    for night in nights:
+        produce_night(night, kafka_bootstrap, kafka_names.topic, partitions=2, progress=False)
+    _serve_here(kafka_bootstrap, kafka_names, live_dir, redis_client)
+    for night in nights:  # the reference stream accumulates both nights
+        expected = reference_matches(redis_client, night, ref_dir, ref)
+    got = stream_matches(redis_client, live)
+    schema_ids = {f[b"schema_id"] for _i, f in redis_client.xrange(stream_key(live))
+                  if f.get(b"kind") == b"match"}
+    assert schema_ids == {b"1000", b"1101"}
+    assert got == expected and len(got) > 5
+
+
+def test_sigterm_drains_the_open_visit_and_exits_0(kafka_bootstrap, kafka_names, redis_url, redis_client,
+                                                   users, small_night) -> None:
+    """SIGTERM while a visit is still open (a long linger): the visit is published, its offsets
+    committed, and serve exits 0 within a few seconds."""
+    live, ref, live_dir, ref_dir = users
+    produced = produce_night(small_night, kafka_bootstrap, kafka_names.topic, partitions=PARTITIONS,
+                             progress=False)
+    proc = subprocess.Popen(serve_command(kafka_bootstrap, kafka_names.topic, kafka_names.group, live_dir,
+                                          redis_url, "--linger-s", "600", "--max-alerts", "100000"),
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        # The first two visits close when every partition has moved on to the next one; the
+        # last one stays open (nothing follows it, the linger is long) until SIGTERM.
+        deadline = time.monotonic() + 60
+        while committed(kafka_bootstrap, kafka_names.topic, kafka_names.group, PARTITIONS) != {
+                p: 2 * n // 3 for p, n in produced.per_partition.items()}:
+            assert time.monotonic() < deadline and proc.poll() is None, "serve did not publish visits 1-2"
+            time.sleep(0.3)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        assert time.monotonic() - t0 < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert stream_matches(redis_client, live) == reference_matches(redis_client, small_night, ref_dir, ref)
+    assert committed(kafka_bootstrap, kafka_names.topic, kafka_names.group, PARTITIONS) == produced.per_partition
