@@ -65,7 +65,7 @@ def _kafka_args(p: argparse.ArgumentParser, *, group: bool) -> None:
 
 def _cmd_serve(args: argparse.Namespace, config: Config) -> int:
     from engine.cli import _redis
-    from engine.service.serve import ServeSettings, describe, parse_shard, serve
+    from engine.service.serve import ServeSettings, parse_shard, serve
     from engine.sources.kafka import KafkaSettings
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -76,8 +76,6 @@ def _cmd_serve(args: argparse.Namespace, config: Config) -> int:
         shard=parse_shard(args.shard) if args.shard else None, metrics_port=args.metrics_port,
     )
     client = _redis(config.redis_url)
-    for line in describe(settings):
-        print(line, file=sys.stderr, flush=True)
     return serve(settings, config, client, idle_exit_s=args.idle_exit_s)
 
 

@@ -99,9 +99,9 @@ def produce_night(
     try:
         for i, block in enumerate(read_night(night)):
             if visits_per_minute:
-                wait = t0 + i * 60.0 / visits_per_minute - time.monotonic()
-                if wait > 0:
-                    producer.poll(wait)
+                due = t0 + i * 60.0 / visits_per_minute
+                while (wait := due - time.monotonic()) > 0:
+                    producer.poll(wait)  # returns early when it serves a delivery report
             # Only the datum boundaries are needed; the projection keeps the walk cheap.
             raw = decode_block(block, schema, ["diaSourceId"]).raw
             for j, datum in enumerate(raw):

@@ -238,7 +238,7 @@ class Service:
         whole_s = done - batch.first_received
         self.metrics.visit(report, outcomes, whole_s=whole_s, own_s=own_s)
         log.info(json.dumps({
-            "event": "visit", "visit": batch.visit, "schema_id": batch.schema_id,
+            "event": "visit", "ts": round(done, 3), "visit": batch.visit, "schema_id": batch.schema_id,
             "alerts": report.alerts, "closed_by": batch.closed_by,
             "partitions": {str(p): list(r) for p, r in sorted(batch.offsets.items())},
             "decode_ms": round(report.decode_s * 1000, 1),
@@ -298,6 +298,8 @@ def serve(settings: ServeSettings, config: Config, client: redis.Redis, *,
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, stop)
+    for line in describe(settings):
+        log.info(line)
     try:
         return service.run(max_visits=max_visits, idle_exit_s=idle_exit_s)
     finally:
