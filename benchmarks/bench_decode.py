@@ -2,7 +2,7 @@
 
 Workload
 --------
-The benchmark visit shared by every file here (``conftest.py``: :func:`engine.bench.bench_block`,
+The benchmark visit shared by every file here (``conftest.py``: :func:`engine.local.bench.bench_block`,
 one simulated v11.1 visit of 10,000 alerts, seed 7, ~57 KB each with three FITS cutouts and up
 to a year of lightcurve; generated once into ``~/.cache/minibroker/nights``). Measured on the
 same bytes, in one run:
@@ -35,9 +35,9 @@ import time
 
 import pytest
 
-from engine import _fastdecode as fd
+from engine.alerts.schema import load_schema
+from engine.decode import _fast as fd
 from engine.decode import decode_reference
-from engine.schema import load_schema
 
 BASELINE_ALERTS = 1_000
 PROCESS_ROUNDS = 6

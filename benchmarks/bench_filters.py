@@ -1,11 +1,11 @@
 """Filter evaluation speed: vectorized vs per-alert form, and 100 typical filters on one visit.
 
 Workload: the benchmark visit shared by every file here (``conftest.py``:
-:func:`engine.bench.bench_block`, one simulated v11.1 visit of 10,000 alerts, seed 7), decoded
+:func:`engine.local.bench.bench_block`, one simulated v11.1 visit of 10,000 alerts, seed 7), decoded
 with every column by the fast decoder (the per-alert filter reads flags the typical filters'
 projection leaves out). Filters run through ``sandbox.run.InProcessRunner``, the same code path
 as ``minibroker test``; each round is one whole visit. The 100 filters are
-:func:`engine.bench.typical_filters` (one user each).
+:func:`engine.local.bench.typical_filters` (one user each).
 
 - ``per-alert`` (the baseline): one selection written as ``filter_alert(alert)``, called once
   per alert on dicts, as a per-alert design would run it;

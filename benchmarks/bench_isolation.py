@@ -3,10 +3,10 @@ engine process (:class:`sandbox.InProcessRunner`, the baseline here) and in the 
 (:class:`sandbox.pool.WorkerPool`, 2 workers), as ms per visit and a ratio to in-process.
 
 Workload: the benchmark visit shared by every file here (``conftest.py``:
-:func:`engine.bench.bench_block`, one simulated v11.1 visit of 10,000 alerts, seed 7), decoded
+:func:`engine.local.bench.bench_block`, one simulated v11.1 visit of 10,000 alerts, seed 7), decoded
 to the columns the filters can read plus the delivery columns, as the engine hands it to the
 pool in service; the pool writes only the columns the filters can read to shared memory. The
-filters are :func:`engine.bench.typical_filters` (cuts, flags, photometry, sky regions and
+filters are :func:`engine.local.bench.typical_filters` (cuts, flags, photometry, sky regions and
 lightcurve reductions with varied thresholds), owned by 100 users (one filter each) or by 10
 users (ten each).
 
@@ -31,7 +31,7 @@ from collections.abc import Callable
 import pyarrow as pa
 import pytest
 
-from engine.bench import typical_filters
+from engine.local.bench import typical_filters
 from sandbox import InProcessRunner
 from sandbox.pool import WorkerPool
 
@@ -87,12 +87,12 @@ def test_isolation_overhead(benchmark, visit_projected, peak_memory, pool_memory
 
 
 if __name__ == "__main__":
-    from engine.bench import bench_block
+    from engine.alerts.schema import load_schema
     from engine.config import load_config
     from engine.decode import decode_block
     from engine.evaluate import columns_needed
+    from engine.local.bench import bench_block
     from engine.registry import ActiveFilter
-    from engine.schema import load_schema
 
     schema = load_schema("11.1")
     active = [ActiveFilter(key.split("/")[0], c) for key, c in typical_filters(100)]

@@ -2,12 +2,12 @@
 
 Workload
 --------
-The benchmark visit shared by every file here (``conftest.py``: :func:`engine.bench.bench_block`,
+The benchmark visit shared by every file here (``conftest.py``: :func:`engine.local.bench.bench_block`,
 one simulated v11.1 visit of 10,000 alerts, seed 7, cached after the first run; the 40,000-alert
 visit repeats its block four times) and 100 typical filters owned by 100 users
-(:func:`engine.bench.typical_filters`, ~15 matches each per visit, as the design expects).
+(:func:`engine.local.bench.typical_filters`, ~15 matches each per visit, as the design expects).
 One visit runs from its raw block (as received) to the last match written to a private Redis
-(:class:`engine.server.PrivateRedis`, never a shared server):
+(:class:`engine.local.redis_server.PrivateRedis`, never a shared server):
 
 - ``baseline``: fastavro → dicts → ``from_pylist`` for the whole visit (every column), every
   filter in this process, then publish (the design card's path; one round after a warm-up on
@@ -17,7 +17,7 @@ One visit runs from its raw block (as received) to the last match written to a p
   and ``workers=1`` to show how the pool scales with cores), then publish; a 40,000-alert
   visit too. A new pool's first visit (forking and compiling 100 workers) is reported apart;
 - ``publish only``: the 100 filters' matches of the visit (computed once, in-process) written
-  by :class:`engine.publish.Publisher`, the full packet with each.
+  by :class:`engine.sinks.streams.Publisher`, the full packet with each.
 
 Each visit is also split into its parts (decode, evaluate, publish), so the baseline and ours
 compare stage by stage. Each round publishes afresh (the server is flushed between rounds,
@@ -38,11 +38,11 @@ import time
 import pytest
 import redis
 
-from engine.bench import bench_block
 from engine.decode import VisitBatch, _split_block, decode_block, decode_reference
 from engine.evaluate import Evaluator
-from engine.publish import Publisher
-from engine.server import PrivateRedis
+from engine.local.bench import bench_block
+from engine.local.redis_server import PrivateRedis
+from engine.sinks.streams import Publisher
 
 PARTS = ("decode", "evaluate", "publish")
 RESULTS: dict[str, dict[str, list[float]]] = {}  # row -> part (or "total") -> seconds per round

@@ -1,9 +1,9 @@
 """Shared fixtures: every benchmark file measures the same alerts.
 
-The benchmark visit is :func:`engine.bench.bench_block` with the default configuration (one
+The benchmark visit is :func:`engine.local.bench.bench_block` with the default configuration (one
 simulated v11.1 visit of 10,000 alerts, seed 7, generated once into
 ``~/.cache/minibroker/nights`` and then read from there), the very visit ``minibroker bench``
-measures. The 100 filters are :func:`engine.bench.typical_filters`. The projection is the
+measures. The 100 filters are :func:`engine.local.bench.typical_filters`. The projection is the
 columns those filters can read plus the delivery columns (:func:`engine.evaluate.columns_needed`),
 as the engine decodes it in service.
 
@@ -30,13 +30,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.bench import bench_block, typical_filters
+from engine.alerts.schema import AlertSchema, load_schema
 from engine.config import Config, load_config
 from engine.decode import VisitBatch, decode_block
 from engine.evaluate import columns_needed
-from engine.night import NightBlock
+from engine.local.bench import bench_block, typical_filters
 from engine.registry import ActiveFilter
-from engine.schema import AlertSchema, load_schema
+from engine.sources.night import NightBlock
 from sandbox.compile import CompiledFilter
 
 _SUMMARIES: list[tuple[str, list[str]]] = []

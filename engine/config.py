@@ -14,7 +14,10 @@ stream_maxlen              ``MINIBROKER_STREAM_MAXLEN``   100000 entries kept pe
 isolation                  ``MINIBROKER_ISOLATION``       ``pool`` (worker processes) or ``inprocess``
 workers                    ``MINIBROKER_WORKERS``         2 worker processes running at once
 idle_workers               ``MINIBROKER_IDLE_WORKERS``    256 users' workers kept between visits
-cache_dir                  ``MINIBROKER_CACHE``           ``~/.cache/minibroker``
+cache_dir                  ``MINIBROKER_CACHE``           ``~/.cache/minibroker`` (sample nights, decoders)
+decoder                    ``MINIBROKER_DECODER``         ``auto``: generated C when a compiler is
+                                                          found, else fastavro; ``fast`` or ``reference``
+compiler                   ``MINIBROKER_CC``, ``CC``      gcc or cc on ``PATH``
 =========================  ============================  =====================================
 """
 
@@ -47,6 +50,8 @@ class Config:
     # Each idle worker costs ~6 MB; one per active user avoids a fork per user per visit.
     idle_workers: int = 256
     cache_dir: Path = Path("~/.cache/minibroker").expanduser()
+    decoder: str = "auto"
+    compiler: str | None = None
 
     def __post_init__(self) -> None:
         if self.budget_s <= 0:
@@ -57,6 +62,8 @@ class Config:
             raise ConfigError(f"isolation must be 'pool' or 'inprocess', got {self.isolation!r}")
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.decoder not in ("auto", "fast", "reference"):
+            raise ConfigError(f"decoder must be 'auto', 'fast' or 'reference', got {self.decoder!r}")
         if self.idle_workers < 0:
             raise ConfigError(f"idle_workers must be 0 or more, got {self.idle_workers}")
 
@@ -70,6 +77,10 @@ _ENV = {
     "MINIBROKER_WORKERS": "workers",
     "MINIBROKER_IDLE_WORKERS": "idle_workers",
     "MINIBROKER_CACHE": "cache_dir",
+    "MINIBROKER_DECODER": "decoder",
+    # CC first: the more specific MINIBROKER_CC, read later, wins.
+    "CC": "compiler",
+    "MINIBROKER_CC": "compiler",
 }
 
 

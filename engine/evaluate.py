@@ -11,10 +11,10 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
+from engine.alerts.fields import HEADLINE_FIELDS
+from engine.alerts.schema import AlertSchema
 from engine.config import Config
-from engine.publish import HEADLINE_FIELDS
 from engine.registry import ActiveFilter
-from engine.schema import AlertSchema
 from sandbox import InProcessRunner, Outcome
 from sandbox.pool import WorkerPool
 
@@ -28,7 +28,7 @@ DELIVERY_COLUMNS = frozenset(
 
 def columns_needed(filters: Sequence[ActiveFilter], schema: AlertSchema) -> set[str] | None:
     """Dotted column paths the filters can read plus the delivery columns; None means all."""
-    from engine.schema import leaf_paths
+    from engine.alerts.schema import leaf_paths
 
     paths = frozenset(leaf_paths(schema.arrow))
     needed = {p for p in DELIVERY_COLUMNS if p in paths or p in schema.arrow.names}
@@ -46,6 +46,7 @@ class Evaluator:
     def __init__(self, filters: Sequence[ActiveFilter], config: Config):
         self.filters = list(filters)
         pairs = [(f.key, f.compiled) for f in self.filters]
+        self.runner: WorkerPool | InProcessRunner
         if config.isolation == "pool":
             self.runner = WorkerPool(pairs, budget_s=config.budget_s, workers=config.workers,
                                      max_idle_workers=config.idle_workers)

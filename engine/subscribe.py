@@ -1,4 +1,4 @@
-"""Subscribe: read a user's stream and render its entries (JSON lines today; VOEvent later).
+"""Subscribe: read a user's stream (rendering is :mod:`engine.formats`).
 
 Reading starts at new entries by default; ``start="0"`` replays everything retained, and a
 stream id or a UTC time (``2026-11-25T03:00``) replays from that point on.
@@ -7,24 +7,14 @@ stream id or a UTC time (``2026-11-25T03:00``) replays from that point on.
 from __future__ import annotations
 
 import datetime as dt
-import io
-import json
 from collections.abc import Iterator
-from typing import Any
 
-import fastavro
 import redis
 
-from engine.decode import unframe
 from engine.errors import ConfigError
-from engine.publish import stream_key
-from engine.schema import load_schema
+from engine.sinks.streams import stream_key
 
-__all__ = ["follow", "render_json", "start_id"]
-
-_NUMERIC = {"visit", "diaSourceId", "diaObjectId", "ssObjectId", "schema_id"}
-_FLOAT = {"ra", "dec", "midpointMjdTai", "snr", "reliability"}
-
+__all__ = ["follow", "start_id"]
 
 def start_id(since: str | None) -> str:
     """Stream id to read after: ``$`` (new only), ``0`` (all), an id, or an ISO time."""
@@ -55,33 +45,3 @@ def follow(client: redis.Redis, user: str, *, since: str | None = None, block_ms
         for entry_id, fields in batch[0][1]:
             last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
             yield last, fields
-
-
-def render_json(entry_id: str, fields: dict[bytes, bytes], *, full: bool = False) -> str:
-    """One JSON line for an entry; with ``full`` the decoded alert (cutouts as byte counts)."""
-    out: dict[str, Any] = {"id": entry_id}
-    for k, v in fields.items():
-        key = k.decode()
-        if key == "alert":
-            out["alert_bytes"] = len(v)
-            if full:
-                out["alert"] = _decoded(v)
-            continue
-        text = v.decode()
-        if key in _NUMERIC and text:
-            out[key] = int(text)
-        elif key in _FLOAT and text:
-            out[key] = float(text)
-        else:
-            out[key] = text or None
-    return json.dumps(out)
-
-
-def _decoded(body: bytes) -> dict[str, Any]:
-    schema_id, datum = unframe(body)
-    schema = load_schema(schema_id)
-    record = fastavro.schemaless_reader(io.BytesIO(datum), schema.avro, schema.avro)
-    for key, value in list(record.items()):
-        if isinstance(value, bytes):
-            record[key] = {"bytes": len(value)}
-    return json.loads(json.dumps(record, default=str))

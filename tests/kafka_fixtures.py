@@ -66,7 +66,7 @@ def stream_matches(client, user: str):  # type: ignore[no-untyped-def]
     """Every match on a user's stream as a Counter of (filter, diaSourceId)."""
     from collections import Counter
 
-    from engine.publish import stream_key
+    from engine.sinks.streams import stream_key
 
     out: Counter[tuple[str, int]] = Counter()
     for _id, fields in client.xrange(stream_key(user)):
@@ -78,9 +78,9 @@ def stream_matches(client, user: str):  # type: ignore[no-untyped-def]
 def reference_matches(client, night, filters_root, user: str):  # type: ignore[no-untyped-def]
     """The matches of a clean offline ``run --night`` of the same filters, for comparison."""
     from engine.config import load_config
-    from engine.pipeline import run_night
-    from engine.publish import Publisher
     from engine.registry import discover
+    from engine.service.pipeline import run_night
+    from engine.sinks.streams import Publisher
 
     config = load_config(env={}, isolation="inprocess")
     fs = discover(filters_root)

@@ -8,10 +8,11 @@ import fastavro
 import pytest
 from alertdata import assert_same, packet_files
 
-from engine.decode import decode_block, decode_messages, frame, project_schema, unframe
+from engine.alerts.schema import load_schema, project_schema
+from engine.alerts.wire import frame, unframe
+from engine.decode import decode_block, decode_messages
 from engine.errors import DecodeError
-from engine.night import read_night
-from engine.schema import load_schema
+from engine.sources.night import read_night
 
 
 def _fastavro(body: bytes) -> dict:

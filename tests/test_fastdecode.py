@@ -14,11 +14,12 @@ from alertdata import assert_same, packet_files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import _fastdecode as fd
-from engine._fastdecode import build
-from engine.decode import decode_reference, unframe
+from engine.alerts.schema import AlertSchema, arrow_schema, available_versions, load_schema
+from engine.alerts.wire import unframe
+from engine.decode import _fast as fd
+from engine.decode import decode_reference
+from engine.decode._fast import build
 from engine.errors import DecodeError
-from engine.schema import AlertSchema, arrow_schema, available_versions, load_schema
 
 pytestmark = pytest.mark.skipif(not fd.available(), reason=f"fast decoder: {fd.unavailable_reason()}")
 
@@ -136,11 +137,11 @@ def test_every_schema_version_sample(shared: dict[int, list[bytes]]) -> None:
 
 
 def test_generated_night() -> None:
-    """A simulated night (engine.simulate) decodes visit by visit exactly like the reference."""
-    simulate = pytest.importorskip("engine.simulate", reason="engine.simulate is not written yet")
+    """A simulated night (engine.local.simulate) decodes visit by visit exactly like the reference."""
+    simulate = pytest.importorskip("engine.local.simulate", reason="engine.local.simulate is not written yet")
     import tempfile
 
-    from engine.night import read_night
+    from engine.sources.night import read_night
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "night.avro"
@@ -342,7 +343,7 @@ def test_no_compiler_means_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not fd.available()
     assert "compiler" in (fd.unavailable_reason() or "")
     monkeypatch.undo()
-    monkeypatch.setenv("MINIBROKER_FASTDECODE", "0")
+    monkeypatch.setenv("MINIBROKER_DECODER", "reference")
     assert not fd.available()
 
 

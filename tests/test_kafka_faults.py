@@ -119,7 +119,7 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(kafka_bootstrap, k
     """Two engines in one group, SIGKILLed and restarted at random moments (mid-visit,
     mid-publish, between publish and commit) while a night streams in: every user stream ends up
     with each match of a clean run exactly once."""
-    from engine.simulate import simulate_night
+    from engine.local.simulate import simulate_night
 
     live, ref, live_dir, ref_dir = trees
     night = simulate_night(tmp_path / "night.avro", visits=12, alerts_per_visit=60, seed=7,

@@ -18,12 +18,12 @@ from kafka_fixtures import (
     stream_matches,
 )
 
+from engine.alerts.wire import frame
 from engine.config import load_config
-from engine.decode import frame
-from engine.publish import stream_key
 from engine.service.produce import produce_night
 from engine.service.serve import DEADLETTER_STREAM, ServeSettings, serve
 from engine.service.visitindex import lookup
+from engine.sinks.streams import stream_key
 from engine.sources.kafka import KafkaSettings
 
 PARTITIONS = 4
@@ -100,7 +100,7 @@ def test_a_schema_version_change_mid_topic_is_served(kafka_bootstrap, kafka_name
                                                      tmp_path) -> None:
     """A topic carrying a v10.0 night and then a v11.1 night is decoded with each message's own
     schema; both nights deliver what their offline runs deliver."""
-    from engine.simulate import simulate_night
+    from engine.local.simulate import simulate_night
 
     live, ref, live_dir, ref_dir = users
     nights = [simulate_night(tmp_path / f"v{v}.avro", visits=2, alerts_per_visit=100, seed=5 + i,

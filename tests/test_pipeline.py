@@ -9,15 +9,16 @@ import fastavro
 import numpy as np
 import pytest
 
+from engine.alerts.schema import load_schema
+from engine.alerts.wire import unframe
 from engine.config import load_config
-from engine.decode import unframe
 from engine.evaluate import Evaluator, columns_needed
-from engine.night import night_info, read_night
-from engine.pipeline import run_visits
-from engine.publish import Publisher, stream_key
+from engine.formats.json import render_json
 from engine.registry import discover
-from engine.schema import load_schema
-from engine.subscribe import follow, render_json
+from engine.service.pipeline import run_visits
+from engine.sinks.streams import Publisher, stream_key
+from engine.sources.night import night_info, read_night
+from engine.subscribe import follow
 
 BRIGHT = '''"""Bright, reliable detections."""
 def filter(alerts):

@@ -13,9 +13,11 @@ import sandbox.errors
 
 MODULES = [
     "sandbox", "sandbox.compile", "sandbox.errors", "sandbox.run", "sandbox.pool",
-    "engine.errors", "engine.schema", "engine.night", "engine.decode", "engine.evaluate",
-    "engine.publish", "engine.subscribe", "engine.config", "engine.registry", "engine.simulate",
-    "engine.server", "engine.report", "engine.bench",
+    "engine.errors", "engine.config", "engine.alerts.schema", "engine.alerts.wire",
+    "engine.alerts.fields", "engine.sources.night", "engine.decode", "engine.evaluate",
+    "engine.sinks.streams", "engine.formats.json", "engine.subscribe", "engine.registry",
+    "engine.service.pipeline", "engine.cli", "engine.local.simulate", "engine.local.redis_server",
+    "engine.local.report", "engine.local.bench",
 ]
 
 

@@ -18,14 +18,15 @@ import fastavro
 import numpy as np
 import pytest
 
-from engine import localtest
+from engine.alerts.schema import load_schema
+from engine.alerts.wire import unframe
 from engine.cli import main
 from engine.config import Config
-from engine.decode import decode_block, unframe
-from engine.night import night_info, read_night
-from engine.pipeline import NightReport
-from engine.report import NullCounts, encode_png, findings, write_report
-from engine.schema import load_schema
+from engine.decode import decode_block
+from engine.local import localtest
+from engine.local.report import NullCounts, encode_png, findings, write_report
+from engine.service.pipeline import NightReport
+from engine.sources.night import night_info, read_night
 from sandbox.alert import parse_fits_image
 
 BRIGHT = '''"""Bright <script>alert("owned")</script> & detections."""

@@ -41,8 +41,8 @@ SCIENCE = {
 def night(sample_night: Path) -> tuple[list[pa.RecordBatch], np.ndarray]:
     """The night's visits decoded, and each alert's true population in row order."""
     from engine.decode import decode_block
-    from engine.night import night_info, read_night
-    from engine.simulate import truth
+    from engine.local.simulate import truth
+    from engine.sources.night import night_info, read_night
 
     schema, _ = night_info(sample_night)
     batches = [decode_block(block, schema).batch for block in read_night(sample_night)]

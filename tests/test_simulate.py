@@ -1,4 +1,4 @@
-"""engine.simulate: sample nights are valid, deterministic, realistic and honest about truth."""
+"""engine.local.simulate: sample nights are valid, deterministic, realistic and honest about truth."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from fastavro.validation import validate
 
+from engine.alerts.schema import load_schema
 from engine.errors import ConfigError, SchemaError, SourceError
-from engine.night import night_info, read_night
-from engine.schema import load_schema
-from engine.simulate import CUTOUT_BYTES, POPULATIONS, simulate_night, truth, truth_path
+from engine.local.simulate import POPULATIONS, simulate_night, truth, truth_path
+from engine.local.simulate.builder import CUTOUT_BYTES
+from engine.sources.night import night_info, read_night
 
 BANDS = "ugrizy"
 CUTOUTS = ("cutoutDifference", "cutoutScience", "cutoutTemplate")

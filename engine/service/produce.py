@@ -13,10 +13,11 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from engine.decode import decode_block, frame
+from engine.alerts.wire import frame
+from engine.decode import decode_block
 from engine.errors import ConfigError, SourceError
-from engine.night import night_info, read_night
 from engine.progress import Progress
+from engine.sources.night import night_info, read_night
 
 __all__ = ["ProduceReport", "ensure_topic", "produce_night"]
 

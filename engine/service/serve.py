@@ -36,15 +36,15 @@ from typing import Any
 
 import redis
 
+from engine.alerts.schema import load_schema
 from engine.config import Config
 from engine.decode import VisitBatch, decode_messages
 from engine.errors import ConfigError, DecodeError, PublishError
 from engine.evaluate import Evaluator, columns_needed
-from engine.pipeline import VisitReport, run_visit
-from engine.publish import Publisher
 from engine.registry import ActiveFilter, discover
-from engine.schema import load_schema
 from engine.service import visitindex
+from engine.service.pipeline import VisitReport, run_visit
+from engine.sinks.streams import Publisher
 from engine.sources.kafka import DeadLetter, DeadReason, KafkaSettings, KafkaSource, VisitMessages
 
 __all__ = ["DEADLETTER_STREAM", "ServeSettings", "Service", "serve"]
@@ -146,7 +146,7 @@ class Service:
         self.source = KafkaSource(settings.kafka, self._store_dead_letter)
         self.stopping = threading.Event()
         self.visits_done = 0
-        from engine import metrics
+        from engine.service import metrics
 
         self.metrics = metrics.ServeMetrics()
 

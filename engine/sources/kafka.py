@@ -35,8 +35,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.alerts.schema import AlertSchema, load_schema
 from engine.errors import ConfigError, MinibrokerError, SourceError
-from engine.schema import AlertSchema, load_schema
 
 __all__ = [
     "DeadLetter",

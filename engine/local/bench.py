@@ -15,12 +15,18 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from engine.alerts.schema import load_schema
 from engine.config import Config
 from engine.errors import MinibrokerError
-from engine.night import NightBlock, read_night
-from engine.schema import load_schema
+from engine.sources.night import NightBlock, read_night
+
+if TYPE_CHECKING:
+    import redis
+
+    from engine.alerts.schema import AlertSchema
+    from engine.registry import ActiveFilter
 
 __all__ = ["TYPICAL_FILTERS", "bench_block", "measure", "typical_filters"]
 
@@ -61,7 +67,7 @@ def bench_block(config: Config, alerts: int = 10_000, *, progress: bool = False)
     Larger visits repeat the 10,000-alert block, which costs the decoder and the filters the
     same as distinct alerts would.
     """
-    from engine.simulate import simulate_night
+    from engine.local.simulate import simulate_night
 
     path = config.cache_dir / "nights" / "bench-v11.1-1x10000-seed7.avro"
     if not path.exists():
@@ -91,10 +97,11 @@ def measure(config: Config, *, rounds: int = 5, say: Callable[[str], None] | Non
     """Run every measurement once and return the figures (see ``minibroker bench --help``)."""
     import redis
 
-    from engine.decode import _split_block, decode_block, decode_reference
+    from engine.decode import decode_block, decode_reference
+    from engine.decode.batch import _split_block
     from engine.evaluate import columns_needed
+    from engine.local.redis_server import PrivateRedis
     from engine.registry import ActiveFilter
-    from engine.server import PrivateRedis
     from sandbox import InProcessRunner
 
     say = say or (lambda text: print(text, file=sys.stderr))
@@ -143,12 +150,13 @@ def measure(config: Config, *, rounds: int = 5, say: Callable[[str], None] | Non
     return figures
 
 
-def _visits(block, schema, active, config, client, visits):  # type: ignore[no-untyped-def]
+def _visits(block: NightBlock, schema: AlertSchema, active: list[ActiveFilter], config: Config,
+            client: redis.Redis, visits: int) -> tuple[float, list[float], dict[str, list[float]]]:
     """Run ``visits`` visits end to end through the service's own pipeline; return the first
     visit's time (workers starting), the later visits' times and their parts."""
     from engine.evaluate import Evaluator
-    from engine.pipeline import run_visits
-    from engine.publish import Publisher
+    from engine.service.pipeline import run_visits
+    from engine.sinks.streams import Publisher
 
     def flush(*_: object) -> None:
         client.flushdb()  # after each visit's timing: the next one publishes afresh, not duplicates

@@ -1,6 +1,6 @@
 """Realistic sample nights: Rubin-like alert visits with known populations to find.
 
-``simulate_night`` writes a night file (see :mod:`engine.night`) of ``visits`` visits with
+``simulate_night`` writes a night file (see :mod:`engine.sources.night`) of ``visits`` visits with
 ``alerts_per_visit`` alerts each, in any alert schema version from 7.0 on, and a *truth*
 sidecar ``<out>.truth.json`` that says which population each alert was drawn from. Filters
 never see the sidecar (it is not in the alerts); tests and sample-filter authors read it with
@@ -132,11 +132,11 @@ from typing import Any
 
 import numpy as np
 
-from engine import _populations as pops
+from engine.alerts.schema import AlertSchema, AvroType, load_schema
 from engine.errors import ConfigError, SourceError
-from engine.night import NightWriter
+from engine.local.simulate import populations as pops
 from engine.progress import Progress
-from engine.schema import AlertSchema, load_schema
+from engine.sources.night import NightWriter
 
 __all__ = ["POPULATIONS", "NightSummary", "simulate_night", "truth", "truth_path"]
 
@@ -245,7 +245,7 @@ def simulate_night(out: str | os.PathLike[str], *, visits: int = 10, alerts_per_
     seed : int
         Random seed (>= 0); the same arguments give the same alerts and truth.
     schema_version : str
-        Alert schema version, ``"7.0"`` or later (``engine.schema.available_versions()``).
+        Alert schema version, ``"7.0"`` or later (``engine.alerts.schema.available_versions()``).
     progress : bool
         Draw a progress bar on stderr.
     start_mjd : float
@@ -442,43 +442,21 @@ def _spec(version: tuple[int, int]) -> _Spec:
     schema: AlertSchema = load_schema(version)
     records: dict[str, _Record] = {}
 
-    def resolve(t: Any) -> tuple[Any, bool]:
-        """Strip a ``["null", T]`` union: (T, nullable)."""
-        if isinstance(t, list):
-            return next(b for b in t if b != "null"), "null" in t
-        return t, False
+    def field_of(name: str, typ: AvroType, null: int | None) -> _Field:
+        if typ.kind == "record" and _short(typ.name) not in records:
+            walk(typ)
+        elif typ.kind == "array" and typ.items is not None and typ.items.kind == "record":
+            if _short(typ.items.name) not in records:
+                walk(typ.items)
+        return _Field(name, typ.kind, null is not None)
 
-    def prim_of(t: Any) -> str:
-        if isinstance(t, dict):
-            if t["type"] == "record":
-                walk(t)
-                return "record"
-            if t["type"] == "array":
-                prim_of(t["items"])
-                return "array"
-            if t.get("logicalType") == "timestamp-micros":
-                return "timestamp"
-            return str(t["type"])
-        if t in ("float", "double", "int", "long", "boolean", "string", "bytes"):
-            return t
-        return "record"  # a reference to a named record already walked
-
-    def walk(rec: dict[str, Any]) -> None:
-        fields = []
-        for f in rec["fields"]:
-            t, nullable = resolve(f["type"])
-            fields.append(_Field(f["name"], prim_of(t), nullable))
-        records[_short(rec["name"])] = _Record(rec["name"], tuple(fields))
+    def walk(rec: AvroType) -> None:
+        records[_short(rec.name)] = _Record(rec.name, tuple(field_of(*f) for f in rec.fields))
 
     top = []
-    for f in schema.avro["fields"]:
-        t, nullable = resolve(f["type"])
-        prim = prim_of(t)
-        if isinstance(t, dict):
-            branch = "array" if t["type"] == "array" else t.get("name", "")
-        else:
-            branch = str(t)
-        top.append((_Field(f["name"], prim, nullable), branch))
+    for name, typ, null in schema.tree.fields:
+        branch = {"array": "array", "record": typ.name, "timestamp": ""}.get(typ.kind, typ.kind)
+        top.append((field_of(name, typ, null), branch))
     return _Spec(tuple(top), records)
 
 

@@ -5,28 +5,27 @@ where they lie (a night block, or the Kafka bodies one by one) straight into Arr
 returns exactly what ``engine.decode.decode_reference`` returns, 100× faster or more.
 
 One decoder is generated per (schema version, projection): see :mod:`.emit` for the code it
-writes and :mod:`.build` for the compiler cache (``$MINIBROKER_CACHE`` or
-``~/.cache/minibroker``; a warm cache never starts the compiler). Without a C compiler,
-:func:`available` is False and callers should use the reference decoder;
-``MINIBROKER_FASTDECODE=0`` switches it off on purpose.
+writes and :mod:`.build` for the compiler cache (under the ``cache_dir`` setting; a warm
+cache never starts the compiler). Without a C compiler, :func:`available` is False and callers
+use the reference decoder; the ``decoder`` setting (``MINIBROKER_DECODER=reference``) switches
+it off on purpose. Settings come from :mod:`engine.config` through :func:`configure`.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterable, Sequence
 
 import pyarrow as pa
 
+from engine.alerts.schema import AlertSchema, project_schema
 from engine.errors import ConfigError
-from engine.schema import AlertSchema
 
-from .build import compile_cached, compiler
+from .build import compile_cached, compiler, configure, settings
 from .emit import emit
 from .runtime import Decoder
 
-__all__ = ["available", "decode_block", "decode_datums", "decoder", "unavailable_reason"]
+__all__ = ["available", "configure", "decode_block", "decode_datums", "decoder", "unavailable_reason"]
 
 _decoders: dict[tuple[object, ...], Decoder] = {}
 _lock = threading.Lock()
@@ -34,10 +33,10 @@ _lock = threading.Lock()
 
 def unavailable_reason() -> str | None:
     """Why the fast decoder is off (None when it is available)."""
-    if os.environ.get("MINIBROKER_FASTDECODE", "1").strip().lower() in ("0", "off", "false", "no"):
-        return "switched off by MINIBROKER_FASTDECODE"
+    if settings().decoder == "reference":
+        return "switched off by the decoder setting (MINIBROKER_DECODER=reference)"
     if compiler() is None:
-        return "no C compiler found (install gcc or set $CC)"
+        return "no C compiler found (install gcc or set MINIBROKER_CC)"
     return None
 
 
@@ -59,8 +58,6 @@ def decoder(schema: AlertSchema, columns: Iterable[str] | None) -> Decoder:
     found = _decoders.get(quick)
     if found is not None:
         return found
-    from engine.decode import project_schema  # engine.decode imports this package lazily
-
     target = project_schema(schema.arrow, cols)
     exact = (schema.version, target.serialize().to_pybytes())
     found = _decoders.get(exact)
@@ -95,7 +92,7 @@ def decode_block(
     schema : AlertSchema
         The schema the datums were written with.
     columns : iterable of str or None
-        Dotted paths to keep (see ``engine.decode.project_schema``); None keeps everything.
+        Dotted paths to keep (see ``engine.alerts.schema.project_schema``); None keeps everything.
     where : str
         Prefix for error messages, e.g. ``"visit 2025090500225"``.
 

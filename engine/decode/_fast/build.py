@@ -19,9 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from engine.config import Config, load_config
 from engine.errors import ConfigError
 
-__all__ = ["CFLAGS", "cache_dir", "compiler", "compile_cached", "stats"]
+__all__ = ["CFLAGS", "cache_dir", "compiler", "compile_cached", "configure", "stats"]
 
 # -O1: as fast as -O2 on this code (it is memory-bound) and compiles in half the time.
 CFLAGS = ["-O1", "-shared", "-fPIC", "-std=gnu11", "-fno-strict-aliasing", "-w"]
@@ -30,9 +31,25 @@ CFLAGS = ["-O1", "-shared", "-fPIC", "-std=gnu11", "-fno-strict-aliasing", "-w"]
 stats = {"compiles": 0, "compile_seconds": 0.0, "loads": 0}
 
 
+# Set by the entry point from its Config; until then each call reads the environment's Config,
+# so a setting has one meaning whichever way it was given.
+_configured: Config | None = None
+
+
+def configure(config: Config | None) -> None:
+    """Take the compiler and cache directory from ``config`` (None: from the environment)."""
+    global _configured
+    _configured = config
+
+
+def settings() -> Config:
+    """The configuration the decoder follows."""
+    return _configured if _configured is not None else load_config()
+
+
 def compiler() -> str | None:
-    """Path of the C compiler to use (``$MINIBROKER_CC``, ``$CC``, gcc, cc), or None."""
-    for candidate in (os.environ.get("MINIBROKER_CC"), os.environ.get("CC"), "gcc", "cc"):
+    """Path of the C compiler to use (``compiler`` setting, else gcc or cc on PATH), or None."""
+    for candidate in (settings().compiler, "gcc", "cc"):
         if candidate:
             found = shutil.which(candidate)
             if found:
@@ -41,11 +58,8 @@ def compiler() -> str | None:
 
 
 def cache_dir() -> Path:
-    """``$MINIBROKER_CACHE/fastdecode`` or ``~/.cache/minibroker/fastdecode``."""
-    root = os.environ.get("MINIBROKER_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "minibroker"
-    )
-    return Path(root) / "fastdecode"
+    """``<cache_dir setting>/fastdecode`` (default ``~/.cache/minibroker/fastdecode``)."""
+    return settings().cache_dir / "fastdecode"
 
 
 def _key(source: str, cc: str) -> str:
@@ -75,7 +89,7 @@ def compile_cached(source: str, name: str) -> Path:
     """
     cc = compiler()
     if cc is None:
-        raise ConfigError("no C compiler found (set $CC or install gcc); the fast decoder is off")
+        raise ConfigError("no C compiler found (install gcc or set MINIBROKER_CC); the fast decoder is off")
     out_dir = cache_dir()
     target = out_dir / f"{name}-{_key(source, cc)}.so"
     if target.exists():

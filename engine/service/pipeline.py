@@ -7,15 +7,15 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from engine.alerts.schema import AlertSchema
 from engine.config import Config
 from engine.decode import VisitBatch, decode_block
 from engine.errors import DecodeError
 from engine.evaluate import Evaluator, columns_needed
-from engine.night import NightBlock, night_info, read_night
 from engine.progress import Progress
-from engine.publish import Publisher, PublishReport
 from engine.registry import ActiveFilter
-from engine.schema import AlertSchema
+from engine.sinks.streams import Publisher, PublishReport
+from engine.sources.night import NightBlock, night_info, read_night
 from sandbox import Outcome
 
 __all__ = ["NightReport", "VisitReport", "run_night", "run_visit", "run_visits"]

@@ -1,11 +1,11 @@
-"""The astrophysics behind ``engine.simulate``: what each injected population looks like.
+"""The astrophysics behind ``engine.local.simulate``: what each injected population looks like.
 
-Private to :mod:`engine.simulate`. Each model receives the alerts of one chunk that belong to
+Private to :mod:`engine.local.simulate`. Each model receives the alerts of one chunk that belong to
 its population (their sky positions, the visit's time and band, the required current
 signal) and returns a :class:`Truth`: the *true* difference flux now, the template flux under
 the source, the object's earlier epochs with their true fluxes, and the diaSource fields the
 population sets itself (flags, dipole and trail measurements, ...). Measurement -- noise,
-detection, identifiers, records, cutouts -- is ``engine.simulate``'s job, so every
+detection, identifiers, records, cutouts -- is ``engine.local.simulate``'s job, so every
 population is measured the same way.
 
 Fluxes are in nJy (AB: ``m = 31.4 - 2.5 log10(f / nJy)``); times are MJD (TAI); a band is
@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from engine.alerts.fields import AB_ZERO_POINT_NJY
 
 BANDS = ("u", "g", "r", "i", "z", "y")
 #: Share of the history epochs taken in each band (roughly Rubin's wide-fast-deep split).
@@ -37,7 +39,7 @@ Array = np.ndarray
 
 def mag_to_njy(mag: Array | float) -> Array:
     """AB magnitude to flux in nJy."""
-    return np.power(10.0, (31.4 - np.asarray(mag, dtype=np.float64)) / 2.5)
+    return np.power(10.0, (AB_ZERO_POINT_NJY - np.asarray(mag, dtype=np.float64)) / 2.5)
 
 
 def sky_sigma(band: Array | int, jitter: Array | float = 0.0) -> Array:
@@ -417,11 +419,6 @@ def microlensing(rng: np.random.Generator, ctx: Context) -> Truth:
 # --- solar system -----------------------------------------------------------------------
 
 _OBLIQUITY = np.radians(23.4392911)
-_GAL = np.array([[-0.0548755604, -0.8734370902, -0.4838350155],
-                 [0.4941094279, -0.4448296300, 0.7469822445],
-                 [-0.8676661490, -0.1980763734, 0.4559837762]])
-
-
 def unit_vector(ra: Array, dec: Array) -> Array:
     """(3, n) unit vectors for equatorial coordinates in degrees."""
     r, d = np.radians(ra), np.radians(dec)
@@ -442,8 +439,11 @@ def ecliptic(ra: Array, dec: Array) -> tuple[Array, Array]:
 
 
 def galactic(ra: Array, dec: Array) -> tuple[Array, Array]:
-    """Galactic longitude and latitude [deg]."""
-    return _angles(_GAL @ unit_vector(ra, dec))
+    """Galactic longitude and latitude [deg] (astropy's ICRS → Galactic transformation)."""
+    from astropy.coordinates import SkyCoord  # slow to import; only the simulator needs it
+
+    gal = SkyCoord(np.asarray(ra, np.float64), np.asarray(dec, np.float64), unit="deg", frame="icrs").galactic
+    return np.asarray(gal.l.deg, np.float64), np.asarray(gal.b.deg, np.float64)
 
 
 def sun_longitude(mjd: float) -> float:
@@ -484,7 +484,7 @@ def asteroid(rng: np.random.Generator, ctx: Context) -> Truth:
     s_e = np.sin(np.radians(elong))
     delta = cos_elong + np.sqrt(np.maximum(r * r - s_e * s_e, 1e-6))
     phase = np.degrees(np.arcsin(np.clip(s_e / r, -1.0, 1.0)))
-    vmag = 31.4 - 2.5 * np.log10(amp) + 0.2
+    vmag = AB_ZERO_POINT_NJY - 2.5 * np.log10(amp) + 0.2
     h_mag = vmag - 5.0 * np.log10(r * delta) - 0.03 * phase
     sun = np.radians(lam_sun)
     c, s = np.cos(_OBLIQUITY), np.sin(_OBLIQUITY)
@@ -621,7 +621,7 @@ def bogus(rng: np.random.Generator, ctx: Context) -> Truth:
 
 
 #: name -> (model, share of a visit's alerts). ``variable`` takes whatever the others leave;
-#: ``asteroid``'s share is scaled down away from the ecliptic (see engine.simulate).
+#: ``asteroid``'s share is scaled down away from the ecliptic (see engine.local.simulate).
 Model = Callable[[np.random.Generator, Context], Truth]
 POPULATIONS: dict[str, tuple[Model, float]] = {
     "bogus": (bogus, 0.60),

@@ -14,12 +14,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from engine.config import Config
-from engine.night import night_info
-from engine.pipeline import run_night
+from engine.local.redis_server import PrivateRedis
 from engine.progress import Progress
-from engine.publish import Publisher, stream_key
 from engine.registry import discover
-from engine.server import PrivateRedis
+from engine.service.pipeline import run_night
+from engine.sinks.streams import Publisher, stream_key
+from engine.sources.night import night_info
 
 __all__ = ["bundled_filters", "run_demo"]
 
@@ -44,8 +44,9 @@ def run_demo(config: Config, *, visits: int = 10, alerts_per_visit: int = 1000,
 
     import redis
 
-    from engine.simulate import simulate_night
-    from engine.subscribe import follow, render_json
+    from engine.formats.json import render_json
+    from engine.local.simulate import simulate_night
+    from engine.subscribe import follow
 
     if isolation:
         config = dataclasses.replace(config, isolation=isolation)

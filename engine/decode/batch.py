@@ -2,10 +2,10 @@
 
 Two inputs, one output:
 
-- a night block (``count`` datums back to back, see :mod:`engine.night`);
+- a night block (``count`` datums back to back, see :mod:`engine.sources.night`);
 - Confluent-framed Kafka message bodies (magic byte 0, 4-byte big-endian schema id, one datum).
 
-Both become a :class:`VisitBatch`: the Arrow batch with the schema of :mod:`engine.schema`
+Both become a :class:`VisitBatch`: the Arrow batch with the schema of :mod:`engine.alerts.schema`
 (optionally projected to the columns filters read) and, per alert, the datum's bytes where they
 lie, so delivery can forward the full packet without re-encoding it.
 
@@ -16,30 +16,25 @@ path that every faster decoder is tested against.
 from __future__ import annotations
 
 import io
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import fastavro
 import pyarrow as pa
 
-from engine import _fastdecode
-from engine.errors import DecodeError
-from engine.night import NightBlock
-from engine.schema import AlertSchema, load_schema
+from engine.alerts.schema import AlertSchema, load_schema, project_schema
+from engine.alerts.wire import frame, unframe
+from engine.decode import _fast
+from engine.errors import ConfigError, DecodeError
+from engine.sources.night import NightBlock
 
 __all__ = [
     "VisitBatch",
     "decode_block",
     "decode_messages",
     "decode_reference",
-    "frame",
-    "project_schema",
-    "unframe",
 ]
-
-_HEADER = struct.Struct(">bI")
-
 
 @dataclass(frozen=True)
 class VisitBatch:
@@ -68,57 +63,6 @@ class VisitBatch:
     def wire(self, row: int) -> bytes:
         """The full alert of ``row`` as a Kafka message body (Confluent header + datum)."""
         return frame(self.raw[row], self.schema.schema_id)
-
-
-def frame(datum: bytes | memoryview, schema_id: int) -> bytes:
-    """Prefix a datum with the Confluent wire header (magic 0, big-endian schema id)."""
-    return _HEADER.pack(0, schema_id) + bytes(datum)
-
-
-def unframe(body: bytes | memoryview, *, where: str = "message") -> tuple[int, memoryview]:
-    """Split a Confluent-framed body into ``(schema_id, datum)``; raise DecodeError if malformed."""
-    view = memoryview(body)
-    if len(view) < 5:
-        raise DecodeError(f"{where}: {len(view)} bytes is too short for a Confluent wire header")
-    magic, schema_id = _HEADER.unpack_from(view)
-    if magic != 0:
-        raise DecodeError(
-            f"{where}: magic byte is {magic}, not 0; this is not a Confluent-framed Avro alert"
-        )
-    return schema_id, view[5:]
-
-
-def project_schema(schema: pa.Schema, columns: Iterable[str] | None) -> pa.Schema:
-    """Keep only the given dotted paths (``diaSource.snr``, ``prvDiaSources.psfFlux``, or whole
-    top-level columns such as ``cutoutScience``) of a visit schema; ``None`` keeps everything."""
-    if columns is None:
-        return schema
-    wanted = _by_head(columns)
-    return pa.schema([_prune(f, wanted[f.name]) for f in schema if f.name in wanted])
-
-
-def _by_head(paths: Iterable[str]) -> dict[str, set[str] | None]:
-    """Group dotted paths by their first part; None means the whole of that part is wanted."""
-    out: dict[str, set[str] | None] = {}
-    for path in paths:
-        head, _, rest = path.partition(".")
-        if not rest:
-            out[head] = None
-        elif out.get(head, set()) is not None:
-            out.setdefault(head, set()).add(rest)  # type: ignore[union-attr]
-    return out
-
-
-def _prune(f: pa.Field, keep: set[str] | None) -> pa.Field:
-    if keep is None:
-        return f
-    typ = f.type
-    if pa.types.is_list(typ):
-        return f.with_type(pa.list_(_prune(typ.value_field, keep)))
-    if not pa.types.is_struct(typ):
-        return f
-    children = _by_head(keep)
-    return f.with_type(pa.struct([_prune(c, children[c.name]) for c in typ if c.name in children]))
 
 
 def decode_reference(
@@ -213,7 +157,12 @@ def _visit_of(batch: pa.RecordBatch) -> int:
     return -1
 
 
-def _fast_decoder():  # type: ignore[no-untyped-def]
+def _fast_decoder() -> ModuleType | None:
     """The compiled decoder when it can run here (gcc present, not switched off by
-    ``MINIBROKER_FASTDECODE=0``); None means use the fastavro reference."""
-    return _fastdecode if _fastdecode.available() else None
+    the ``decoder`` setting); None means use the fastavro reference."""
+    if _fast.available():
+        return _fast
+    if _fast.settings().decoder == "fast":
+        raise ConfigError(f"the decoder setting asks for the fast decoder, but {_fast.unavailable_reason()}; "
+                          "install gcc, or set MINIBROKER_DECODER=auto to fall back to fastavro")
+    return None

@@ -1,6 +1,6 @@
 """``minibroker test``: run one filter over a sample night on a laptop, no servers needed.
 
-The same pipeline as the service (:func:`engine.pipeline.run_visits`), without publishing.
+The same pipeline as the service (:func:`engine.service.pipeline.run_visits`), without publishing.
 """
 
 from __future__ import annotations
@@ -8,27 +8,32 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import Protocol, TextIO
 
 import numpy as np
 
 from engine.config import Config
 from engine.decode import VisitBatch
-from engine.pipeline import NightReport, VisitReport, run_night
 from engine.registry import ActiveFilter
+from engine.service.pipeline import NightReport, VisitReport, run_night
 from sandbox import CompiledFilter, Outcome, load_filter
 
-if TYPE_CHECKING:
-    from engine.report import NullCounts
+__all__ = ["TestResult", "VisitObserver", "default_night", "test_filter"]
 
-__all__ = ["TestResult", "default_night", "test_filter"]
+
+class VisitObserver(Protocol):
+    """Something that looks at every decoded visit of a test run (the report's
+    :class:`engine.local.report.NullCounts`); the report imports this module, not the reverse."""
+
+    def observe(self, visit: VisitBatch, compiled: CompiledFilter) -> None:
+        """Look at one decoded visit."""
 
 DEFAULT_NIGHT = {"visits": 10, "alerts_per_visit": 1000, "seed": 0}
 
 
 def default_night(config: Config, *, progress: bool = True) -> Path:
     """The cached default sample night, generated on first use."""
-    from engine.simulate import simulate_night
+    from engine.local.simulate import simulate_night
 
     path = config.cache_dir / "nights" / "default-v11.1-10x1000-seed0.avro"
     if not path.exists():
@@ -54,9 +59,9 @@ class TestResult:
         The full alerts of those matches (Confluent-framed), in the same order.
     positions : list of (ra, dec)
         Where every match lies (for a sky map; at most ``MAX_POSITIONS``).
-    nulls : NullCounts or None
+    nulls : VisitObserver or None
         How often the columns the filter reads are null, when ``test_filter(report=...)``
-        collected it (for :func:`engine.report.write_report`).
+        collected it (for :func:`engine.local.report.write_report`).
     """
 
     filter: CompiledFilter
@@ -64,7 +69,7 @@ class TestResult:
     matches: list[dict[str, object]] = field(default_factory=list)
     packets: list[bytes] = field(default_factory=list)
     positions: list[tuple[float, float]] = field(default_factory=list)
-    nulls: NullCounts | None = None
+    nulls: VisitObserver | None = None
 
 
 MAX_POSITIONS = 20_000
@@ -81,11 +86,11 @@ def test_filter(
     out: TextIO | None = None,
     progress: bool = True,
     show: int = 10,
-    report: NullCounts | None = None,
+    report: VisitObserver | None = None,
 ) -> TestResult:
     """Run one filter over a night and print per-visit counts, totals and the first matches.
 
-    ``report`` (an :class:`engine.report.NullCounts`) counts, on every decoded visit, how often
+    ``report`` (an :class:`engine.local.report.NullCounts`) counts, on every decoded visit, how often
     the columns the filter reads are null; it is returned as ``result.nulls``.
 
     Raises :class:`sandbox.FilterRejected` (with every problem) if the file breaks the policy.

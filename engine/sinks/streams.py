@@ -22,13 +22,14 @@ import numpy as np
 import pyarrow as pa
 import redis
 
+from engine.alerts.fields import HEADLINE_FIELDS
 from engine.config import Config
 from engine.decode import VisitBatch
 from engine.errors import PublishError
 from engine.registry import ActiveFilter
 from sandbox import Outcome
 
-__all__ = ["HEADLINE_FIELDS", "PublishReport", "Publisher", "stream_key"]
+__all__ = ["PublishReport", "Publisher", "stream_key"]
 
 SEEN_TTL_S = 14 * 24 * 3600  # as long as a user may want to replay
 
@@ -39,10 +40,6 @@ local args = {'XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*'}
 for i = 4, #ARGV do args[#args + 1] = ARGV[i] end
 return redis.call(unpack(args))
 """
-
-# The diaSource fields every match entry carries besides its ids (decoded whatever filters read).
-HEADLINE_FIELDS = ("diaObjectId", "ssObjectId", "ra", "dec", "band", "midpointMjdTai", "snr", "reliability")
-
 
 def stream_key(user: str) -> str:
     """The Redis stream a user reads."""

@@ -29,86 +29,15 @@ from typing import Any
 
 import pyarrow as pa
 
+from engine.alerts.schema import AvroType, parse_avro
 from engine.errors import SchemaError
 
 from .prelude import PRELUDE, RUNTIME
 
-__all__ = ["AvroType", "Buf", "Col", "Layout", "emit", "parse_avro"]
+__all__ = ["Buf", "Col", "Layout", "emit"]
 
 _FIXED = {"long": ("int64_t", 8), "int": ("int32_t", 4), "float": ("float", 4),
           "double": ("double", 8), "timestamp": ("int64_t", 8)}
-_PRIMITIVE_KINDS = {"long", "int", "float", "double", "boolean", "string", "bytes"}
-
-
-# ---------------------------------------------------------------------------------------------
-# The Avro side: a small resolved tree (named types become shared nodes).
-
-
-@dataclass(eq=False)
-class AvroType:
-    """One resolved Avro type. ``null`` positions live on the *use* (field or items), not here."""
-
-    kind: str  # record, array, long, int, float, double, boolean, string, bytes, timestamp
-    name: str = ""
-    fields: list[tuple[str, AvroType, int | None]] = field(default_factory=list)
-    items: AvroType | None = None
-    items_null: int | None = None  # union index of "null" for the items, if they are nullable
-
-    def min_size(self) -> int:
-        """Fewest bytes one value of this type takes (used to bound array block counts)."""
-        if self.kind == "record":
-            return sum(1 if n is not None else t.min_size() for _, t, n in self.fields)
-        return {"float": 4, "double": 8}.get(self.kind, 1)
-
-
-def parse_avro(avro: Any) -> AvroType:
-    """Resolve a (fastavro-parsed) alert schema into an :class:`AvroType` tree."""
-    named: dict[str, AvroType] = {}
-    typ, null = _parse(avro, named, "")
-    if null is not None or typ.kind != "record":
-        raise SchemaError("the alert schema must be a (non-nullable) record")
-    return typ
-
-
-def _parse(avro: Any, named: dict[str, AvroType], ns: str) -> tuple[AvroType, int | None]:
-    if isinstance(avro, list):
-        others = [t for t in avro if t != "null"]
-        if len(avro) != 2 or len(others) != 1:
-            raise SchemaError(f"unions other than [null, T] are not supported: {avro!r}")
-        typ, inner_null = _parse(others[0], named, ns)
-        if inner_null is not None:
-            raise SchemaError("nested unions are not supported")
-        return typ, avro.index("null")
-    if isinstance(avro, str):
-        if avro in _PRIMITIVE_KINDS:
-            return AvroType(avro), None
-        for candidate in (avro, f"{ns}.{avro}"):
-            if candidate in named:
-                return named[candidate], None
-        raise SchemaError(f"unknown Avro type {avro!r}")
-    kind = avro["type"]
-    if kind == "record":
-        name = avro["name"]
-        if "." not in name and avro.get("namespace"):
-            name = f"{avro['namespace']}.{name}"
-        node = AvroType("record", name=name)
-        named[name] = node  # before the fields: they may refer to it
-        inner_ns = name.rpartition(".")[0]
-        for f in avro["fields"]:
-            typ, null = _parse(f["type"], named, inner_ns)
-            node.fields.append((f["name"], typ, null))
-        return node, None
-    if kind == "array":
-        node = AvroType("array")
-        node.items, node.items_null = _parse(avro["items"], named, ns)
-        return node, None
-    if kind == "long" and avro.get("logicalType") == "timestamp-micros":
-        return AvroType("timestamp"), None
-    if isinstance(kind, str) and kind in _PRIMITIVE_KINDS:
-        return AvroType(kind), None
-    if isinstance(kind, (dict, list)):
-        return _parse(kind, named, ns)
-    raise SchemaError(f"Avro type {kind!r} is not supported by the fast decoder")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,7 +435,7 @@ def emit(avro_schema: Any, target: pa.Schema, label: str = "") -> tuple[str, Lay
     avro_schema : dict
         The fastavro-parsed alert schema (``AlertSchema.avro``).
     target : pyarrow.Schema
-        The wanted columns, as returned by ``engine.decode.project_schema``.
+        The wanted columns, as returned by ``engine.alerts.schema.project_schema``.
     label : str
         A comment for the generated file's header (schema version and projection).
 

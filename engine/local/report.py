@@ -10,7 +10,7 @@ styles sit in one ``<style>`` block, and there is no script at all (a Content-Se
 forbids any). Text from the filter or the packets is HTML-escaped.
 
 Null counts come from the trusted engine, not from the filter: pass a :class:`NullCounts` to
-``engine.localtest.test_filter(report=...)`` and it counts, on each decoded visit, how often the
+``engine.local.localtest.test_filter(report=...)`` and it counts, on each decoded visit, how often the
 columns the filter reads are missing.
 """
 
@@ -32,13 +32,14 @@ import numpy as np
 import pyarrow as pa
 
 from engine import __version__
+from engine.alerts.fields import AB_ZERO_POINT_NJY
+from engine.alerts.schema import leaf_paths
 from engine.config import Config
 from engine.errors import ConfigError
-from engine.schema import leaf_paths
 
 if TYPE_CHECKING:
     from engine.decode import VisitBatch
-    from engine.localtest import TestResult
+    from engine.local.localtest import TestResult
     from sandbox import CompiledFilter
 
 __all__ = ["Finding", "NullCounts", "encode_png", "findings", "write_report"]
@@ -654,8 +655,8 @@ def _lightcurve_svg(alert: dict[str, Any], index: int) -> str:
 def _decode(body: bytes) -> dict[str, Any]:
     import fastavro
 
-    from engine.decode import unframe
-    from engine.schema import load_schema
+    from engine.alerts.schema import load_schema
+    from engine.alerts.wire import unframe
 
     schema_id, datum = unframe(body)
     schema = load_schema(schema_id)
@@ -665,7 +666,7 @@ def _decode(body: bytes) -> dict[str, Any]:
 def _mag(flux: float | None) -> str:
     if flux is None or not flux > 0:
         return "no magnitude (flux ≤ 0)"
-    return f"{31.4 - 2.5 * math.log10(flux):.2f} mag (AB)"
+    return f"{AB_ZERO_POINT_NJY - 2.5 * math.log10(flux):.2f} mag (AB)"
 
 
 def _cell(value: object) -> str:
@@ -852,7 +853,7 @@ def write_report(path: str | Path, result: TestResult, *, night: Path | None = N
     path : str or Path
         Where to write the page; missing parent directories are created.
     result : TestResult
-        What :func:`engine.localtest.test_filter` returned; its ``nulls`` (collected with
+        What :func:`engine.local.localtest.test_filter` returned; its ``nulls`` (collected with
         ``test_filter(report=NullCounts())``) feed the null warnings and the columns table.
     night : Path, optional
         The night file the filter ran over, shown in the header.

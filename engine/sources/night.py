@@ -24,8 +24,8 @@ from typing import Any, BinaryIO
 
 import fastavro
 
+from engine.alerts.schema import AlertSchema, load_schema, parse_version
 from engine.errors import SourceError
-from engine.schema import AlertSchema, load_schema, parse_version
 
 __all__ = ["NightBlock", "NightWriter", "read_night", "night_info"]
 

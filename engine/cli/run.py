@@ -1,0 +1,50 @@
+"""``minibroker run``: evaluate every filter over a night and publish to Redis."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from engine.cli._common import connect_redis
+from engine.config import Config
+from engine.errors import ConfigError, SourceError
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``run`` verb to the command's sub-parsers."""
+    r = sub.add_parser("run", help="evaluate every filter over a night and publish to Redis")
+    r.add_argument("--night", required=True, type=Path)
+    r.add_argument("--filters", required=True, type=Path, help="DIR with DIR/<user>/<name>.py")
+    r.add_argument("--owner", default="demo", help="user owning filter files directly in DIR")
+    r.add_argument("--redis-url", help="default: $REDIS_URL or redis://localhost:6379/0")
+    r.add_argument("--isolation", choices=("pool", "inprocess"))
+    r.add_argument("--budget-s", type=float, help="time budget per filter per visit")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    """Carry out ``minibroker run``; returns the exit code."""
+    from engine.registry import discover
+    from engine.service.pipeline import run_night
+    from engine.sinks.streams import Publisher
+
+    fs = discover(args.filters, owner=args.owner)
+    for key, rejection in fs.rejected.items():
+        print(f"minibroker: {key} left out: {rejection}", file=sys.stderr)
+    if not fs.active:
+        raise ConfigError(f"no usable filter under {args.filters}")
+    client = connect_redis(config.redis_url)
+    report = run_night(args.night, fs.active, config, Publisher(client, config), progress=not args.no_progress)
+    for visit, why in report.skipped.items():
+        print(f"minibroker: visit {visit} skipped: {why}", file=sys.stderr)
+    print(f"{report.alerts} alerts, {len(report.visits)} visits, {len(fs.active)} filters: "
+          f"{report.published} entries published")
+    if report.skipped:
+        raise SourceError(f"{len(report.skipped)} visit(s) of {args.night} could not be decoded (listed above); "
+                          "the others were published. Regenerate or re-fetch the night and run it again: "
+                          "entries already published are not duplicated")
+    return 0
