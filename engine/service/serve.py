@@ -109,6 +109,20 @@ class _FilterDir:
         return True
 
 
+def _observed(visit: VisitBatch) -> float | None:
+    """When the visit was observed (Unix seconds), from its alerts' midpoints, if decoded."""
+    batch = visit.batch
+    if "diaSource" not in batch.schema.names or not batch.num_rows:
+        return None
+    source = batch.column("diaSource")
+    if source.type.get_field_index("midpointMjdTai") < 0:
+        return None
+    import pyarrow.compute as pc
+
+    first = pc.min(source.field("midpointMjdTai")).as_py()
+    return None if first is None else visitindex.observed_unix(first)
+
+
 def shard_of(user: str, shards: int) -> int:
     """The shard of a user: a stable hash (the same in every process and release)."""
     import zlib
@@ -219,11 +233,13 @@ class Service:
 
         report: VisitReport | None = None
         outcomes: list[Any] = []
+        observed = None
         try:
-            report, _visit, outcomes = run_visit(decode, filters, self._evaluator, self._publisher)
+            report, visit, outcomes = run_visit(decode, filters, self._evaluator, self._publisher)
+            observed = _observed(visit)
         except DecodeError as exc:
             log.warning(json.dumps({"event": "visit_skipped", "visit": batch.visit, "why": str(exc)}))
-        self._retry(lambda: visitindex.record(self.client, self.settings.kafka.topic, batch),
+        self._retry(lambda: visitindex.record(self.client, self.settings.kafka.topic, batch, observed),
                     f"visit index {batch.visit}")
         done = time.time()
         committed = self.source.commit(batch)

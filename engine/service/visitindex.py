@@ -4,8 +4,10 @@
 unreliable, and Rubin's retention may differ from ours). Per topic, two kinds of key, one hash
 tag so a cluster keeps them in one slot:
 
-- ``minibroker:{visits.<topic>}:index``: sorted set, member = visit id, score = when its first
-  alert was received (Unix seconds; the earliest any engine saw);
+- ``minibroker:{visits.<topic>}:index``: sorted set, member = visit id, score = the visit's
+  time in Unix seconds (UTC): when it was observed (the earliest ``diaSource.midpointMjdTai``
+  of its alerts, TAI converted with astropy), else when its first alert was received; the
+  earliest any engine recorded;
 - ``minibroker:{visits.<topic>}:<visit>``: hash, field = partition, value = ``"first:last"``
   offsets; engines that each read some partitions of a visit merge their ranges.
 """
@@ -18,7 +20,7 @@ import redis
 
 from engine.sources.kafka import VisitMessages
 
-__all__ = ["INDEX_TTL_S", "VisitSpan", "lookup", "record"]
+__all__ = ["INDEX_TTL_S", "VisitSpan", "lookup", "observed_unix", "record"]
 
 INDEX_TTL_S = 14 * 24 * 3600  # as long as the seen sets: replay never reaches further back
 
@@ -47,9 +49,18 @@ def _visit_key(topic: str, visit: int) -> str:
     return f"minibroker:{{visits.{topic}}}:{visit}"
 
 
-def record(client: redis.Redis, topic: str, batch: VisitMessages) -> None:
-    """Add one visit batch's time and offset ranges to the index (merging with other engines')."""
-    args: list[object] = [batch.first_received, batch.visit, INDEX_TTL_S]
+def observed_unix(mjd_tai: float) -> float:
+    """An MJD in TAI (how alerts give times) as Unix seconds in UTC."""
+    from astropy.time import Time
+
+    return float(Time(mjd_tai, format="mjd", scale="tai").unix)
+
+
+def record(client: redis.Redis, topic: str, batch: VisitMessages, observed: float | None = None) -> None:
+    """Add one visit batch's time (``observed``, Unix seconds, else when it was received) and
+    offset ranges to the index, merging with what other engines recorded."""
+    when = batch.first_received if observed is None else observed
+    args: list[object] = [when, batch.visit, INDEX_TTL_S]
     for p, (lo, hi) in sorted(batch.offsets.items()):
         args += [p, lo, hi]
     client.eval(_RECORD, 2, _index_key(topic), _visit_key(topic, batch.visit), *args)
@@ -57,15 +68,15 @@ def record(client: redis.Redis, topic: str, batch: VisitMessages) -> None:
 
 @dataclass(frozen=True)
 class VisitSpan:
-    """One indexed visit: when it arrived and where its messages lie."""
+    """One indexed visit: its time (Unix seconds, see the module doc) and where its messages lie."""
 
     visit: int
-    received: float
+    time: float
     offsets: dict[int, tuple[int, int]]
 
 
 def lookup(client: redis.Redis, topic: str, since: float, until: float | None = None) -> list[VisitSpan]:
-    """The indexed visits received between ``since`` and ``until`` (Unix seconds), oldest first."""
+    """The indexed visits whose time lies between ``since`` and ``until`` (Unix seconds), oldest first."""
     hi = "+inf" if until is None else until
     found = client.zrangebyscore(_index_key(topic), since, hi, withscores=True)
     out = []

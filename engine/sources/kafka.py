@@ -46,6 +46,7 @@ __all__ = [
     "VisitMessages",
     "consumer_config",
     "peek_visit",
+    "schema_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,8 @@ def peek_visit(body: bytes, schema: AlertSchema) -> int:
     return visit
 
 
-def _schema_of(body: bytes) -> tuple[AlertSchema | None, DeadReason | None, str]:
+def schema_of(body: bytes) -> tuple[AlertSchema | None, DeadReason | None, str]:
+    """The schema of a framed body, or (None, why, detail) when it has no usable header."""
     if len(body) < 5 or body[0] != 0:
         what = f"{len(body)} bytes" if len(body) < 5 else f"magic byte {body[0]}"
         return None, DeadReason.NOT_AVRO, f"{what}: not a Confluent-framed Avro message"
@@ -346,7 +348,7 @@ class KafkaSource:
 
     def _take(self, body: bytes, partition: int, offset: int, now: float, mono: float) -> None:
         self._next[partition] = offset + 1
-        schema, reason, detail = _schema_of(body)
+        schema, reason, detail = schema_of(body)
         visit = 0
         if schema is not None:
             try:
