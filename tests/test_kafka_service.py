@@ -4,7 +4,9 @@ user streams, compared with a clean offline run of the same night and filters.""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -41,8 +43,10 @@ def users(tmp_path: Path, redis_client, unique_user: str, kafka_names):  # type:
             redis_client.xdel(DEADLETTER_STREAM, entry_id)
 
 
-def _serve_here(bootstrap: str, names, filters: Path, client, idle_s: float = 2.0) -> None:  # type: ignore[no-untyped-def]
-    settings = ServeSettings(KafkaSettings(bootstrap, names.topic, names.group, linger_s=0.5), filters)
+def _serve_here(bootstrap: str, names, filters: Path, client, idle_s: float = 2.0,  # type: ignore[no-untyped-def]
+                metrics_port: int | None = None) -> None:
+    settings = ServeSettings(KafkaSettings(bootstrap, names.topic, names.group, linger_s=0.5), filters,
+                             metrics_port=metrics_port)
     config = load_config(env={}, isolation="inprocess")
     assert serve(settings, config, client, idle_exit_s=idle_s, handle_signals=False) == 0
 
@@ -50,11 +54,23 @@ def _serve_here(bootstrap: str, names, filters: Path, client, idle_s: float = 2.
 def test_serve_delivers_what_an_offline_run_delivers(kafka_bootstrap, kafka_names, redis_client, users,
                                                      small_night) -> None:
     """Kafka → serve → Redis gives every user the same matches, once each, as `run --night`;
-    offsets are committed to the end and the visit index lists each visit's offset ranges."""
+    offsets are committed to the end, the visit index lists each visit's offset ranges, and the
+    Prometheus endpoint counts the visits and alerts."""
     live, ref, live_dir, ref_dir = users
     produced = produce_night(small_night, kafka_bootstrap, kafka_names.topic, partitions=PARTITIONS,
                              progress=False)
-    _serve_here(kafka_bootstrap, kafka_names, live_dir, redis_client)
+    port, scraped = _free_port(), []
+    done = threading.Event()
+    scraper = threading.Thread(target=_scrape, args=(port, scraped, done))
+    scraper.start()
+    try:
+        _serve_here(kafka_bootstrap, kafka_names, live_dir, redis_client, metrics_port=port)
+    finally:
+        done.set()
+        scraper.join()
+    assert scraped and "minibroker_visits_total 3.0" in scraped[-1]
+    assert f"minibroker_alerts_total {float(produced.alerts)}" in scraped[-1]
+    assert "minibroker_visit_own_latency_seconds_count 3.0" in scraped[-1]
     expected = reference_matches(redis_client, small_night, ref_dir, ref)
     got = stream_matches(redis_client, live)
     assert expected and sum(expected.values()) > 20
@@ -63,6 +79,26 @@ def test_serve_delivers_what_an_offline_run_delivers(kafka_bootstrap, kafka_name
     spans = lookup(redis_client, kafka_names.topic, 0)
     assert [s.visit for s in spans] == produced.visits
     assert all(len(s.offsets) == PARTITIONS for s in spans)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _scrape(port: int, out: list[str], done: threading.Event) -> None:
+    """Keep the latest /metrics page until ``done`` (the server goes away when serve returns)."""
+    import urllib.request
+
+    while not done.is_set():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as page:
+                out.append(page.read().decode())
+                del out[:-1]
+        except OSError:
+            pass
+        done.wait(0.2)
 
 
 def test_bad_messages_go_to_the_dead_letter_stream(kafka_bootstrap, kafka_names, redis_client, users,

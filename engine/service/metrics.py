@@ -53,8 +53,17 @@ class ServeMetrics:
                          ["partition"], registry=r)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Expose the metrics over HTTP on ``port`` (a background thread)."""
-        start_http_server(port, addr=addr, registry=self.registry)
+        """Expose the metrics over HTTP on ``port`` (a background thread) until :meth:`close`."""
+        self._http = start_http_server(port, addr=addr, registry=self.registry)
+
+    def close(self) -> None:
+        """Stop the HTTP server, if any."""
+        http = getattr(self, "_http", None)
+        if http is not None:
+            server, _thread = http
+            server.shutdown()
+            server.server_close()
+            self._http = None
 
     def visit(self, report: Any, outcomes: Any = (), *, whole_s: float, own_s: float) -> None:
         """Record one processed visit (a ``VisitReport`` and its filters' outcomes)."""

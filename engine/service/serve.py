@@ -253,6 +253,7 @@ class Service:
         own_s = done - batch.last_received
         whole_s = done - batch.first_received
         self.metrics.visit(report, outcomes, whole_s=whole_s, own_s=own_s)
+        self.metrics.consumer_lag(self.source.lag())
         log.info(json.dumps({
             "event": "visit", "ts": round(done, 3), "visit": batch.visit, "schema_id": batch.schema_id,
             "alerts": report.alerts, "closed_by": batch.closed_by,
@@ -319,6 +320,7 @@ def serve(settings: ServeSettings, config: Config, client: redis.Redis, *,
     try:
         return service.run(max_visits=max_visits, idle_exit_s=idle_exit_s)
     finally:
+        service.metrics.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

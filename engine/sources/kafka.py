@@ -399,6 +399,24 @@ class KafkaSource:
         out.sort(key=lambda b: b._seq)
         return out
 
+    def lag(self) -> dict[int, int]:
+        """Per assigned partition, messages not yet read (high watermark − position), from the
+        watermarks the last fetches reported (no broker round trip); partitions without a
+        figure yet are left out."""
+        from confluent_kafka import TopicPartition
+
+        out = {}
+        for p in sorted(self._assigned):
+            try:
+                _low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self.settings.topic, p), cached=True)
+            except Exception:  # KafkaException: no figure yet
+                continue
+            pos = self._next.get(p)
+            if high >= 0 and pos is not None:
+                out[p] = max(0, high - pos)
+        return out
+
     # -- committing --------------------------------------------------------------------------
     def commit(self, batch: VisitMessages) -> bool:
         """Record that ``batch`` is published and commit every offset that is now safe;
