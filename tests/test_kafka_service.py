@@ -156,17 +156,17 @@ def test_a_schema_version_change_mid_topic_is_served(kafka_bootstrap, kafka_name
 
 def test_sigterm_drains_the_open_visit_and_exits_0(kafka_bootstrap, kafka_names, redis_url, redis_client,
                                                    users, small_night) -> None:
-    """SIGTERM while a visit is still open (a long linger): the visit is published, its offsets
+    """SIGTERM while a visit is still open (long linger and quiet times): the visit is published, its offsets
     committed, and serve exits 0 within a few seconds."""
     live, ref, live_dir, ref_dir = users
     produced = produce_night(small_night, kafka_bootstrap, kafka_names.topic, partitions=PARTITIONS,
                              progress=False)
     proc = subprocess.Popen(serve_command(kafka_bootstrap, kafka_names.topic, kafka_names.group, live_dir,
-                                          redis_url, "--linger-s", "600", "--max-alerts", "100000"),
+                                          redis_url, "--linger-s", "600", "--quiet-s", "600"),
                             stderr=subprocess.PIPE, text=True)
     try:
         # The first two visits close when every partition has moved on to the next one; the
-        # last one stays open (nothing follows it, the linger is long) until SIGTERM.
+        # last one stays open (nothing follows it, the waits are long) until SIGTERM.
         deadline = time.monotonic() + 60
         while committed(kafka_bootstrap, kafka_names.topic, kafka_names.group, PARTITIONS) != {
                 p: 2 * n // 3 for p, n in produced.per_partition.items()}:

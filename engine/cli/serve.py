@@ -34,6 +34,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     s.add_argument("--isolation", choices=("pool", "inprocess"))
     s.add_argument("--budget-s", type=float, help="time budget per filter per visit")
     s.add_argument("--linger-s", type=float, default=2.0, help="a visit closes when its alerts stop for this long")
+    s.add_argument("--quiet-s", type=float, default=0.25,
+                   help="a visit also closes when every partition is caught up and nothing came for this long")
     s.add_argument("--max-alerts", type=int, default=50_000, help="a visit batch closes at this many alerts")
     s.add_argument("--shard", help="I/N: run only the users whose stable hash falls in shard I of N "
                                    "(each shard in its own --group)")
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     settings = ServeSettings(
         kafka=KafkaSettings(args.bootstrap, args.topic, args.group, linger_s=args.linger_s,
-                            max_alerts=args.max_alerts, extra=kafka_options(args.kafka_options)),
+                            max_alerts=args.max_alerts, quiet_s=args.quiet_s, extra=kafka_options(args.kafka_options)),
         filters=args.filters, owner=args.owner, drain_timeout_s=args.drain_timeout_s,
         shard=parse_shard(args.shard) if args.shard else None, metrics_port=args.metrics_port,
     )

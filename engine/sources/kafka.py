@@ -8,7 +8,11 @@ bodies of one visit, untouched (the decoder reads each where it lies). A batch c
 - it holds ``max_alerts`` messages (bounds memory and latency; the rest of the visit starts a
   new batch with the same visit id), or
 - every assigned partition has moved past it (each has delivered a message of a later visit),
-  so latency does not wait for the linger when the stream goes on.
+  so latency does not wait for the linger when the stream goes on, or
+- every assigned partition is caught up (end of partition) and nothing arrived for
+  ``quiet_s`` (a fraction of the linger): Rubin sends a visit in one burst, so an idle, caught-up
+  consumer has the whole visit. Should a visit's tail come later after all, it is published as a
+  second batch of the same visit (publishing is idempotent, so nothing is lost or doubled).
 
 The visit of a message is read from the first few fields of its Avro datum, without decoding
 it: in every schema version the alert record starts with a few small fields and then
@@ -58,6 +62,8 @@ class KafkaSettings:
 
     ``linger_s``: a visit closes when none of its alerts arrived for this long.
     ``max_alerts``: a batch closes at this many messages.
+    ``quiet_s``: a batch closes when every assigned partition is caught up and none of its
+    alerts arrived for this long.
     ``extra``: further librdkafka settings, which override the defaults below.
     """
 
@@ -66,11 +72,14 @@ class KafkaSettings:
     group: str
     linger_s: float = 2.0
     max_alerts: int = 50_000
+    quiet_s: float = 0.25
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.linger_s <= 0:
             raise ConfigError(f"linger {self.linger_s} s: give a positive time")
+        if self.quiet_s <= 0:
+            raise ConfigError(f"quiet time {self.quiet_s} s: give a positive time")
         if self.max_alerts < 1:
             raise ConfigError(f"max alerts per batch {self.max_alerts}: give at least 1")
 
@@ -84,6 +93,7 @@ def consumer_config(bootstrap: str, group: str, **extra: Any) -> dict[str, Any]:
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
+        "enable.partition.eof": True,
         "session.timeout.ms": 6000,
         "heartbeat.interval.ms": 500,
         "fetch.max.bytes": 64 * 1024 * 1024,
@@ -286,6 +296,7 @@ class KafkaSource:
         self._last_seq: dict[int, int] = {}  # partition → seq of the visit it delivered last
         self._seq = 0
         self._assigned: set[int] = set()
+        self._at_end: set[int] = set()  # assigned partitions read to their end
         self._dirty = False
         self.dead_letters = 0
         self._consumer.subscribe([settings.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
@@ -302,6 +313,7 @@ class KafkaSource:
 
         self._commit_safe()
         gone = {p.partition for p in partitions}
+        self._at_end -= gone
         rewind = {p: o for p, o in self._safe_offsets(everything=True).items() if p not in gone}
         self._open.clear()
         self._handed.clear()
@@ -340,9 +352,12 @@ class KafkaSource:
         for msg in messages:
             err = msg.error()
             if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self._at_end.add(msg.partition())
+                else:
                     log.warning("kafka: %s", err)
                 continue
+            self._at_end.discard(msg.partition())
             self._take(msg.value() or b"", msg.partition(), msg.offset(), now, mono)
         return self._close_due(self._clock())
 
@@ -384,9 +399,13 @@ class KafkaSource:
 
     def _close_due(self, mono: float) -> list[VisitMessages]:
         out, self._ready = self._ready, []
+        caught_up = bool(self._assigned) and self._assigned <= self._at_end
         for key, batch in list(self._open.items()):
-            if mono - batch._last_mono >= self.settings.linger_s:
+            idle = mono - batch._last_mono
+            if idle >= self.settings.linger_s:
                 out.append(self._hand_out(key, "linger"))
+            elif caught_up and idle >= self.settings.quiet_s:
+                out.append(self._hand_out(key, "caught_up"))
             elif self._assigned and all(self._last_seq.get(p, 0) > batch._seq for p in self._assigned):
                 out.append(self._hand_out(key, "passed"))
         out.sort(key=lambda b: b._seq)
