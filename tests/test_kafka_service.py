@@ -182,3 +182,33 @@ def test_sigterm_drains_the_open_visit_and_exits_0(kafka_bootstrap, kafka_names,
         proc.wait()
     assert stream_matches(redis_client, live) == reference_matches(redis_client, small_night, ref_dir, ref)
     assert committed(kafka_bootstrap, kafka_names.topic, kafka_names.group, PARTITIONS) == produced.per_partition
+
+
+def test_shards_split_the_users_and_each_reads_every_partition(kafka_bootstrap, kafka_names, redis_client,
+                                                               unique_user, small_night, tmp_path) -> None:
+    """`serve --shard I/2` in two groups: each shard runs only its users' filters over every
+    partition, and every user gets what an offline run gives them."""
+    from engine.service.serve import shard_of
+
+    names = iter(f"{unique_user}{k}" for k in range(100))
+    users = [next(u for u in names if shard_of(u, 2) == shard) for shard in (0, 1)]
+    live, ref = tmp_path / "live", tmp_path / "ref"
+    for user in users:
+        filter_dir(live, user)
+        filter_dir(ref, f"{user}r")
+    try:
+        produce_night(small_night, kafka_bootstrap, kafka_names.topic, partitions=PARTITIONS, progress=False)
+        config = load_config(env={}, isolation="inprocess")
+        seen: dict[int, set[str]] = {}
+        for shard in (0, 1):
+            settings = ServeSettings(KafkaSettings(kafka_bootstrap, kafka_names.topic, f"{kafka_names.group}-{shard}",
+                                                   linger_s=0.5), live, shard=(shard, 2))
+            before = {u: sum(stream_matches(redis_client, u).values()) for u in users}
+            assert serve(settings, config, redis_client, idle_exit_s=2.0, handle_signals=False) == 0
+            seen[shard] = {u for u in users if sum(stream_matches(redis_client, u).values()) > before[u]}
+        assert seen == {0: {users[0]}, 1: {users[1]}}
+        for user in users:
+            expected = reference_matches(redis_client, small_night, ref, f"{user}r")
+            assert stream_matches(redis_client, user) == expected
+    finally:
+        delete_keys(redis_client, *users, kafka_names.topic)

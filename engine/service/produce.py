@@ -67,8 +67,10 @@ def produce_night(
     partitions: int = 4,
     visits_per_minute: float | None = None,
     progress: bool | Progress = True,
+    max_visits: int | None = None,
 ) -> ProduceReport:
-    """Publish every visit of ``night`` to ``topic`` (created with ``partitions`` if missing).
+    """Publish every visit of ``night`` (the first ``max_visits`` if given) to ``topic``
+    (created with ``partitions`` if missing).
 
     Returns when every message is acknowledged by the broker.
     """
@@ -93,12 +95,16 @@ def produce_night(
         if err is not None:
             errors.append(str(err))
 
-    bar = progress if isinstance(progress, Progress) else Progress(
-        len(visit_ids) if visit_ids else None, enabled=progress)
+    total = len(visit_ids) if visit_ids else None
+    if total is not None and max_visits is not None:
+        total = min(total, max_visits)
+    bar = progress if isinstance(progress, Progress) else Progress(total, enabled=progress)
     report = ProduceReport(topic)
     t0 = time.monotonic()
     try:
         for i, block in enumerate(read_night(night)):
+            if max_visits is not None and i >= max_visits:
+                break
             if visits_per_minute:
                 due = t0 + i * 60.0 / visits_per_minute
                 while (wait := due - time.monotonic()) > 0:

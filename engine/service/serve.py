@@ -85,6 +85,7 @@ class _FilterDir:
     keep: Callable[[ActiveFilter], bool]
     stamp: tuple[tuple[str, int, int], ...] = ()
     active: list[ActiveFilter] = field(default_factory=list)
+    fixed: bool = False  # given by the caller, never re-read
 
     def _stamp(self) -> tuple[tuple[str, int, int], ...]:
         out = []
@@ -98,6 +99,8 @@ class _FilterDir:
 
     def refresh(self) -> bool:
         """Re-read the directory if a file changed; True when the filters are new."""
+        if self.fixed:
+            return False
         stamp = self._stamp()
         if stamp == self.stamp:
             return False
@@ -145,7 +148,10 @@ class _RetryingPublisher(Publisher):
 class Service:
     """The serve loop's state: source, filters, evaluator, publisher. See the module docstring."""
 
-    def __init__(self, settings: ServeSettings, config: Config, client: redis.Redis):
+    def __init__(self, settings: ServeSettings, config: Config, client: redis.Redis, *,
+                 filters: Sequence[ActiveFilter] | None = None):
+        """``filters`` fixes the filter set (benchmarks); by default it is read from
+        ``settings.filters`` and re-read when a file there changes."""
         self.settings = settings
         self.config = config
         self.client = client
@@ -153,6 +159,11 @@ class Service:
         keep: Callable[[ActiveFilter], bool] = (
             (lambda f: True) if shard is None else (lambda f: shard_of(f.user, shard[1]) == shard[0]))
         self._filters = _FilterDir(settings.filters, settings.owner, keep)
+        if filters is not None:
+            self._filters.active = [f for f in filters if keep(f)]
+            self._filters.fixed = True
+        #: Called after each visit with (batch, report, done wall time): benchmarks, tests.
+        self.on_visit: Callable[[VisitMessages, VisitReport, float], None] | None = None
         self._evaluator: Evaluator | None = None
         self._columns: dict[int, set[str] | None] = {}
         self._publisher = _RetryingPublisher(client, config, self._retry)
@@ -246,6 +257,8 @@ class Service:
         self.visits_done += 1
         if report is not None:
             self._log_visit(batch, report, outcomes, done, committed)
+            if self.on_visit is not None:
+                self.on_visit(batch, report, done)
         return report
 
     def _log_visit(self, batch: VisitMessages, report: VisitReport, outcomes: list[Any], done: float,
