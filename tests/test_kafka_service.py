@@ -212,3 +212,28 @@ def test_shards_split_the_users_and_each_reads_every_partition(kafka_bootstrap, 
             assert stream_matches(redis_client, user) == expected
     finally:
         delete_keys(redis_client, *users, kafka_names.topic)
+
+
+def test_redis_refusing_writes_pauses_the_visit_and_loses_nothing(kafka_bootstrap, kafka_names, redis_client,
+                                                                  users, small_night, caplog) -> None:
+    """While Redis refuses writes (min-replicas-to-write with no replica), serve retries the
+    visit with backoff and commits nothing; once Redis takes writes again every match arrives,
+    once each."""
+    live, ref, live_dir, ref_dir = users
+    produced = produce_night(small_night, kafka_bootstrap, kafka_names.topic, partitions=PARTITIONS,
+                             progress=False)
+    redis_client.config_set("min-replicas-to-write", 1)
+    worker = threading.Thread(target=_serve_here, args=(kafka_bootstrap, kafka_names, live_dir, redis_client),
+                              kwargs={"idle_s": 2.0})
+    try:
+        worker.start()
+        time.sleep(6.0)  # joined the group, read the visits, and is retrying the first one
+        assert stream_matches(redis_client, live) == {}
+        assert set(committed(kafka_bootstrap, kafka_names.topic, kafka_names.group, PARTITIONS).values()) == {-1001}
+        assert '"event": "redis_unavailable"' in caplog.text
+    finally:
+        redis_client.config_set("min-replicas-to-write", 0)
+    worker.join(60)
+    assert not worker.is_alive()
+    assert stream_matches(redis_client, live) == reference_matches(redis_client, small_night, ref_dir, ref)
+    assert committed(kafka_bootstrap, kafka_names.topic, kafka_names.group, PARTITIONS) == produced.per_partition
