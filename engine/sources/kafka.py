@@ -350,6 +350,11 @@ class KafkaSource:
         from confluent_kafka import KafkaError
 
         self._commit_safe()
+        if self._open:  # wake up when the next open batch is due, not a whole timeout later
+            caught_up = bool(self._assigned) and self._assigned <= self._at_end
+            wait = self.settings.quiet_s if caught_up else self.settings.linger_s
+            due = min(b._last_mono for b in self._open.values()) + wait
+            timeout_s = max(0.01, min(timeout_s, due - self._clock()))
         messages = self._consumer.consume(max_messages, timeout_s)
         now, mono = time.time(), self._clock()
         for msg in messages:
