@@ -10,6 +10,7 @@ Ctrl-C (the broker with SIGKILL after a grace, as Tansu may ignore SIGTERM).
 from __future__ import annotations
 
 import json
+import signal
 import statistics
 import tempfile
 import threading
@@ -47,6 +48,10 @@ def bundled_filters() -> Path:
     return Path(str(files("engine") / "sample_filters"))
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 class _Tally:
     """The visits the demo's service processed."""
 
@@ -82,6 +87,10 @@ def run_demo(config: Config, *, visits: int = 10, alerts_per_visit: int = 1000,
     if isolation:
         config = dataclasses.replace(config, isolation=isolation)
     with ExitStack() as stack:
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM ends the demo as Ctrl-C does: everything it started is stopped on the way out.
+            previous = signal.signal(signal.SIGTERM, _interrupt)
+            stack.callback(signal.signal, signal.SIGTERM, previous)
         url = config.redis_url
         if url is None:
             server = stack.enter_context(PrivateRedis())
