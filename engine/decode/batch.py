@@ -19,6 +19,7 @@ import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any
 
 import fastavro
 import pyarrow as pa
@@ -160,7 +161,7 @@ class _Datums(Sequence[memoryview]):
     def __len__(self) -> int:
         return len(self._bodies)
 
-    def __getitem__(self, index):  # type: ignore[no-untyped-def,override]
+    def __getitem__(self, index: Any) -> Any:  # an int gives a datum, a slice a list of them
         if isinstance(index, slice):
             return [memoryview(b)[HEADER_SIZE:] for b in self._bodies[index]]
         return memoryview(self._bodies[index])[HEADER_SIZE:]

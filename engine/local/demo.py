@@ -130,7 +130,8 @@ def run_demo(config: Config, *, visits: int = 10, alerts_per_visit: int = 1000,
                     idle, last = False, entry_id
                     received += 1
                     name = fields.get(b"filter")
-                    if len(shown) < show and name not in shown and fields.get(b"kind") == b"match":
+                    if name is not None and len(shown) < show and name not in shown \
+                            and fields.get(b"kind") == b"match":
                         shown.add(name)
                         e = json.loads(render_json(entry_id, fields))
                         bar.clear()

@@ -54,7 +54,7 @@ class ServeMetrics:
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Expose the metrics over HTTP on ``port`` (a background thread) until :meth:`close`."""
-        self._http = start_http_server(port, addr=addr, registry=self.registry)
+        self._http: tuple[Any, Any] | None = start_http_server(port, addr=addr, registry=self.registry)
 
     def close(self) -> None:
         """Stop the HTTP server, if any."""

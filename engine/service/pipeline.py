@@ -110,9 +110,11 @@ def run_visits(
     columns = columns_needed(filters, schema)
     report = NightReport()
     for block in blocks:
+        def decode(b: NightBlock = block) -> VisitBatch:
+            return decode_block(b, schema, columns)
+
         try:
-            vr, visit, outcomes = run_visit(
-                lambda b=block: decode_block(b, schema, columns), filters, evaluator, publisher)
+            vr, visit, outcomes = run_visit(decode, filters, evaluator, publisher)
         except DecodeError as exc:
             report.skipped[block.visit] = str(exc)
             continue

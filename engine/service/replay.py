@@ -15,11 +15,12 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from engine.config import Config
-from engine.decode import decode_messages
+from engine.decode import VisitBatch, decode_messages
 from engine.errors import ConfigError, DecodeError, SourceError
 from engine.evaluate import Evaluator, columns_needed
 from engine.registry import ActiveFilter, discover
@@ -51,7 +52,7 @@ def _user_filters(filters: str | os.PathLike[str], owner: str, user: str,
     return chosen
 
 
-def _read_span(consumer, topic: str, span: VisitSpan, timeout_s: float) -> tuple[dict[int, list[bytes]], int]:  # type: ignore[no-untyped-def]
+def _read_span(consumer: Any, topic: str, span: VisitSpan, timeout_s: float) -> tuple[dict[int, list[bytes]], int]:
     """The bodies of one indexed visit, by schema id, and how many messages were unreadable."""
     from confluent_kafka import TopicPartition
 
@@ -127,10 +128,12 @@ def replay(
                         from engine.alerts.schema import load_schema
 
                         columns[schema_id] = columns_needed(chosen, load_schema(schema_id))
+                    def decode(b: list[bytes] = bodies, c: set[str] | None = columns[schema_id],
+                               v: int = span.visit) -> VisitBatch:
+                        return decode_messages(b, c, visit=v)
+
                     try:
-                        vr, _visit, _outcomes = run_visit(
-                            lambda b=bodies, c=columns[schema_id], v=span.visit: decode_messages(b, c, visit=v),
-                            chosen, evaluator, publisher)
+                        vr, _visit, _outcomes = run_visit(decode, chosen, evaluator, publisher)
                     except DecodeError:
                         report.skipped += len(bodies)
                         continue

@@ -327,15 +327,15 @@ def serve(settings: ServeSettings, config: Config, client: redis.Redis, *,
             timer.start()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, stop)
+            previous[int(sig)] = signal.signal(sig, stop)
     for line in describe(settings):
         log.info(line)
     try:
         return service.run(max_visits=max_visits, idle_exit_s=idle_exit_s)
     finally:
         service.metrics.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def parse_shard(text: str) -> tuple[int, int]:

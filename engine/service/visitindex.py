@@ -60,7 +60,7 @@ def record(client: redis.Redis, topic: str, batch: VisitMessages, observed: floa
     """Add one visit batch's time (``observed``, Unix seconds, else when it was received) and
     offset ranges to the index, merging with what other engines recorded."""
     when = batch.first_received if observed is None else observed
-    args: list[object] = [when, batch.visit, INDEX_TTL_S]
+    args: list[float | int] = [when, batch.visit, INDEX_TTL_S]
     for p, (lo, hi) in sorted(batch.offsets.items()):
         args += [p, lo, hi]
     client.eval(_RECORD, 2, _index_key(topic), _visit_key(topic, batch.visit), *args)
@@ -78,11 +78,12 @@ class VisitSpan:
 def lookup(client: redis.Redis, topic: str, since: float, until: float | None = None) -> list[VisitSpan]:
     """The indexed visits whose time lies between ``since`` and ``until`` (Unix seconds), oldest first."""
     hi = "+inf" if until is None else until
-    found = client.zrangebyscore(_index_key(topic), since, hi, withscores=True)
+    found: list[tuple[bytes, float]] = client.zrangebyscore(  # type: ignore[assignment]
+        _index_key(topic), since, hi, withscores=True)
     out = []
     for member, score in found:
         visit = int(member)
-        ranges = client.hgetall(_visit_key(topic, visit))
+        ranges: dict[bytes, bytes] = client.hgetall(_visit_key(topic, visit))  # type: ignore[assignment]
         offsets = {}
         for p, r in ranges.items():
             a, b = r.decode().split(":")

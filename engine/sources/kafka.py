@@ -359,14 +359,15 @@ class KafkaSource:
         now, mono = time.time(), self._clock()
         for msg in messages:
             err = msg.error()
+            partition: int = msg.partition()  # type: ignore[assignment]  # set on every fetched message
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    self._at_end.add(msg.partition())
+                    self._at_end.add(partition)
                 else:
                     log.warning("kafka: %s", err)
                 continue
-            self._at_end.discard(msg.partition())
-            self._take(msg.value() or b"", msg.partition(), msg.offset(), now, mono)
+            self._at_end.discard(partition)
+            self._take(msg.value() or b"", partition, msg.offset(), now, mono)  # type: ignore[arg-type]
         return self._close_due(self._clock())
 
     def _take(self, body: bytes, partition: int, offset: int, now: float, mono: float) -> None:
