@@ -13,6 +13,11 @@ as ``minibroker test``; each round is one whole visit. The 100 filters are
 - ``100 typical filters``: the whole set, column conversion included (no per-alert
   counterpart, so no ratio).
 
+- ``new: ...``: one filter each using a helper added by issue 12 (``thin``, trigonometry, the
+  null test of a record, ``rate_between`` with ``equal_times="inf"``, the elongation of every
+  difference cutout of the visit), columns converted in the
+  round; read them against ``vectorized, 1 filter``.
+
 Extra, not the shared workload: ``test_hundred_typical_filters_report_real_packets`` runs the
 100 filters on the 64 real LSSTCam packets tiled to 10,000 rows (their lightcurves are longer
 than typical: the hard case for lightcurve reductions); it is skipped without the packets.
@@ -147,6 +152,48 @@ def test_hundred_typical_filters_report_real_packets(typical) -> None:  # type: 
     """EXTRA, not the shared workload: the same on the 64 real packets tiled to 10,000 alerts:
     long lightcurves (~28 previous sources per alert), the hard case for lightcurve reductions."""
     EXTRA.append("extra: " + _report("real packets tiled, not the shared visit", _tiled_real(), typical))
+
+
+# --- the helpers of issue 12 (appended): each alone as a whole filter, on the same visit ---------
+NEW_HELPERS = {
+    "thin, 0.5 d": 'return thin(alerts.history("psfFlux"), 0.5).count() >= 3',
+    "trig, 7 calls": ("ds = alerts.diaSource\n    dec = radians(ds.dec)\n"
+                               "    x = cos(dec) * cos(radians(ds.ra))\n"
+                               "    return (degrees(atan2(cos(dec) * sin(radians(ds.ra)), x)) > 0) & (hypot(x, sin(dec)) > 0.5)"),
+    "isnull(record)": "return isnull(alerts.diaObject) | notnull(alerts.prvDiaSources)",
+    "cutout_elongation": 'return cutout_elongation(alerts, "cutoutDifference", half=7) < 3',
+    "rate_between inf": ('ds = alerts.diaSource\n    prv = alerts.prvDiaSources.psfFlux\n'
+                                     '    return rate_between(ds.psfFlux, ds.midpointMjdTai, prv.last(), prv.last_time(), equal_times="inf") > 0'),
+}
+
+
+def _new_helper_runner(body: str) -> InProcessRunner:
+    src = f'"""One new helper."""\ndef filter(alerts):\n    {body}\n'
+    return InProcessRunner([("n", compile_filter(src, "new.py"))])
+
+
+@pytest.mark.parametrize("name", sorted(NEW_HELPERS))
+def test_new_helper(benchmark, visit, name) -> None:  # type: ignore[no-untyped-def]
+    """One filter using one of the new helpers on one visit (its columns converted in the
+    round, as the first filter of a visit pays); compare with ``vectorized, 1 filter``."""
+    benchmark(_run, _new_helper_runner(NEW_HELPERS[name]), visit)
+    RESULTS[f"new: {name}"] = benchmark.stats.stats.median
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="the real LSSTCam packets are not available")
+def test_new_helpers_report_real_packets() -> None:
+    """EXTRA: the same filters on the real packets tiled to 10,000 alerts, whose histories run
+    to ~390 points: the hard case for ``thin`` (one scan step per point of the longest)."""
+    batch = _tiled_real()
+    for name in sorted(NEW_HELPERS):
+        runner = _new_helper_runner(NEW_HELPERS[name])
+        times = []
+        for _ in range(9):
+            (o,) = runner.run(batch)
+            assert o.fault is None, o.fault
+            times.append(o.seconds)
+        EXTRA.append(f"extra, real packets tiled: new: {name}: median {statistics.median(times) * 1e3:.2f} ms, "
+                     f"best {min(times) * 1e3:.2f} ms per visit")
 
 
 def test_summary(visit, peak_memory, summaries) -> None:  # type: ignore[no-untyped-def]

@@ -9,8 +9,12 @@ setting                    environment variable           default
 =========================  ============================  =====================================
 redis_url                  ``REDIS_URL``                  none: ``demo`` starts a private server
 budget_s                   ``MINIBROKER_BUDGET_S``        0.5 s per filter per visit
-max_matches_per_visit      ``MINIBROKER_MAX_MATCHES``     200 per filter per visit
-stream_maxlen              ``MINIBROKER_STREAM_MAXLEN``   100000 entries kept per user stream
+max_matches_per_visit      ``MINIBROKER_MAX_MATCHES``     20 per filter per visit (the cap; an
+                                                          admin may raise one filter's to 100)
+stream_maxlen              ``MINIBROKER_STREAM_MAXLEN``   10000 entries kept per user stream
+retention_s                ``MINIBROKER_RETENTION_S``     604800 (7 days): stream entries,
+                                                          packets, dedup sets and counters
+suspend_after_faults       ``MINIBROKER_SUSPEND_AFTER``   3 faulty visits in a row
 isolation                  ``MINIBROKER_ISOLATION``       ``pool`` (worker processes) or ``inprocess``
 workers                    ``MINIBROKER_WORKERS``         2 worker processes running at once
 idle_workers               ``MINIBROKER_IDLE_WORKERS``    256 users' workers kept between visits
@@ -18,6 +22,9 @@ cache_dir                  ``MINIBROKER_CACHE``           ``~/.cache/minibroker`
 decoder                    ``MINIBROKER_DECODER``         ``auto``: generated C when a compiler is
                                                           found, else fastavro; ``fast`` or ``reference``
 compiler                   ``MINIBROKER_CC``, ``CC``      gcc or cc on ``PATH``
+vo_authority               ``MINIBROKER_VO_AUTHORITY``    ``minibroker.local``: IVORN authority
+vo_packet_url              ``MINIBROKER_VO_PACKET_URL``   ``ivo://{authority}/alerts#{diaSourceId}``
+vtp_allow_private          ``MINIBROKER_VTP_PRIVATE``     false: VTP receivers must be public
 =========================  ============================  =====================================
 """
 
@@ -32,9 +39,10 @@ from typing import Any
 
 from engine.errors import ConfigError
 
-__all__ = ["Config", "load_config"]
+__all__ = ["MAX_CAP", "Config", "load_config"]
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+MAX_CAP = 100  # the most matches per visit an admin may allow one filter (`admin set-cap`)
 
 
 @dataclass(frozen=True)
@@ -43,8 +51,10 @@ class Config:
 
     redis_url: str | None = None
     budget_s: float = 0.5
-    max_matches_per_visit: int = 200
-    stream_maxlen: int = 100_000
+    max_matches_per_visit: int = 20
+    stream_maxlen: int = 10_000
+    retention_s: int = 7 * 24 * 3600
+    suspend_after_faults: int = 3
     isolation: str = "pool"
     workers: int = 2
     # Each idle worker costs ~6 MB; one per active user avoids a fork per user per visit.
@@ -52,12 +62,24 @@ class Config:
     cache_dir: Path = Path("~/.cache/minibroker").expanduser()
     decoder: str = "auto"
     compiler: str | None = None
+    # VOEvent naming: packets are ivo://<vo_authority>/<user>/<filter>#<diaSourceId>; set it to
+    # the authority your IVOA registry entry names. Checked in engine.formats.voevent.
+    vo_authority: str = "minibroker.local"
+    # Where a VOEvent's Reference says the full Avro packet is ({authority}, {diaSourceId}, {schema_id}).
+    vo_packet_url: str = "ivo://{authority}/alerts#{diaSourceId}"
+    # Users name the hosts the VTP forwarder connects to: by default only public addresses, so
+    # that no one can point it at the service's own network (Redis, metadata endpoints).
+    vtp_allow_private: bool = False
 
     def __post_init__(self) -> None:
         if self.budget_s <= 0:
             raise ConfigError(f"budget_s must be positive, got {self.budget_s}")
         if self.max_matches_per_visit < 1:
             raise ConfigError(f"max_matches_per_visit must be at least 1, got {self.max_matches_per_visit}")
+        if self.stream_maxlen < 1 or self.retention_s < 1:
+            raise ConfigError(f"stream_maxlen and retention_s must be positive, got {self.stream_maxlen}, {self.retention_s}")
+        if self.suspend_after_faults < 1:
+            raise ConfigError(f"suspend_after_faults must be at least 1, got {self.suspend_after_faults}")
         if self.isolation not in ("pool", "inprocess"):
             raise ConfigError(f"isolation must be 'pool' or 'inprocess', got {self.isolation!r}")
         if self.workers < 1:
@@ -73,6 +95,8 @@ _ENV = {
     "MINIBROKER_BUDGET_S": "budget_s",
     "MINIBROKER_MAX_MATCHES": "max_matches_per_visit",
     "MINIBROKER_STREAM_MAXLEN": "stream_maxlen",
+    "MINIBROKER_RETENTION_S": "retention_s",
+    "MINIBROKER_SUSPEND_AFTER": "suspend_after_faults",
     "MINIBROKER_ISOLATION": "isolation",
     "MINIBROKER_WORKERS": "workers",
     "MINIBROKER_IDLE_WORKERS": "idle_workers",
@@ -81,6 +105,9 @@ _ENV = {
     # CC first: the more specific MINIBROKER_CC, read later, wins.
     "CC": "compiler",
     "MINIBROKER_CC": "compiler",
+    "MINIBROKER_VO_AUTHORITY": "vo_authority",
+    "MINIBROKER_VO_PACKET_URL": "vo_packet_url",
+    "MINIBROKER_VTP_PRIVATE": "vtp_allow_private",
 }
 
 
@@ -93,8 +120,13 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return int(value)
         if kind == "Path":
             return Path(str(value)).expanduser()
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            return {"1": True, "true": True, "yes": True, "on": True,
+                    "0": False, "false": False, "no": False, "off": False}[str(value).strip().lower()]
         return str(value) if value is not None else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, KeyError):
         raise ConfigError(f"{source}: {name} = {value!r} is not a valid {kind}") from None
 
 

@@ -8,6 +8,7 @@
     ├── SourceError                 a night file or Kafka topic cannot be read
     ├── DecodeError                 one message body is corrupt or truncated
     ├── PublishError                Redis refused or lost a write
+    ├── DeliveryError               a user's VTP broker could not be reached or broke the protocol
     ├── ServerError                 the embedded Redis-compatible server failed to start
     ├── FilterError                 (defined in ``sandbox.errors``) a user's filter failed
     │   ├── FilterRejected          compile-time: the file breaks the policy; lists all problems
@@ -23,6 +24,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DecodeError",
+    "DeliveryError",
     "MinibrokerError",
     "PublishError",
     "SchemaError",
@@ -53,6 +55,10 @@ class DecodeError(MinibrokerError):
 
 class PublishError(MinibrokerError):
     """Writing matches to Redis failed."""
+
+
+class DeliveryError(MinibrokerError):
+    """A user's VTP broker could not be reached, or answered outside the protocol."""
 
 
 class ServerError(MinibrokerError):

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from sandbox import images
 from sandbox.columns import Column, ColumnStore, ListColumn
 
 __all__ = ["AlertRecord", "Image", "PUBLIC_ATTRS", "parse_fits_image"]
@@ -119,13 +120,16 @@ class Image:
 
     ``img.shape`` is ``(rows, columns)``; ``img.centre()`` the pixel at the centre (where the
     source is); ``img.at(row, col)``; reductions ``max``, ``min``, ``sum``, ``mean``,
-    ``median``, ``std`` ignore NaN pixels; ``img.box(half)`` is the central
+    ``median``, ``std`` ignore NaN pixels unless asked otherwise (``nan="zero"`` or
+    ``"propagate"``, see :mod:`sandbox.images`); ``centroid``, ``second_moments`` and
+    ``elongation`` are the light's moments; ``img.box(half)`` is the central
     ``(2*half+1)``-pixel square as a new Image; ``img.tolist()`` gives nested lists.
     """
 
     __slots__ = ("_a",)
     _public = frozenset({"shape", "centre", "center", "at", "max", "min", "sum", "mean",
-                         "median", "std", "box", "count_above", "tolist"})
+                         "median", "std", "box", "count_above", "tolist",
+                         "centroid", "second_moments", "elongation"})
 
     def __init__(self, array: np.ndarray):
         a = np.array(array, dtype=np.float64)  # our own copy: nothing else can change it
@@ -149,33 +153,44 @@ class Image:
             raise TypeError("pixel indices are integers")
         return float(self._a[row, col])
 
-    def _reduce(self, fn: Any) -> float:
-        with np.errstate(all="ignore"):
-            return float(fn(self._a)) if np.isfinite(self._a).any() else float("nan")
+    def max(self, nan: str = "ignore") -> float:
+        """Largest pixel value (NaN pixels ignored unless ``nan=`` says otherwise)."""
+        return images.reduce(self._a, np.max, np.nanmax, nan)
 
-    def max(self) -> float:
-        """Largest pixel value (NaN pixels ignored)."""
-        return self._reduce(np.nanmax)
+    def min(self, nan: str = "ignore") -> float:
+        """Smallest pixel value (NaN pixels ignored unless ``nan=`` says otherwise)."""
+        return images.reduce(self._a, np.min, np.nanmin, nan)
 
-    def min(self) -> float:
-        """Smallest pixel value (NaN pixels ignored)."""
-        return self._reduce(np.nanmin)
+    def sum(self, nan: str = "ignore") -> float:
+        """Sum of the pixels (NaN pixels ignored unless ``nan=`` says otherwise)."""
+        return images.reduce(self._a, np.sum, np.nansum, nan)
 
-    def sum(self) -> float:
-        """Sum of the pixels (NaN pixels ignored)."""
-        return self._reduce(np.nansum)
+    def mean(self, nan: str = "ignore") -> float:
+        """Mean pixel value (NaN pixels ignored unless ``nan=`` says otherwise)."""
+        return images.reduce(self._a, np.mean, np.nanmean, nan)
 
-    def mean(self) -> float:
-        """Mean pixel value (NaN pixels ignored)."""
-        return self._reduce(np.nanmean)
+    def median(self, nan: str = "ignore") -> float:
+        """Median pixel value: ``nan="ignore"`` (default) skips NaN pixels, ``"zero"`` counts
+        them as 0, ``"propagate"`` gives NaN if any pixel is NaN."""
+        return images.reduce(self._a, np.median, np.nanmedian, nan)
 
-    def median(self) -> float:
-        """Median pixel value (NaN pixels ignored)."""
-        return self._reduce(np.nanmedian)
+    def std(self, nan: str = "ignore") -> float:
+        """Standard deviation of the pixels (NaN pixels ignored unless ``nan=`` says otherwise)."""
+        return images.reduce(self._a, np.std, np.nanstd, nan)
 
-    def std(self) -> float:
-        """Standard deviation of the pixels (NaN pixels ignored)."""
-        return self._reduce(np.nanstd)
+    def centroid(self, threshold: float = 0.0, nan: str = "ignore") -> tuple[float, float]:
+        """(row, column) of the light above ``threshold``, weighted by ``pixel - threshold``;
+        (NaN, NaN) when no pixel is above it."""
+        return images.centroid(self._a, threshold, nan)
+
+    def second_moments(self, threshold: float = 0.0, nan: str = "ignore") -> tuple[float, float, float]:
+        """(Mrr, Mcc, Mrc): the light's second moments about its centroid, in pixels²."""
+        return images.second_moments(self._a, threshold, nan)
+
+    def elongation(self, threshold: float = 0.0, nan: str = "ignore") -> float:
+        """Axis ratio (≥ 1) of the light's second-moment ellipse: ~1 for a point source,
+        large for a trail, inf for light on one line; NaN when no pixel is above ``threshold``."""
+        return images.elongation(self._a, threshold, nan)
 
     def count_above(self, threshold: float) -> int:
         """Number of pixels above ``threshold``."""

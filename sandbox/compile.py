@@ -144,7 +144,7 @@ def _columns(tree: ast.Module) -> frozenset[str] | None:
 
 
 def _mentioned_names(tree: ast.Module) -> frozenset[str] | None:
-    """Every attribute name and every part of every string constant in the file.
+    """Every attribute name, plain name and part of every string constant in the file.
 
     A column path is readable by the filter only if all its parts are mentioned: a conservative
     superset that survives aliasing (``ds = alerts.diaSource; ds.snr``). Strings built at run
@@ -157,6 +157,8 @@ def _mentioned_names(tree: ast.Module) -> frozenset[str] | None:
             names.add(node.attr)
             if node.attr in _STRING_BUILDERS:
                 return None
+        elif isinstance(node, ast.Name):  # helpers that read columns for the filter (implied_names)
+            names.add(node.id)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             names.update(node.value.split("."))
         elif isinstance(node, ast.JoinedStr):

@@ -8,26 +8,40 @@ Groups:
 
 - nulls and flags: ``isnull``, ``notnull``, ``fill``, ``is_set``, ``any_set``, ``all_set``,
   ``none_set``, ``if_else``;
-- maths: ``sqrt``, ``log10``, ``log``, ``exp``, ``minimum``, ``maximum``;
+- maths: ``sqrt``, ``log10``, ``log``, ``exp``, ``minimum``, ``maximum``; trigonometry in
+  radians ``sin``, ``cos``, ``tan``, ``asin``, ``acos``, ``atan2``, ``hypot``, and ``radians``,
+  ``degrees`` to convert;
 - photometry (fluxes in nJy, AB zero point 31.4): ``mag_from_flux``, ``flux_from_mag``,
   ``mag_err``, ``colour``, ``flux_ratio``;
-- time: ``days_since_first_detection``, ``rate_between``;
+- time and cadence: ``days_since_first_detection``, ``rate_between``, ``thin``
+  (:mod:`sandbox.lightcurves`);
+- cutouts of the whole visit (:mod:`sandbox.cutouts`): ``cutout_centroid``,
+  ``cutout_second_moments``, ``cutout_elongation``, ``cutout_median``;
 - sky (the ``sky`` namespace, all angles in degrees): ``sky.separation``, ``sky.cone``,
   ``sky.watchlist``, ``sky.nearest``, ``sky.galactic_latitude``, ``sky.galactic_longitude``,
   ``sky.ecliptic_latitude``, ``sky.ecliptic_longitude``; ``arcsec`` and ``arcmin`` in degrees.
 
 Lightcurve reductions are methods of the columns themselves (:class:`sandbox.columns.ListColumn`).
+
+Every helper also takes plain numbers (``None`` for null), as ``filter_alert`` and ``refine``
+see them, and then returns a number (``None`` for null): with no column among its arguments a
+helper runs its column code on one-alert columns (:func:`_numbers_too`), so the two forms
+cannot drift apart.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
-from sandbox.columns import BANDS, AlertsView, Column, ListColumn, _readonly, memo_of
+from sandbox.alert import AlertRecord, Image
+from sandbox.columns import BANDS, AlertsView, Column, ListColumn, _Group, _readonly, memo_of
+from sandbox.cutouts import cutout_centroid, cutout_elongation, cutout_median, cutout_second_moments
+from sandbox.lightcurves import thin
 
 __all__ = ["Namespace", "exported", "implied_names"]
 
@@ -74,22 +88,100 @@ def _per_visit(key: str, cols: tuple[Any, ...], compute: Callable[[], Any]) -> A
     return result
 
 
+_PLAIN = (bool, int, float, str)
+
+
+def _one(x: Any) -> Column:
+    """A plain value as a one-alert column; ``None`` is a null."""
+    if x is None:
+        return Column(np.zeros(1), np.ones(1, bool))
+    if isinstance(x, int) and not isinstance(x, bool) and abs(x) >= 2**63:
+        raise OverflowError("integer constants must fit in 64 bits")
+    return Column(np.asarray([x]))
+
+
+def _plain(x: Any) -> Any:
+    """A one-alert result back as a plain value (``None`` where null)."""
+    if isinstance(x, Column):
+        if x._m is not None and x._m[0]:
+            return None
+        v = x._v[0]
+        return str(v) if x._v.dtype.kind == "U" else v.item()
+    if isinstance(x, tuple):
+        return tuple(_plain(v) for v in x)
+    return x
+
+
+def _numbers_too(values: int | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Let a column helper take plain numbers, as the per-alert form has them.
+
+    When none of the first ``values`` arguments (all, by default) is a column and all are
+    numbers, strings, booleans or None, each becomes a one-alert column, the column code runs,
+    and its one-alert result comes back as a number (None where null). One implementation for
+    both forms: ``sky.galactic_latitude(ra, dec)`` in ``filter_alert`` is exactly the value the
+    vectorized form computes for that alert, nulls and NaN included.
+    """
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def helper(*args: Any, **kwargs: Any) -> Any:
+            k = len(args) if values is None else min(values, len(args))
+            head = args[:k]
+            if head and all(a is None or isinstance(a, _PLAIN) for a in head):
+                return _plain(fn(*(_one(a) for a in head), *args[k:], **kwargs))
+            return fn(*args, **kwargs)
+
+        return helper
+
+    return wrap
+
+
 # --- nulls and flags ----------------------------------------------------------------------------
 
 
-def isnull(x: Column | ListColumn) -> Column:
-    """True where the value (or the whole lightcurve) is null."""
-    return x.isnull()
+def isnull(x: Any) -> Any:
+    """True where the value, the whole lightcurve or the whole record is null.
+
+    ``isnull(alerts.diaObject)`` is True for solar-system alerts (they have no diaObject);
+    ``isnull(alerts.prvDiaSources)`` for alerts with no history. In the per-alert form a value
+    is null when it is None (``isnull(alert["diaObject"])``); NaN is a value, not a null.
+    """
+    if isinstance(x, Column | ListColumn):
+        return x.isnull()
+    if type(x) is _Group:
+        mask = _record_null(x)
+        return Column(np.zeros(len(x._store), bool) if mask is None else mask.copy())
+    if x is None or isinstance(x, (*_PLAIN, tuple, list, AlertRecord, Image)):
+        return x is None
+    raise TypeError(f"isnull() takes a column, a record such as alerts.diaObject, or a value, "
+                    f"not {type(x).__name__}")
 
 
-def notnull(x: Column | ListColumn) -> Column:
-    """True where the value (or the lightcurve) is present."""
-    return x.notnull()
+def notnull(x: Any) -> Any:
+    """True where the value, the lightcurve or the record is present (see :func:`isnull`)."""
+    out = isnull(x)
+    return ~out if isinstance(out, Column) else not out
 
 
-def fill(x: Column, value: Any) -> Column:
-    """``x`` with nulls replaced by ``value``: ``fill(alerts.diaSource.extendedness, 0)``."""
-    return x.fill(value)
+def _record_null(group: _Group) -> np.ndarray | None:
+    """Null mask of the record (struct) or list a group of columns stands for (trusted side)."""
+    store, prefix = group._store, group._prefix
+    if "." in prefix:
+        raise TypeError(f"isnull() takes a column or a whole top-level record such as alerts.diaObject, "
+                        f"not {prefix!r}; test one of its fields instead")
+    if store.kinds.get(prefix) == "list":
+        return store.list_offsets(prefix)[1]
+    return store.struct_null(prefix)
+
+
+def fill(x: Any, value: Any) -> Any:
+    """``x`` with nulls replaced by ``value``: ``fill(alerts.diaSource.extendedness, 0)``;
+    on a plain value, ``value`` if it is None."""
+    if isinstance(x, Column):
+        return x.fill(value)
+    if x is None or isinstance(x, _PLAIN):
+        return value if x is None else x
+    raise TypeError(f"fill() takes a column or a number, not {type(x).__name__}")
 
 
 def _flag(flag: Any, null: bool) -> np.ndarray | bool:
@@ -114,6 +206,7 @@ def _length(*xs: Any) -> int:
     raise TypeError("at least one argument must be a column")
 
 
+@_numbers_too()
 def is_set(flag: Column, *, null: bool = False) -> Column:
     """True where ``flag`` is True; a null flag counts as ``null`` (not set, by default).
 
@@ -122,6 +215,7 @@ def is_set(flag: Column, *, null: bool = False) -> Column:
     return Column(np.asarray(_flag(flag, null), bool))
 
 
+@_numbers_too()
 def any_set(*flags: Column, null: bool = False) -> Column:
     """True where at least one flag is True; null flags count as ``null`` (False by default)."""
     n = _length(*flags)
@@ -131,6 +225,7 @@ def any_set(*flags: Column, null: bool = False) -> Column:
     return Column(out)
 
 
+@_numbers_too()
 def all_set(*flags: Column, null: bool = False) -> Column:
     """True where every flag is True; null flags count as ``null`` (False by default)."""
     n = _length(*flags)
@@ -140,12 +235,14 @@ def all_set(*flags: Column, null: bool = False) -> Column:
     return Column(out)
 
 
+@_numbers_too()
 def none_set(*flags: Column, null: bool = False) -> Column:
     """True where no flag is True. A null flag counts as ``null``: with ``null=True`` an alert
     whose flag is unknown is rejected (the strict quality cut)."""
     return ~any_set(*flags, null=null)
 
 
+@_numbers_too()
 def if_else(condition: Column, then: Any, otherwise: Any) -> Column:
     """Per alert, ``then`` where ``condition`` is True, else ``otherwise`` (a null condition
     counts as False). Both may be columns or numbers: ``if_else(band == 'u', 0.5, 0.2)``."""
@@ -186,7 +283,9 @@ def _map(x: Any, fn: Callable[[np.ndarray], np.ndarray]) -> Any:
         return x._with(_map(x._items, fn))
     if isinstance(x, bool | int | float):
         with np.errstate(all="ignore"):
-            return float(fn(np.float64(x)))
+            return float(fn(np.asarray(x, dtype=np.float64)))
+    if x is None:  # a null in the per-alert form
+        return None
     raise TypeError(f"expected a column or a number, got {type(x).__name__}")
 
 
@@ -207,30 +306,81 @@ def _flux(m: np.ndarray) -> np.ndarray:
     return 10 ** ((AB_ZERO_POINT_NJY - m) / 2.5)
 
 
-_MAPPED = frozenset({np.sqrt, np.log10, np.log, np.exp, _mag, _flux})
+_MAPPED = frozenset({np.sqrt, np.log10, np.log, np.exp, _mag, _flux, np.sin, np.cos, np.tan,
+                     np.arcsin, np.arccos, np.radians, np.degrees})
 
 sqrt = _unary(np.sqrt, "sqrt", "Square root, element-wise.")
 log10 = _unary(np.log10, "log10", "Base-10 logarithm, element-wise (log of <= 0 is NaN or -inf).")
 log = _unary(np.log, "log", "Natural logarithm, element-wise.")
 exp = _unary(np.exp, "exp", "Exponential, element-wise.")
+# Trigonometry in radians, as in Python's math module; radians()/degrees() convert the
+# catalogue's degrees. Out of domain (asin(2)) is NaN, never an error, in both forms.
+sin = _unary(np.sin, "sin", "Sine of an angle in radians, element-wise.")
+cos = _unary(np.cos, "cos", "Cosine of an angle in radians, element-wise.")
+tan = _unary(np.tan, "tan", "Tangent of an angle in radians, element-wise.")
+asin = _unary(np.arcsin, "asin", "Arcsine in radians [-pi/2, pi/2]; NaN outside [-1, 1].")
+acos = _unary(np.arccos, "acos", "Arccosine in radians [0, pi]; NaN outside [-1, 1].")
+radians = _unary(np.radians, "radians", "Degrees to radians, element-wise.")
+degrees = _unary(np.degrees, "degrees", "Radians to degrees, element-wise.")
 
 
-def _binary(a: Any, b: Any, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Column:
+def _binary(a: Any, b: Any, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Any:
+    """``fn`` element-wise on two operands: columns, lightcurves (point by point; a per-alert
+    column is repeated for every point) or numbers; a null on either side gives null."""
+    lc = a if isinstance(a, ListColumn) else b if isinstance(b, ListColumn) else None
+    if lc is not None:
+        def items(x: Any) -> Any:
+            if isinstance(x, ListColumn):
+                if not lc._same_shape(x):
+                    raise ValueError("lightcurves of different shapes cannot be combined point by point")
+                return x._items
+            if isinstance(x, Column):
+                if len(x) != len(lc):
+                    raise ValueError(f"a column of {len(x)} values cannot be combined with a "
+                                     f"lightcurve of {len(lc)} alerts")
+                return lc._per_point(x)
+            return x
+        return lc._with(_binary(items(a), items(b), fn))
     n = _length(a, b)
     av, am = _values(a, n)
     bv, bm = _values(b, n)
     mask = am if bm is None else bm if am is None else am | bm
-    return Column(fn(av, bv), mask)
+    with np.errstate(all="ignore"):
+        return Column(fn(av, bv), mask)
 
 
-def minimum(a: Any, b: Any) -> Column:
+@_numbers_too()
+def minimum(a: Any, b: Any) -> Any:
     """The smaller of two columns (or a column and a number), alert by alert."""
     return _binary(a, b, np.minimum)
 
 
-def maximum(a: Any, b: Any) -> Column:
+@_numbers_too()
+def maximum(a: Any, b: Any) -> Any:
     """The larger of two columns (or a column and a number), alert by alert."""
     return _binary(a, b, np.maximum)
+
+
+def _float_pair(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    def apply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return fn(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    return apply
+
+
+_ATAN2 = _float_pair(np.arctan2)
+_HYPOT = _float_pair(np.hypot)
+
+
+@_numbers_too()
+def atan2(y: Any, x: Any) -> Any:
+    """The angle in radians (-pi, pi] of the point (x, y), element-wise; ``atan2(0, 0)`` is 0."""
+    return _binary(y, x, _ATAN2)
+
+
+@_numbers_too()
+def hypot(a: Any, b: Any) -> Any:
+    """``sqrt(a**2 + b**2)`` element-wise, without overflow for large values."""
+    return _binary(a, b, _HYPOT)
 
 
 # --- photometry -------------------------------------------------------------------------------
@@ -247,17 +397,20 @@ def flux_from_mag(mag: Any) -> Any:
     return _map(mag, _flux)
 
 
+@_numbers_too()
 def mag_err(flux: Any, flux_err: Any) -> Any:
     """Magnitude uncertainty from a flux and its error: ``1.0857 * |flux_err / flux|``."""
     return abs(flux_err / flux) * _MAG_PER_LN
 
 
+@_numbers_too()
 def colour(flux_a: Any, flux_b: Any) -> Any:
     """The colour ``m_a - m_b`` from two fluxes in nJy, e.g.
     ``colour(alerts.diaObject.g_psfFluxMean, alerts.diaObject.r_psfFluxMean)`` is g - r."""
     return mag_from_flux(flux_a) - mag_from_flux(flux_b)
 
 
+@_numbers_too()
 def flux_ratio(flux_a: Any, flux_b: Any) -> Any:
     """``flux_a / flux_b``, null where ``flux_b`` is zero or either is null."""
     if isinstance(flux_a, Column) or isinstance(flux_b, Column):
@@ -277,29 +430,60 @@ def flux_ratio(flux_a: Any, flux_b: Any) -> Any:
 # --- time -----------------------------------------------------------------------------------
 
 
-def days_since_first_detection(alerts: AlertsView) -> Column:
+def days_since_first_detection(alerts: AlertsView | AlertRecord) -> Any:
     """Days between the current source and the earliest detection of the object (previous
     sources included): 0 for a first detection. Uses ``midpointMjdTai`` of the history, because
-    ``diaObject.firstDiaSourceMjdTai`` is often null in real alerts."""
+    ``diaObject.firstDiaSourceMjdTai`` is often null in real alerts.
+
+    Takes the alerts view (a column) or, in the per-alert form, one alert (a number; None when
+    the current source has no time)."""
+    if type(alerts) is AlertRecord and alerts.get("diaSource") is not None:
+        now = alerts["diaSource"]["midpointMjdTai"]
+        prv = alerts.get("prvDiaSources", ())
+        times = [t for t in (p["midpointMjdTai"] for p in prv) if t is not None and t == t]
+        if now is None:
+            return None
+        if now != now:  # a NaN time: as in the column form, no age unless others exist
+            return math.nan if times else None
+        return now - min([*times, now])
     if not isinstance(alerts, AlertsView):
-        raise TypeError("days_since_first_detection takes the alerts view: days_since_first_detection(alerts)")
+        raise TypeError("days_since_first_detection takes the alerts view (or one alert): "
+                        "days_since_first_detection(alerts)")
     t = alerts.history("midpointMjdTai")
-    return alerts._store.get("diaSource.midpointMjdTai") - t.min()  # type: ignore[operator]
+    now = alerts._store.get("diaSource.midpointMjdTai")
+    assert isinstance(now, Column)
+    return now - t.min()
 
 
-def rate_between(value_now: Any, time_now: Any, value_then: Any, time_then: Any) -> Column:
-    """``(value_now - value_then) / (time_now - time_then)`` per alert, null where the times are
-    equal or anything is null. With magnitudes and MJDs this is mag/day (negative: brightening)."""
+@_numbers_too(4)
+def rate_between(value_now: Any, time_now: Any, value_then: Any, time_then: Any, *,
+                 equal_times: str = "null") -> Any:
+    """``(value_now - value_then) / (time_now - time_then)`` per alert; null where anything is
+    null. With magnitudes and MJDs this is mag/day (negative: brightening).
+
+    Two detections at the same time have no rate: null by default (``equal_times="null"``), so
+    a cut such as ``rate < -0.5`` never passes on a duplicate. ``equal_times="inf"`` gives
+    ``+inf``/``-inf`` by the sign of the change instead (null when nothing changed), as some
+    published filters compute it.
+    """
+    if equal_times not in ("null", "inf"):
+        raise ValueError('equal_times is "null" or "inf"')
     num = value_now - value_then
     den = time_now - time_then
     if not isinstance(num, Column) or not isinstance(den, Column):
-        raise TypeError("rate_between works on columns")
-    bad = den._v == 0
+        raise TypeError("rate_between works on columns (or, per alert, on numbers)")
+    nv = num._v.astype(np.float64, copy=False)
+    dv = den._v.astype(np.float64, copy=False)
+    same = dv == 0
+    null = same if equal_times == "null" else same & (nv == 0)
     for m in (num._m, den._m):
         if m is not None:
-            bad = bad | m
+            null = null | m
     with np.errstate(all="ignore"):
-        return Column(np.where(bad, 0.0, num._v / np.where(bad, 1.0, den._v)), bad)
+        out = nv / np.where(same, 1.0, dv)
+        if equal_times == "inf":
+            out = np.where(same, np.sign(nv) * np.inf, out)
+    return Column(np.where(null, 0.0, out), null)
 
 
 # --- sky geometry ------------------------------------------------------------------------------
@@ -328,12 +512,16 @@ def _angles(*xs: Any) -> tuple[list[np.ndarray], np.ndarray | None, int]:
                 raise ValueError(f"columns of different lengths ({n} and {len(x)}) cannot be combined")
             if x._m is not None:
                 mask = x._m if mask is None else mask | x._m
-            out.append(_per_visit("radians", (x,), lambda x=x: _readonly(np.radians(x._v.astype(np.float64, copy=False)))))
+            out.append(_per_visit("radians", (x,), functools.partial(_radians_of, x)))
         elif isinstance(x, bool | int | float):
             out.append(np.radians(np.float64(x)))
         else:
             raise TypeError(f"sky helpers take columns or numbers in degrees, not {type(x).__name__}")
     return out, mask, n
+
+
+def _radians_of(x: Column) -> np.ndarray:
+    return _readonly(np.radians(x._v.astype(np.float64, copy=False)))
 
 
 def _haversine(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray, dec2: np.ndarray) -> np.ndarray:
@@ -342,12 +530,14 @@ def _haversine(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray, dec2: np.ndar
     return 2 * np.arcsin(np.sqrt(np.clip(s, 0.0, 1.0)))
 
 
+@_numbers_too(4)
 def separation(ra1: Any, dec1: Any, ra2: Any, dec2: Any) -> Column:
     """Angular separation in degrees between (ra1, dec1) and (ra2, dec2), all in degrees."""
     (a1, d1, a2, d2), mask, n = _angles(ra1, dec1, ra2, dec2)
     return Column(np.broadcast_to(np.degrees(_haversine(a1, d1, a2, d2)), (n,)).copy(), mask)
 
 
+@_numbers_too(5)
 def cone(ra: Any, dec: Any, ra0: float, dec0: float, radius: float) -> Column:
     """True where (ra, dec) is within ``radius`` degrees of (ra0, dec0)."""
     sep = separation(ra, dec, ra0, dec0)
@@ -452,6 +642,7 @@ def _match(ra: Any, dec: Any, targets: Any, radius: float) -> tuple[np.ndarray, 
     return best, mask
 
 
+@_numbers_too(2)
 def watchlist(ra: Any, dec: Any, targets: Any, radius: float) -> Column:
     """True where (ra, dec) lies within ``radius`` degrees of any target of the list
     ``[(ra, dec), ...]`` (degrees). Thousands of targets cost about as much as one cone."""
@@ -459,6 +650,7 @@ def watchlist(ra: Any, dec: Any, targets: Any, radius: float) -> Column:
     return Column(best >= 0)
 
 
+@_numbers_too(2)
 def nearest(ra: Any, dec: Any, targets: Any, radius: float) -> Column:
     """Index in the list of the nearest target within ``radius`` degrees; null where none."""
     best, _ = _match(ra, dec, targets, radius)
@@ -482,11 +674,13 @@ def _galactic_impl(ra: Any, dec: Any) -> tuple[Column, Column]:
     return Column(lon, mask), Column(lat, mask)
 
 
+@_numbers_too(2)
 def galactic_latitude(ra: Any, dec: Any) -> Column:
     """Galactic latitude b in degrees of ICRS (ra, dec) in degrees."""
     return _galactic(ra, dec)[1]
 
 
+@_numbers_too(2)
 def galactic_longitude(ra: Any, dec: Any) -> Column:
     """Galactic longitude l in degrees [0, 360) of ICRS (ra, dec) in degrees."""
     return _galactic(ra, dec)[0]
@@ -506,11 +700,13 @@ def _ecliptic_impl(ra: Any, dec: Any) -> tuple[Column, Column]:
     return Column(np.degrees(lon) % 360.0, mask), Column(np.degrees(lat), mask)
 
 
+@_numbers_too(2)
 def ecliptic_latitude(ra: Any, dec: Any) -> Column:
     """Ecliptic latitude β in degrees (mean ecliptic and equinox of J2000) of (ra, dec)."""
     return _ecliptic(ra, dec)[1]
 
 
+@_numbers_too(2)
 def ecliptic_longitude(ra: Any, dec: Any) -> Column:
     """Ecliptic longitude λ in degrees [0, 360) (mean ecliptic and equinox of J2000)."""
     return _ecliptic(ra, dec)[0]
@@ -534,6 +730,10 @@ sky = Namespace(
 # --- what the compiler needs to know ---------------------------------------------------------
 
 
+# One field of each record of the alert packet that is never null inside the record.
+_RECORD_IDS = frozenset({"diaObjectId", "ssObjectId", "diaSourceId", "diaForcedSourceId", "id"})
+
+
 def implied_names(names: Iterable[str]) -> frozenset[str]:
     """Column-name tokens a filter reads through helpers without spelling them out.
 
@@ -541,9 +741,15 @@ def implied_names(names: Iterable[str]) -> frozenset[str]:
     (:meth:`sandbox.compile.CompiledFilter.reads`); lightcurve time order needs
     ``midpointMjdTai``, ``in_band`` needs ``band``, ``history`` reads diaSource and
     prvDiaSources, and ``band_field("psfFluxMean")`` reads ``diaObject.<b>_psfFluxMean``.
+    ``isnull(alerts.diaObject)`` needs the record decoded, so a null test reads each record's
+    id (one always-present field per record of the alert packet).
     """
     names = frozenset(names)
     extra = {"midpointMjdTai", "band"}
+    if names & {"isnull", "notnull"}:
+        extra |= _RECORD_IDS
+    if any(n.startswith("cutout_") for n in names):  # their default cutout
+        extra |= {"cutoutDifference"}
     if names & {"history", "days_since_first_detection"}:
         extra |= {"diaSource", "prvDiaSources"}
     if "band_field" in names:
@@ -568,6 +774,15 @@ def exported() -> dict[str, Any]:
         "exp": exp,
         "minimum": minimum,
         "maximum": maximum,
+        "sin": sin,
+        "cos": cos,
+        "tan": tan,
+        "asin": asin,
+        "acos": acos,
+        "atan2": atan2,
+        "hypot": hypot,
+        "radians": radians,
+        "degrees": degrees,
         "mag_from_flux": mag_from_flux,
         "flux_from_mag": flux_from_mag,
         "mag_err": mag_err,
@@ -575,6 +790,11 @@ def exported() -> dict[str, Any]:
         "flux_ratio": flux_ratio,
         "days_since_first_detection": days_since_first_detection,
         "rate_between": rate_between,
+        "thin": thin,
+        "cutout_centroid": cutout_centroid,
+        "cutout_second_moments": cutout_second_moments,
+        "cutout_elongation": cutout_elongation,
+        "cutout_median": cutout_median,
         "sky": sky,
         "arcsec": ARCSEC,
         "arcmin": ARCMIN,

@@ -57,7 +57,9 @@ def test_run_and_subscribe(tmp_path, small_night, redis_url, unique_user, capsys
     assert "entries published" in capsys.readouterr().out
     assert main(["subscribe", "--user", unique_user, "--redis-url", redis_url, "--since", "0", "--exit-when-idle"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines and all(json.loads(line)["filter"] == "bright" for line in lines)
+    entries = [json.loads(line) for line in lines]
+    assert entries and all(e["filter"] == "bright" for e in entries if e["kind"] == "match")
+    assert {e["kind"] for e in entries} >= {"match", "visit"}
 
 
 def test_unreachable_redis_is_one_line_with_advice(tmp_path, small_night, capsys) -> None:
@@ -89,7 +91,7 @@ def test_subscribe_exits_cleanly_on_ctrl_c(redis_url, unique_user) -> None:
     import time
 
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "subscribe", "--user", unique_user,
-                             "--redis-url", redis_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--redis-url", redis_url, "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(1.5)  # connected and blocked in XREAD
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=10)

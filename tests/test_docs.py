@@ -42,3 +42,15 @@ def test_example_runs(source: str, v11_packets) -> None:
     compiled = compile_filter(source, "example.py")
     (outcome,) = InProcessRunner([("u/doc", compiled)]).run(decode_messages(v11_packets).batch)
     assert outcome.fault is None, outcome.fault
+
+
+def test_every_other_code_block_is_a_tested_original() -> None:
+    """In the filter guides, code that is not a filter (```py, ```sql, ```json) appears only as
+    the original of a port in "Porting a filter from another broker", where
+    tests/test_porting.py runs it."""
+    for doc in (DOCS / "filters.md", DOCS / "filters-policy.md"):
+        text = doc.read_text()
+        porting = text.split("## Porting a filter from another broker", 1)
+        outside = porting[0] + (porting[1].split("\n## ", 1)[1] if len(porting) > 1 and "\n## " in porting[1] else "")
+        others = [lang for lang in re.findall(r"^```(\w+)\n", outside, re.M) if lang != "python"]
+        assert others == [], f"{doc.name}: untested {others} blocks outside the porting section"

@@ -17,7 +17,9 @@ MODULES = [
     "engine.alerts.fields", "engine.sources.night", "engine.decode", "engine.evaluate",
     "engine.sinks.streams", "engine.formats.json", "engine.subscribe", "engine.registry",
     "engine.service.pipeline", "engine.cli", "engine.local.simulate", "engine.local.redis_server",
-    "engine.local.report", "engine.local.bench",
+    "engine.local.report", "engine.local.bench", "engine.formats.voevent", "engine.sinks.vtp",
+    "engine.registry.keys", "engine.registry.store", "engine.registry.users", "engine.registry.inbox",
+    "engine.service.submissions", "engine.service.control", "engine.formats", "engine.formats.avro",
 ]
 
 

@@ -11,9 +11,9 @@ import fastavro
 from engine.alerts.schema import load_schema
 from engine.alerts.wire import unframe
 
-__all__ = ["render_json"]
+__all__ = ["render_json", "render_json_file"]
 
-_NUMERIC = {"visit", "diaSourceId", "diaObjectId", "ssObjectId", "schema_id"}
+_NUMERIC = {"visit", "diaSourceId", "diaObjectId", "ssObjectId", "schema_id", "alerts", "count", "cap"}
 _FLOAT = {"ra", "dec", "midpointMjdTai", "snr", "reliability"}
 
 
@@ -24,7 +24,7 @@ def render_json(entry_id: str, fields: dict[bytes, bytes], *, full: bool = False
         key = k.decode()
         if key == "alert":
             out["alert_bytes"] = len(v)
-            if full:
+            if full and v:
                 out["alert"] = _decoded(v)
             continue
         text = v.decode()
@@ -32,9 +32,16 @@ def render_json(entry_id: str, fields: dict[bytes, bytes], *, full: bool = False
             out[key] = int(text)
         elif key in _FLOAT and text:
             out[key] = float(text)
+        elif key == "filters" and text:  # a visit marker's per-filter counts
+            out[key] = json.loads(text)
         else:
             out[key] = text or None
     return json.dumps(out)
+
+
+def render_json_file(entry_id: str, fields: dict[bytes, bytes]) -> bytes:
+    """A match as a JSON document with its decoded alert (``subscribe --out DIR``)."""
+    return (render_json(entry_id, fields, full=True) + "\n").encode()
 
 
 def _decoded(body: bytes) -> dict[str, Any]:

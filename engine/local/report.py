@@ -194,7 +194,7 @@ def findings(result: TestResult, config: Config | None = None) -> list[Finding]:
         worst = max(capped, key=passed)
         out.append(Finding("cap", f"{_count(len(capped), 'visit')} passed more than the cap of {cap} matches "
                            f"per visit (visit {worst.visit}: {passed(worst)}); the service delivers only "
-                           f"the first {cap} of each and drops the rest, so tighten the cuts"))
+                           f"the {cap} most reliable of each and counts the rest as withheld, so tighten the cuts"))
 
     busy = [v for v in visits if v.alerts and passed(v) > DESIGN_RATE * v.alerts]
     if busy:

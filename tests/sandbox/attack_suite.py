@@ -220,3 +220,35 @@ class Outside:
     def assert_untouched(self) -> None:
         assert list(self.marker_dir.iterdir()) == [], "an attack created a file"
         assert self.connections() == 0, "an attack connected to the listener"
+
+
+# --- the helpers of issue 12: each new helper as a way in (appended; owner: lang) ---------------
+_REFINE = '"""r"""\ndef filter(alerts):\n    return True\n\ndef refine(alert):\n    img = alert["cutoutDifference"]\n'
+ATTACKS += [
+    A("trig function globals", "helpers", "rejected:restricted", "return sin.__globals__"),
+    A("wrapped helper original", "helpers", "rejected:restricted", "return sky.galactic_latitude.__wrapped__"),
+    A("record null test on the store", "helpers", "rejected:restricted", "return isnull(alerts._store)"),
+    A("moments result class", "helpers", "rejected:restricted", _REFINE + "    return img.centroid().__class__\n"),
+    A("trig result internals (runtime)", "helpers", "error", "return sin(alerts.diaSource.ra).base is None"),
+    A("trig on the view (runtime)", "helpers", "error", "return cos(alerts) > 0"),
+    A("number-form result attribute (runtime)", "helpers", "error", "return sky.galactic_latitude(1.0, 2.0).hex() == ''"),
+    A("record null mask internals (runtime)", "helpers", "error", "return isnull(alerts.diaObject).data is None"),
+    A("thin result internals (runtime)", "helpers", "error", "return thin(alerts.history('psfFlux'), 0.5).items is None"),
+    A("thin on the view (runtime)", "helpers", "error", "return thin(alerts, 1.0).count() > 0"),
+    A("thin result made writable (runtime)", "helpers", "error", "lc = thin(alerts.prvDiaSources.psfFlux, 0.5)\nlc.count = None\nreturn True"),
+    A("thin shares no state with others", "helpers", "ok:lightcurve",
+      "lc = alerts.prvDiaSources.psfFlux\nfor gap in (0.0, 1.0, 1e9):\n    thin(lc, gap).count()\n"
+      "return (lc.count() >= 2) & (alerts.diaSource.psfFlux > lc.mean())"),
+    A("rate_between option as an object (runtime)", "helpers", "error",
+      "ds = alerts.diaSource\nreturn rate_between(ds.psfFlux, ds.midpointMjdTai, 0.0, 0.0, equal_times=alerts) > 0"),
+    A("image NaN option as an object (runtime)", "helpers", "error", _REFINE + "    return img.median(nan=alert) > 0\n"),
+    A("image moments threshold as an object (runtime)", "helpers", "error", _REFINE + "    return img.elongation(threshold=img) > 0\n"),
+    A("cutout helper code", "helpers", "rejected:restricted", "return cutout_centroid.__code__"),
+    A("cutout helper on a foreign name (runtime)", "helpers", "error", "return cutout_elongation(alerts, alerts) > 1"),
+    A("cutout helper result internals (runtime)", "helpers", "error", "return cutout_median(alerts).base is None"),
+    A("cutout helper on a record's internals (runtime)", "helpers", "error", "return cutout_median(alerts.diaSource) > 0"),
+    A("hypot with the view on a lightcurve (runtime)", "helpers", "error", "return hypot(alerts.prvDiaSources.psfFlux, alerts).count() > 0"),
+    A("atan2 result internals (runtime)", "helpers", "error", "return atan2(alerts.diaSource.dec, 1.0).flags is None"),
+    A("degrees of a function (runtime)", "helpers", "error", "return degrees(sqrt) > 0"),
+    A("moments tuple internals (runtime)", "helpers", "error", _REFINE + "    m = img.second_moments()\n    return m.count(0.0) >= 0 and img.flags is None\n"),
+]
