@@ -49,6 +49,25 @@ def kafka_names() -> KafkaNames:
 #: Sample filters that pass a fair share of small visits, so the comparisons have teeth.
 LIVE_FILTERS = ("quality_cut.py", "random_sample.py", "fast_risers.py")
 
+#: A cap no test visit reaches: engines that split a visit share its caps, and would then
+#: deliver a different (equally valid) first-K than one offline run; without caps binding, the
+#: delivered sets must be equal.
+TEST_CAP = 1000
+
+
+def live_config():  # type: ignore[no-untyped-def]
+    """The configuration the Kafka tests run serve and the offline reference with."""
+    from engine.config import load_config
+
+    return load_config(env={}, isolation="inprocess", max_matches_per_visit=TEST_CAP)
+
+
+def serve_env() -> dict[str, str]:
+    """The environment of a ``serve`` subprocess: this one, with the tests' cap."""
+    import os
+
+    return {**os.environ, "MINIBROKER_MAX_MATCHES": str(TEST_CAP)}
+
 
 def filter_dir(root, user: str):  # type: ignore[no-untyped-def]
     """``root/<user>/`` holding copies of :data:`LIVE_FILTERS`; returns ``root``."""
@@ -77,12 +96,11 @@ def stream_matches(client, user: str):  # type: ignore[no-untyped-def]
 
 def reference_matches(client, night, filters_root, user: str):  # type: ignore[no-untyped-def]
     """The matches of a clean offline ``run --night`` of the same filters, for comparison."""
-    from engine.config import load_config
     from engine.registry import discover
     from engine.service.pipeline import run_night
     from engine.sinks.streams import Publisher
 
-    config = load_config(env={}, isolation="inprocess")
+    config = live_config()
     fs = discover(filters_root)
     run_night(night, fs.active, config, Publisher(client, config), progress=False)
     return stream_matches(client, user)

@@ -18,6 +18,7 @@ from kafka_fixtures import (
     filter_dir,
     reference_matches,
     serve_command,
+    serve_env,
     stream_matches,
 )
 
@@ -37,7 +38,7 @@ class _Engine:
     def start(self) -> None:
         self.mark = len(self.text()) if self.log.exists() else 0
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=out)
+            self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=out, env=serve_env())
 
     def wait_for_visit(self, timeout_s: float) -> bool:
         """Wait until this run of the engine logs a processed visit; False after ``timeout_s``."""

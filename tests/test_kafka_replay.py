@@ -6,9 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from kafka_fixtures import delete_keys, filter_dir, reference_matches, stream_matches
+from kafka_fixtures import delete_keys, filter_dir, live_config, reference_matches, stream_matches
 
-from engine.config import load_config
 from engine.service.produce import produce_night
 from engine.service.replay import replay
 from engine.service.serve import ServeSettings, serve
@@ -24,7 +23,7 @@ def test_replay_adds_only_what_is_new(kafka_bootstrap, kafka_names, redis_client
     matches of the visits in the window (by the index), as an offline run of it gives them."""
     user, ref = f"{unique_user}l", f"{unique_user}r"
     live_dir = filter_dir(tmp_path / "live", user)
-    config = load_config(env={}, isolation="inprocess")
+    config = live_config()
     try:
         produced = produce_night(small_night, kafka_bootstrap, kafka_names.topic, partitions=3, progress=False)
         settings = ServeSettings(KafkaSettings(kafka_bootstrap, kafka_names.topic, kafka_names.group,

@@ -166,14 +166,15 @@ class Service:
         self.on_visit: Callable[[VisitMessages, VisitReport, float], None] | None = None
         self._evaluator: Evaluator | None = None
         self._columns: dict[int, set[str] | None] = {}
-        self._publisher = _RetryingPublisher(client, config, self._retry)
-        self._dead_once = client.register_script(_DEAD_ONCE)
-        self.source = KafkaSource(settings.kafka, self._store_dead_letter)
-        self.stopping = threading.Event()
-        self.visits_done = 0
         from engine.service import metrics
 
         self.metrics = metrics.ServeMetrics()
+        self.stopping = threading.Event()
+        self.visits_done = 0
+        # The publisher writes to Redis when it starts (its secret): wait for Redis like a visit does.
+        self._publisher = self._retry(lambda: _RetryingPublisher(client, config, self._retry), "start")
+        self._dead_once = client.register_script(_DEAD_ONCE)
+        self.source = KafkaSource(settings.kafka, self._store_dead_letter)
 
     # -- dead letters ------------------------------------------------------------------------
     def _store_dead_letter(self, letter: DeadLetter) -> None:
