@@ -242,3 +242,30 @@ def test_redis_refusing_writes_pauses_the_visit_and_loses_nothing(kafka_bootstra
     assert not worker.is_alive()
     assert stream_matches(redis_client, live) == reference_matches(redis_client, small_night, ref_dir, ref)
     assert committed(kafka_bootstrap, kafka_names.topic, kafka_names.group, PARTITIONS) == produced.per_partition
+
+
+def test_without_filters_dir_serve_runs_the_registry(kafka_bootstrap, kafka_names, small_night, tmp_path) -> None:
+    """With no --filters, serve evaluates the registry's active filters (a private Redis, so
+    no other test's registry takes part) and delivers what an offline run of them delivers."""
+    import hashlib
+
+    import redis
+
+    from engine.local.redis_server import PrivateRedis
+    from engine.registry import Registry
+
+    user, ref = "alice", "alicer"
+    ref_dir = filter_dir(tmp_path / "ref", ref)
+    with PrivateRedis() as server:
+        client = redis.Redis.from_url(server.url)
+        registry = Registry(client)
+        for path in sorted((ref_dir / ref).glob("*.py")):
+            source = path.read_text()
+            registry.add_version(user, path.stem, source, path.name, hashlib.sha256(source.encode()).hexdigest())
+        produce_night(small_night, kafka_bootstrap, kafka_names.topic, partitions=PARTITIONS, progress=False)
+        settings = ServeSettings(KafkaSettings(kafka_bootstrap, kafka_names.topic, kafka_names.group,
+                                               linger_s=0.5), None)
+        assert serve(settings, live_config(), client, idle_exit_s=2.0, handle_signals=False) == 0
+        got = stream_matches(client, user)
+        expected = reference_matches(client, small_night, ref_dir, ref)
+        assert got and got == expected

@@ -27,8 +27,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     """Add the ``serve`` verb to the command's sub-parsers."""
     s = sub.add_parser("serve", help="consume alerts from Kafka, evaluate every filter, publish (SIGTERM drains)")
     add_kafka_args(s, group=True)
-    s.add_argument("--filters", required=True, type=Path,
-                   help="DIR with DIR/<user>/<name>.py (a changed file takes effect at the next visit)")
+    s.add_argument("--filters", type=Path,
+                   help="DIR with DIR/<user>/<name>.py (a changed file takes effect at the next visit); "
+                        "default: the registry's active filters (and submissions are answered)")
     s.add_argument("--owner", default="demo", help="user owning filter files directly in DIR")
     s.add_argument("--redis-url", help="default: $REDIS_URL or redis://localhost:6379/0")
     s.add_argument("--isolation", choices=("pool", "inprocess"))

@@ -69,7 +69,7 @@ class ServeSettings:
     """What ``serve`` reads and how: the topic, the filters, and the shutdown bound."""
 
     kafka: KafkaSettings
-    filters: Path
+    filters: Path | None  # None: the Redis registry's active filters
     owner: str = "demo"
     drain_timeout_s: float = 30.0
     shard: tuple[int, int] | None = None  # (I, N): run only users whose stable hash is I mod N
@@ -126,6 +126,34 @@ def _observed(visit: VisitBatch) -> float | None:
     return None if first is None else visitindex.observed_unix(first)
 
 
+class _RegistryFilters:
+    """The registry's active filters (one GET between visits when nothing changed); pending
+    submissions are answered between visits too, dry-run on a sample of a served visit."""
+
+    def __init__(self, client: redis.Redis, config: Config, keep: Callable[[ActiveFilter], bool]):
+        from engine.registry.store import ActiveFilters
+
+        self._store = ActiveFilters(client)
+        self._client, self._config, self._keep = client, config, keep
+        self.reference: VisitBatch | None = None
+        self.active: list[ActiveFilter] = []
+
+    @property
+    def caps(self) -> dict[str, int]:
+        """Per-filter caps an admin set."""
+        return self._store.caps
+
+    def refresh(self) -> bool:
+        """Answer waiting submissions, then re-read the registry; True when the filters changed."""
+        if self.reference is not None:
+            from engine.service.submissions import process_pending
+
+            process_pending(self._client, self.reference, self._config)
+        changed = self._store.refresh()
+        self.active = [f for f in self._store.filters if self._keep(f)]
+        return changed
+
+
 def shard_of(user: str, shards: int) -> int:
     """The shard of a user: a stable hash (the same in every process and release)."""
     import zlib
@@ -158,10 +186,14 @@ class Service:
         shard = settings.shard
         keep: Callable[[ActiveFilter], bool] = (
             (lambda f: True) if shard is None else (lambda f: shard_of(f.user, shard[1]) == shard[0]))
-        self._filters = _FilterDir(settings.filters, settings.owner, keep)
-        if filters is not None:
-            self._filters.active = [f for f in filters if keep(f)]
-            self._filters.fixed = True
+        self._filters: _FilterDir | _RegistryFilters
+        if filters is not None or settings.filters is not None:
+            self._filters = _FilterDir(settings.filters or Path("."), settings.owner, keep)
+            if filters is not None:
+                self._filters.active = [f for f in filters if keep(f)]
+                self._filters.fixed = True
+        else:
+            self._filters = _RegistryFilters(client, config, keep)
         #: Called after each visit with (batch, report, done wall time): benchmarks, tests.
         self.on_visit: Callable[[VisitMessages, VisitReport, float], None] | None = None
         self._evaluator: Evaluator | None = None
@@ -210,6 +242,8 @@ class Service:
                 self._evaluator.close()
             self._evaluator = Evaluator(self._filters.active, self.config)
             self._columns.clear()
+            if isinstance(self._filters, _RegistryFilters):
+                self._publisher.caps = dict(self._filters.caps)
             log.info(json.dumps({"event": "filters", "active": [f.key for f in self._filters.active]}))
         return self._filters.active
 
@@ -231,11 +265,23 @@ class Service:
             raise DecodeError(f"visit {batch.visit}: every message is corrupt (all dead-lettered)")
         return decode_messages(good, columns, visit=batch.visit)
 
+    @staticmethod
+    def _reference(batch: VisitMessages, schema: Any) -> VisitBatch | None:
+        """Up to 1,000 alerts of the first visit, every column but the cutouts: what
+        submissions are dry-run on."""
+        columns = [n for n in schema.arrow.names if not n.startswith("cutout")]
+        try:
+            return decode_messages(batch.bodies[:1000], columns, visit=batch.visit)
+        except DecodeError:
+            return None
+
     def process(self, batch: VisitMessages) -> VisitReport | None:
         """Decode, evaluate, publish, index and commit one visit batch."""
         filters = self._ensure_filters()
         assert self._evaluator is not None
         schema = load_schema(batch.schema_id)
+        if isinstance(self._filters, _RegistryFilters) and self._filters.reference is None:
+            self._filters.reference = self._reference(batch, schema)
         if batch.schema_id not in self._columns:
             self._columns[batch.schema_id] = columns_needed(filters, schema)
         columns = self._columns[batch.schema_id]
@@ -310,8 +356,9 @@ def serve(settings: ServeSettings, config: Config, client: redis.Redis, *,
           max_visits: int | None = None, idle_exit_s: float | None = None,
           handle_signals: bool = True) -> int:
     """Run the service (see the module docstring); SIGTERM/SIGINT drain and return 0."""
-    if not settings.filters.is_dir():
-        raise ConfigError(f"{settings.filters}: no such filter directory; give --filters DIR")
+    if settings.filters is not None and not settings.filters.is_dir():
+        raise ConfigError(f"{settings.filters}: no such filter directory; give --filters DIR "
+                          "(or leave it out to serve the registry's filters)")
     service = Service(settings, config, client)
     if settings.metrics_port is not None:
         service.metrics.serve(settings.metrics_port)
@@ -354,4 +401,5 @@ def describe(settings: ServeSettings) -> Sequence[str]:
     """Lines saying what the service reads (printed at start)."""
     k = settings.kafka
     shard = "" if settings.shard is None else f", shard {settings.shard[0]}/{settings.shard[1]}"
-    return [f"serving {k.topic} on {k.bootstrap} in group {k.group}{shard}; filters from {settings.filters}"]
+    source = settings.filters if settings.filters is not None else "the registry"
+    return [f"serving {k.topic} on {k.bootstrap} in group {k.group}{shard}; filters from {source}"]
