@@ -60,22 +60,29 @@ class _Visits:
         self.first: dict[int, float] = {}
         self.last: dict[int, float] = {}
         self.done: dict[int, float] = {}
+        self.batches = 0
+        self.parts: dict[str, list[float]] = {"decode": [], "evaluate": [], "publish": []}
         self.lock = threading.Lock()
 
     def __call__(self, batch: Any, report: Any, done: float) -> None:
         with self.lock:
             v = batch.visit
+            self.batches += 1
+            for part, seconds in (("decode", report.decode_s), ("evaluate", report.evaluate_s),
+                                  ("publish", report.publish_s)):
+                self.parts[part].append(seconds)
             self.first[v] = min(self.first.get(v, batch.first_received), batch.first_received)
             self.last[v] = max(self.last.get(v, batch.last_received), batch.last_received)
             self.done[v] = max(self.done.get(v, done), done)
 
 
 def _run_service(bootstrap: str, topic: str, group: str, config: Config, client: Any,
-                 active: list[Any], until: Callable[[_Visits], bool], timeout_s: float) -> _Visits:
+                 active: list[Any], until: Callable[[_Visits], bool], timeout_s: float,
+                 quiet_s: float) -> _Visits:
     from engine.service.serve import ServeSettings, Service
     from engine.sources.kafka import KafkaSettings
 
-    settings = ServeSettings(KafkaSettings(bootstrap, topic, group), Path("."))
+    settings = ServeSettings(KafkaSettings(bootstrap, topic, group, quiet_s=quiet_s), Path("."))
     service = Service(settings, config, client, filters=active)
     seen = _Visits()
     service.on_visit = seen
@@ -119,7 +126,7 @@ def _bare_consumer(bootstrap: str, topic: str, messages: int, timeout_s: float) 
 
 
 def measure_live(config: Config, *, visits: int = 6, pace_s: float = 10.0, filters: int = 100,
-                 say: Callable[[str], None] = lambda text: None) -> dict[str, Any]:
+                 quiet_s: float = 0.25, say: Callable[[str], None] = lambda text: None) -> dict[str, Any]:
     """Run both measurements (see the module doc) and return the figures."""
     import redis
 
@@ -151,7 +158,10 @@ def measure_live(config: Config, *, visits: int = 6, pace_s: float = 10.0, filte
             return len(seen.done) >= visits and not producer.is_alive()
 
         paced = _run_service(boot, topic, "bench-paced", config, client, active, until_paced,
-                             timeout_s=visits * pace_s + 300)
+                             timeout_s=visits * pace_s + 300, quiet_s=quiet_s)
+        figures["live_batches_per_visit"] = round(paced.batches / max(1, len(paced.done)), 2)
+        figures["live_parts_median_ms_10k"] = {k: round(1000 * statistics.median(v[1:] or v), 1)
+                                               for k, v in paced.parts.items() if v}
         # The first visit also starts the filters' worker processes: reported alone.
         first, *ids = sorted(paced.done)
         ids = ids or [first]
@@ -165,7 +175,7 @@ def measure_live(config: Config, *, visits: int = 6, pace_s: float = 10.0, filte
         bare_s = _bare_consumer(boot, topic, visits * 10_000, timeout_s=600)
         client.flushdb()  # serve publishes afresh rather than finding every match already there
         backlog = _run_service(boot, topic, "bench-backlog", config, client, active,
-                               lambda seen: len(seen.done) >= visits, timeout_s=900)
+                               lambda seen: len(seen.done) >= visits, timeout_s=900, quiet_s=quiet_s)
         engine_s = max(backlog.done.values()) - min(backlog.first.values())
         figures["live_visits_per_minute"] = round(60 * visits / engine_s, 1)
         figures["bare_consumer_visits_per_minute"] = round(60 * visits / bare_s, 1)

@@ -252,9 +252,16 @@ def peek_visit(body: bytes, schema: AlertSchema) -> int:
     try:
         pos = 5
         for op in plan.ops:
-            pos = _skip(body, pos, op)
+            if op == 1:  # a long or int: only its end matters, not its value
+                while body[pos] & 0x80:
+                    pos += 1
+                pos += 1
+            elif type(op) is tuple and body[pos] == 0 and op[0] == 0:  # a null union branch
+                pos += 1
+            else:
+                pos = _skip(body, pos, op)
         visit, pos = _read_long(body, pos)
-    except _Truncated:
+    except (_Truncated, IndexError):
         raise SourceError(f"datum ends before diaSource.{plan.field}") from None
     if pos > len(body):
         raise SourceError(f"datum ends before diaSource.{plan.field}")
