@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     s.add_argument("--isolation", choices=("pool", "inprocess"))
     s.add_argument("--budget-s", type=float, help="time budget per filter per visit")
     s.add_argument("--linger-s", type=float, default=2.0, help="a visit closes when its alerts stop for this long")
-    s.add_argument("--quiet-s", type=float, default=0.25,
+    s.add_argument("--quiet-s", type=float, default=0.15,
                    help="a visit also closes when every partition is caught up and nothing came for this long")
     s.add_argument("--max-alerts", type=int, default=50_000, help="a visit batch closes at this many alerts")
     s.add_argument("--shard", help="I/N: run only the users whose stable hash falls in shard I of N "

@@ -126,7 +126,7 @@ def _bare_consumer(bootstrap: str, topic: str, messages: int, timeout_s: float) 
 
 
 def measure_live(config: Config, *, visits: int = 6, pace_s: float = 10.0, filters: int = 100,
-                 quiet_s: float = 0.25, say: Callable[[str], None] = lambda text: None) -> dict[str, Any]:
+                 quiet_s: float = 0.15, say: Callable[[str], None] = lambda text: None) -> dict[str, Any]:
     """Run both measurements (see the module doc) and return the figures."""
     import redis
 

@@ -322,6 +322,7 @@ class Service:
             "evaluate_ms": round(report.evaluate_s * 1000, 1),
             "publish_ms": round(report.publish_s * 1000, 1),
             "latency_ms": round(whole_s * 1000, 1), "own_latency_ms": round(own_s * 1000, 1),
+            "close_wait_ms": round((batch.closed_at - batch.last_received) * 1000, 1),
             "passed": sum(report.passed.values()), "published": report.published,
             "faults": len(report.faults), "committed": committed,
         }))

@@ -72,7 +72,7 @@ class KafkaSettings:
     group: str
     linger_s: float = 2.0
     max_alerts: int = 50_000
-    quiet_s: float = 0.25
+    quiet_s: float = 0.15
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -94,6 +94,9 @@ def consumer_config(bootstrap: str, group: str, **extra: Any) -> dict[str, Any]:
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "enable.partition.eof": True,
+        # A caught-up consumer learns it is at the end when an empty fetch returns: Tansu holds
+        # it for this long, so it bounds how soon a finished visit can close (default 500 ms).
+        "fetch.wait.max.ms": 50,
         "session.timeout.ms": 6000,
         "heartbeat.interval.ms": 500,
         "fetch.max.bytes": 64 * 1024 * 1024,
@@ -144,6 +147,7 @@ class VisitMessages:
     first_received: float = 0.0
     last_received: float = 0.0
     closed_by: str = ""
+    closed_at: float = 0.0  # wall clock when the batch closed
     _seq: int = field(default=0, repr=False)
     _last_mono: float = field(default=0.0, repr=False)
 
@@ -409,7 +413,7 @@ class KafkaSource:
 
     def _hand_out(self, key: tuple[int, int], why: str) -> VisitMessages:
         batch = self._open.pop(key)
-        batch.closed_by = why
+        batch.closed_by, batch.closed_at = why, time.time()
         self._handed.append(batch)
         return batch
 
