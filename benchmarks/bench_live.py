@@ -48,6 +48,9 @@ def test_live(benchmark, summaries) -> None:  # type: ignore[no-untyped-def]
         row = [figures[f"live_{part}_{q}_ms_10k"] for q in ("p50", "p95", "max")]
         lines.append(f"  {label:<36s} " + " ".join(f"{v:8.0f}" for v in row))
     lines.append(f"  first visit (starts the workers), own part: {figures['live_first_own_ms_10k']:.0f} ms")
+    parts = ", ".join(f"{k} {v:.0f}" for k, v in figures["live_parts_median_ms_10k"].items())
+    lines.append(f"  own part, medians of its stages: {parts} ms; batches per visit "
+                 f"{figures['live_batches_per_visit']}")
     rate, bare = figures["live_visits_per_minute"], figures["bare_consumer_visits_per_minute"]
     lines.append(f"  sustained visits/minute: serve {rate:.1f}, bare consumer {bare:.1f} "
                  f"({100 * rate / bare:.0f}% of the broker's pace)")
