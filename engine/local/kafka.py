@@ -92,7 +92,7 @@ class PrivateKafka:
                     break
             except OSError:
                 time.sleep(0.05)
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 3})
         while time.monotonic() < deadline:
             if self._proc is None or self._proc.poll() is not None:
                 return False

@@ -39,7 +39,7 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int, timeout_s: float =
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
     try:
         # Asking for every topic: a metadata request naming one auto-creates it on some brokers
         # (Tansu), with their default partition count instead of ours.
@@ -88,6 +88,7 @@ def produce_night(
         "batch.size": 1_000_000,
         "queue.buffering.max.kbytes": 512 * 1024,
         "message.max.bytes": 8 * 1024 * 1024,
+        "log_level": 3,  # errors only: librdkafka's notices would garble the progress line
     })
     errors: list[str] = []
 

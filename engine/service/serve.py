@@ -47,7 +47,7 @@ from engine.service.pipeline import VisitReport, run_visit
 from engine.sinks.streams import Publisher
 from engine.sources.kafka import DeadLetter, DeadReason, KafkaSettings, KafkaSource, VisitMessages
 
-__all__ = ["DEADLETTER_STREAM", "ServeSettings", "Service", "serve"]
+__all__ = ["DEADLETTER_STREAM", "ServeSettings", "Service", "parse_shard", "serve", "shard_of"]
 
 log = logging.getLogger(__name__)
 
@@ -377,7 +377,7 @@ def serve(settings: ServeSettings, config: Config, client: redis.Redis, *,
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[int(sig)] = signal.signal(sig, stop)
-    for line in describe(settings):
+    for line in _describe(settings):
         log.info(line)
     try:
         return service.run(max_visits=max_visits, idle_exit_s=idle_exit_s)
@@ -398,7 +398,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def describe(settings: ServeSettings) -> Sequence[str]:
+def _describe(settings: ServeSettings) -> Sequence[str]:
     """Lines saying what the service reads (printed at start)."""
     k = settings.kafka
     shard = "" if settings.shard is None else f", shard {settings.shard[0]}/{settings.shard[1]}"
