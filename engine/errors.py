@@ -15,6 +15,9 @@
     │   └── FilterFault             run-time: crash, timeout, memory, bad result, suspended
     └── PoolError                   (``sandbox.errors``) the worker pool itself failed
 
+    MinibrokerWarning               (a ``UserWarning``) something works, but not as well as it
+                                    could: the CLI prints it as one line ``minibroker: warning: ...``
+
 Messages say what went wrong, where (file:line, visit, message offset) and what to do next.
 This module imports nothing so that both packages can share the root without cycles.
 """
@@ -26,6 +29,7 @@ __all__ = [
     "DecodeError",
     "DeliveryError",
     "MinibrokerError",
+    "MinibrokerWarning",
     "PublishError",
     "SchemaError",
     "ServerError",
@@ -63,3 +67,9 @@ class DeliveryError(MinibrokerError):
 
 class ServerError(MinibrokerError):
     """A private Redis-compatible server could not be started."""
+
+
+class MinibrokerWarning(UserWarning):
+    """Work goes on, slower or with less than asked (a foreign night file, no C compiler).
+
+    Library code emits it with :func:`warnings.warn`; the CLI prints each as one line."""

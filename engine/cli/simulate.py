@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from engine.config import Config
+from engine.errors import ConfigError
 
 __all__ = ["add_parser", "run"]
 
@@ -26,6 +27,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
     """Carry out ``minibroker simulate``; returns the exit code."""
     from engine.local.simulate import simulate_night
 
+    if args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a directory; give the night file to write, e.g. {args.out / 'night.avro'}")
+    if not args.out.parent.is_dir():
+        raise ConfigError(f"--out {args.out}: directory {args.out.parent} does not exist; create it first")
     s = simulate_night(args.out, visits=args.visits, alerts_per_visit=args.alerts_per_visit,
                        seed=args.seed, schema_version=args.schema_version, progress=not args.no_progress)
     print(f"wrote {s.alerts} alerts in {len(s.visits)} visits to {s.path} "

@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="replay from TIME (ISO UTC, a stream id, or 0 for everything kept)")
     u.add_argument("--filter", dest="filter_name", help="only this filter's entries")
     u.add_argument("--format", choices=sorted({*FILE_RENDERERS, "voevent"}), default="json",
-                   help="json lines (default); with --out, one file per match in this format")
+                   help="json lines (default); voevent prints one packet per match; with --out, one file per match")
     u.add_argument("--out", type=Path, metavar="DIR", help="write one file per match into DIR")
     u.add_argument("--group", help="consumer group keeping your position (default: 'default', "
                                      "or 'filter.NAME' with --filter, so a filtered reader skips nothing for the others)")
@@ -43,8 +43,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     from engine.formats.json import render_json
     from engine.subscribe import follow
 
-    if args.format not in ("json",) and args.out is None:
-        raise ConfigError(f"--format {args.format} writes files: give --out DIR")
+    if args.format == "avro" and args.out is None:
+        raise ConfigError("--format avro writes binary files: give --out DIR")
     client, user = connect_redis(config.redis_url), whoami(args, config)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -55,10 +55,18 @@ def run(args: argparse.Namespace, config: Config) -> int:
                      stop_when_idle=args.exit_when_idle, wait=args.wait, alive=_stdout_open)
     try:
         for entry_id, fields in entries:
-            if args.out is not None and fields.get(b"kind") == b"match":
-                name = f"{fields[b'filter'].decode()}-{fields[b'diaSourceId'].decode()}{suffix}"
-                (args.out / name).write_bytes(render(entry_id, fields))
-                print(args.out / name, flush=True)
+            is_match = fields.get(b"kind") == b"match"
+            if args.out is not None and is_match:
+                content = render(entry_id, fields)
+                path = args.out / _file_name(args.format, content, fields, suffix)
+                path.write_bytes(content)
+                print(path, flush=True)
+            elif args.format == "voevent" and is_match:
+                sys.stdout.write(render(entry_id, fields).decode() + "\n")
+                sys.stdout.flush()
+            elif args.format == "voevent":
+                # Markers and withheld counts are not VOEvents: a line beside the packets.
+                print(f"minibroker: {render_json(entry_id, fields)}", file=sys.stderr, flush=True)
             else:
                 print(render_json(entry_id, fields, full=args.full), flush=True)
     except KeyboardInterrupt:
@@ -70,6 +78,15 @@ def run(args: argparse.Namespace, config: Config) -> int:
     finally:
         entries.close()
     return 0
+
+
+def _file_name(fmt: str, content: bytes, fields: dict[bytes, bytes], suffix: str) -> str:
+    """One file per match: VOEvents are named after their IVORN, the rest after filter and alert."""
+    if fmt == "voevent":
+        from engine.formats.voevent import packet_filename, packet_ivorn
+
+        return packet_filename(packet_ivorn(content))
+    return f"{fields[b'filter'].decode()}-{fields[b'diaSourceId'].decode()}{suffix}"
 
 
 def _renderer(fmt: str, user: str, client: Any, config: Config) -> tuple[str, Renderer]:

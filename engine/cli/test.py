@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 from engine.config import Config
@@ -26,18 +27,28 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    """Carry out ``minibroker test``; returns the exit code."""
+    """Carry out ``minibroker test``; returns the exit code (1 when the filter faulted)."""
     from engine.local.localtest import default_night, test_filter
+    from engine.local.report import NullCounts, nothing_passed, write_report
 
     night = args.night or default_night(config, progress=not args.no_progress)
     config = dataclasses.replace(config, isolation=args.isolation)
-    if args.report is None:
-        test_filter(args.filter, night, config, progress=not args.no_progress, show=args.show)
-        return 0
-    from engine.local.report import NullCounts, write_report
-
+    # Null counts are cheap, and explain a filter that passes nothing.
     result = test_filter(args.filter, night, config, progress=not args.no_progress, show=args.show,
                          report=NullCounts())
-    path = write_report(args.report, result, night=night, config=config)
-    print(f"report written to {path}")
+    nothing = nothing_passed(result)
+    if nothing is not None:
+        print(f"warning: {nothing.message}")
+    if args.report is not None:
+        path = write_report(args.report, result, night=night, config=config)
+        print(f"report written to {path}")
+    if result.report.skipped:
+        print(f"minibroker: {night}: {len(result.report.skipped)} visit(s) could not be decoded (SKIPPED "
+              "above, with where); regenerate or copy the night again", file=sys.stderr)
+        return 1
+    faulty = sum(1 for v in result.report.visits if v.faults)
+    if faulty:
+        print(f"minibroker: the filter faulted on {faulty} of {len(result.report.visits)} visits "
+              "(each fault listed above once); fix it and test again", file=sys.stderr)
+        return 1
     return 0

@@ -52,8 +52,11 @@ def run(args: argparse.Namespace, config: Config) -> int:
     else:
         logging.basicConfig(level=logging.INFO, format="minibroker vtp: %(message)s")
         try:
+            from engine.registry.store import Registry
+
+            # Why: each packet carries the docstring of the filter version that selected it.
             vtp.forward(client, settings, users=args.user, until_idle=args.exit_when_idle,
-                        allow_private=config.vtp_allow_private)
+                        describe=Registry(client).describe, allow_private=config.vtp_allow_private)
         except KeyboardInterrupt:
             pass  # positions are saved after every answer: nothing to finish
     return 0

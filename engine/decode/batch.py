@@ -16,6 +16,7 @@ path that every faster decoder is tested against.
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -27,7 +28,7 @@ import pyarrow as pa
 from engine.alerts.schema import AlertSchema, load_schema, project_schema
 from engine.alerts.wire import HEADER_SIZE, frame, unframe
 from engine.decode import _fast
-from engine.errors import ConfigError, DecodeError
+from engine.errors import ConfigError, DecodeError, MinibrokerWarning
 from engine.sources.night import NightBlock
 
 __all__ = [
@@ -176,12 +177,22 @@ def _visit_of(batch: pa.RecordBatch) -> int:
     return -1
 
 
+_said_slow = False
+
+
 def _fast_decoder() -> ModuleType | None:
     """The compiled decoder when it can run here (gcc present, not switched off by
-    the ``decoder`` setting); None means use the fastavro reference."""
+    the ``decoder`` setting); None means use the fastavro reference, about a hundred times
+    slower: a one-line warning says so once per process, unless it was switched off on purpose."""
     if _fast.available():
         return _fast
     if _fast.settings().decoder == "fast":
         raise ConfigError(f"the decoder setting asks for the fast decoder, but {_fast.unavailable_reason()}; "
                           "install gcc, or set MINIBROKER_DECODER=auto to fall back to fastavro")
+    global _said_slow
+    if not _said_slow and _fast.settings().decoder != "reference":
+        _said_slow = True  # once per process: every visit would say it again
+        warnings.warn(MinibrokerWarning(
+            f"fast decoding is off ({_fast.unavailable_reason()}): alerts are decoded with fastavro, "
+            "about 100 times slower; results are the same"), stacklevel=3)
     return None

@@ -48,6 +48,7 @@ __all__ = [
     "ivorn",
     "match_from_entry",
     "packet_filename",
+    "packet_ivorn",
     "render",
     "render_entry",
     "renderer",
@@ -200,6 +201,11 @@ def _key_part(name: str) -> str:
 def ivorn(settings: VOEventSettings, user: str, filter_name: str, dia_source_id: int) -> str:
     """``ivo://<authority>/<user>/<filter>#<diaSourceId>``: one per (filter, alert)."""
     return f"ivo://{settings.authority}/{_key_part(user)}/{_key_part(filter_name)}#{dia_source_id}"
+
+
+def packet_ivorn(packet: bytes) -> str:
+    """The IVORN of a rendered packet (its root element's ``ivorn`` attribute)."""
+    return str(etree.fromstring(packet).get("ivorn"))
 
 
 def packet_filename(packet_ivorn: str) -> str:

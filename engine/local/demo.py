@@ -24,7 +24,7 @@ from engine.local.kafka import PrivateKafka
 from engine.local.redis_server import PrivateRedis
 from engine.progress import Progress
 from engine.registry import discover
-from engine.service.pipeline import VisitReport
+from engine.service.pipeline import NightReport, VisitReport
 from engine.service.produce import ensure_topic, produce_night
 from engine.service.serve import ServeSettings, Service
 from engine.sinks.streams import stream_key
@@ -39,8 +39,8 @@ TOPIC, GROUP, PARTITIONS = "alerts", "minibroker", 4
 
 def bundled_filters() -> Path:
     """The sample filters shipped with minibroker (the repo's ``sample_filters/``)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parents[1] / "sample_filters", here.parents[2] / "sample_filters"):
+    here = Path(__file__).resolve().parent  # engine/local
+    for candidate in (here.parents[1] / "sample_filters", here.parent / "sample_filters"):
         if candidate.is_dir():
             return candidate
     from importlib.resources import files
@@ -50,26 +50,6 @@ def bundled_filters() -> Path:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
-
-
-class _Tally:
-    """The visits the demo's service processed."""
-
-    def __init__(self) -> None:
-        self.visits: list[VisitReport] = []
-        self.own: list[float] = []
-
-    def add(self, vr: VisitReport, own_s: float) -> None:
-        self.visits.append(vr)
-        self.own.append(own_s)
-
-    @property
-    def alerts(self) -> int:
-        return sum(v.alerts for v in self.visits)
-
-    @property
-    def published(self) -> int:
-        return sum(v.published for v in self.visits)
 
 
 def run_demo(config: Config, *, visits: int = 10, alerts_per_visit: int = 1000,
@@ -102,8 +82,8 @@ def run_demo(config: Config, *, visits: int = 10, alerts_per_visit: int = 1000,
         print(f"generating a sample night: {visits} visits x {alerts_per_visit} alerts")
         simulate_night(night, visits=visits, alerts_per_visit=alerts_per_visit, seed=0, progress=True)
         fs = discover(filters or bundled_filters(), owner=DEMO_USER)
-        for key, rejection in fs.rejected.items():
-            print(f"left out {key}: {rejection}")
+        for problem in fs.problems():
+            print(problem)
         print(f"loaded {len(fs.active)} filters: {', '.join(f.compiled.name for f in fs.active)}")
 
         schema, visit_ids = night_info(night)
@@ -144,10 +124,11 @@ def run_demo(config: Config, *, visits: int = 10, alerts_per_visit: int = 1000,
         thread.start()
         settings = ServeSettings(KafkaSettings(kafka.bootstrap, TOPIC, GROUP, linger_s=1.0), Path("."))
         service = Service(settings, config, client, filters=fs.active)
-        report = _Tally()
+        report, own = NightReport(), []
 
         def on_visit(batch: Any, vr: VisitReport, done: float) -> None:
-            report.add(vr, done - batch.last_received)
+            report.visits.append(vr)
+            own.append(done - batch.last_received)
             bar.update(len(report.visits), f"visit {vr.visit}: {vr.alerts} alerts, "
                                            f"{sum(vr.passed.values())} passed")
 
@@ -167,17 +148,21 @@ def run_demo(config: Config, *, visits: int = 10, alerts_per_visit: int = 1000,
         stop.set()
         thread.join()
         bar.close()
-        print(f"\n{report.alerts} alerts processed, {report.published} entries published to "
-              f"stream {stream_key(DEMO_USER)}")
         per_filter: dict[str, int] = {}
         for v in report.visits:
             for key, n in v.passed.items():
                 per_filter[key] = per_filter.get(key, 0) + n
+        capped = report.capped()
+        cap = config.max_matches_per_visit
+        print(f"\n{report.alerts} alerts processed: {sum(per_filter.values())} matches, "
+              f"{sum(capped.values())} withheld by the cap of {cap} per filter per visit, "
+              f"{report.published} published to stream {stream_key(DEMO_USER)}")
         for key, n in sorted(per_filter.items()):
-            print(f"  {key:<40} {n:>6} matches")
+            withheld = f"  ({capped[key]} withheld by the cap)" if capped.get(key) else ""
+            print(f"  {key:<40} {n:>6} matches{withheld}")
         print(f"the subscriber received all {received} entries")
-        if report.own:
+        if own:
             print(f"\nper visit, last alert received -> matches in Redis: median "
-                  f"{1000 * statistics.median(report.own):.0f} ms, max {1000 * max(report.own):.0f} ms")
+                  f"{1000 * statistics.median(own):.0f} ms, max {1000 * max(own):.0f} ms")
         print(f"to follow a stream yourself: REDIS_URL={url} minibroker subscribe --user {DEMO_USER} --since 0")
     return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from engine.registry import ActiveFilter
 from engine.service.pipeline import NightReport, VisitReport, run_night
 from sandbox import CompiledFilter, Outcome, load_filter
 
-__all__ = ["TestResult", "VisitObserver", "default_night", "test_filter"]
+__all__ = ["TestResult", "VisitObserver", "default_night", "distinct_faults", "test_filter"]
 
 
 class VisitObserver(Protocol):
@@ -28,7 +28,7 @@ class VisitObserver(Protocol):
     def observe(self, visit: VisitBatch, compiled: CompiledFilter) -> None:
         """Look at one decoded visit."""
 
-DEFAULT_NIGHT = {"visits": 10, "alerts_per_visit": 1000, "seed": 0}
+DEFAULT_NIGHT: dict[str, Any] = {"visits": 10, "alerts_per_visit": 1000, "seed": 0}
 
 
 def default_night(config: Config, *, progress: bool = True) -> Path:
@@ -37,6 +37,7 @@ def default_night(config: Config, *, progress: bool = True) -> Path:
 
     path = config.cache_dir / "nights" / "default-v11.1-10x1000-seed0.avro"
     if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
         if progress:
             print(f"generating the default sample night into {path} (once)", file=sys.stderr)
         simulate_night(path, progress=progress, **DEFAULT_NIGHT)
@@ -120,17 +121,33 @@ def test_filter(
             result.packets.append(visit.wire(row))
 
     result.report = run_night(night, active, config, None, progress=progress, on_visit=on_visit)
-    _print_report(compiled.name, result, out)
+    _print_report(compiled.name, result, out, config.max_matches_per_visit)
     return result
 
 
-def _print_report(name: str, result: TestResult, out: TextIO) -> None:
+def distinct_faults(report: NightReport) -> dict[str, list[int]]:
+    """Each distinct fault message of a night, with the visits it hit, in order of first hit."""
+    faults: dict[str, list[int]] = {}
+    for v in report.visits:
+        for message in v.faults.values():
+            faults.setdefault(message, []).append(v.visit)
+    return faults
+
+
+def _visits(ids: list[int], limit: int = 5) -> str:
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def _print_report(name: str, result: TestResult, out: TextIO, cap: int) -> None:
     rep = result.report
+    faults = distinct_faults(rep)
+    number = {message: i for i, message in enumerate(faults, 1)}
     print(f"filter {name}: {rep.alerts} alerts in {len(rep.visits)} visits", file=out)
     print(f"{'visit':>15} {'alerts':>7} {'passed':>7} {'eval ms':>8}", file=out)
     for v in rep.visits:
         passed = sum(v.passed.values())
-        fault = "  FAULT: " + next(iter(v.faults.values())) if v.faults else ""
+        fault = "".join(f"  FAULT [{number[m]}]" for m in v.faults.values())
         print(f"{v.visit:>15} {v.alerts:>7} {passed:>7} {v.evaluate_s * 1000:>8.1f}{fault}", file=out)
     for visit, why in rep.skipped.items():
         print(f"{visit:>15}  SKIPPED: {why}", file=out)
@@ -138,13 +155,21 @@ def _print_report(name: str, result: TestResult, out: TextIO) -> None:
     eval_ms = sum(v.evaluate_s for v in rep.visits) * 1000
     frac = f" ({100 * total / rep.alerts:.2f}%)" if rep.alerts else ""
     print(f"total: {total} of {rep.alerts} alerts passed{frac}; evaluation {eval_ms:.1f} ms", file=out)
+    over = [(v.visit, sum(v.passed.values()) - cap) for v in rep.visits if sum(v.passed.values()) > cap]
+    if over:
+        print(f"cap: the service would withhold {sum(n for _, n in over)} of these matches, over its cap of "
+              f"{cap} per filter per visit, in {len(over)} visit(s) ({_visits([v for v, _ in over])}); "
+              "tighten the cuts", file=out)
+    for message, hit in faults.items():
+        print(f"FAULT [{number[message]}] in {len(hit)} of {len(rep.visits)} visits ({_visits(hit)}): {message}",
+              file=out)
     if result.matches:
         print(f"\nfirst {len(result.matches)} matches:", file=out)
         print("  ".join(f"{c:>19}" if c == "diaSourceId" else f"{c:>14}" for c in _SHOWN), file=out)
         for m in result.matches:
             cells = []
             for c in _SHOWN:
-                v = m.get(c)
-                text = f"{v:.5f}" if isinstance(v, float) else str(v)
+                value = m.get(c)
+                text = f"{value:.5f}" if isinstance(value, float) else str(value)
                 cells.append(f"{text:>19}" if c == "diaSourceId" else f"{text:>14}")
             print("  ".join(cells), file=out)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from engine import __version__
 from engine.alerts.fields import AB_ZERO_POINT_NJY
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from engine.local.localtest import TestResult
     from sandbox import CompiledFilter
 
-__all__ = ["Finding", "NullCounts", "encode_png", "findings", "write_report"]
+__all__ = ["Finding", "NullCounts", "encode_png", "findings", "nothing_passed", "write_report"]
 
 #: The service is sized for about this many matches per filter per alert (20 per 10,000).
 DESIGN_RATE = 20 / 10_000
@@ -78,11 +79,16 @@ class NullCounts:
         Per dotted column path, the alerts in which it was missing.
     dynamic : bool
         True when the filter reaches columns dynamically, so which it reads is unknown.
+    values : dict[str, set]
+        Per scalar column path (not lightcurves), up to two distinct non-null values seen: one
+        value means the column is constant over the night (``ssObjectId`` 0 when no alert is of a
+        known solar-system object), which explains a cut that passes nothing.
     """
 
     def __init__(self) -> None:
         self.alerts = 0
         self.missing: dict[str, int] = {}
+        self.values: dict[str, set[object]] = {}
         self.dynamic = False
         self._paths: dict[int, frozenset[str]] = {}
 
@@ -102,6 +108,9 @@ class NullCounts:
                 continue
             n = int(_missing(batch.column(top), rest).sum())
             self.missing[path] = self.missing.get(path, 0) + n
+            seen = self.values.setdefault(path, set())
+            if len(seen) < 2:
+                seen.update(_distinct(batch.column(top), rest, 2))
         self.alerts += len(visit)
 
     def fractions(self) -> dict[str, float]:
@@ -109,6 +118,18 @@ class NullCounts:
         if not self.alerts:
             return {}
         return dict(sorted(((p, n / self.alerts) for p, n in self.missing.items()), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _distinct(column: pa.Array, parts: Sequence[str], most: int) -> set[object]:
+    """Up to ``most`` distinct non-null values of a scalar leaf (none for lightcurves)."""
+    arr = column
+    for part in parts:
+        if not pa.types.is_struct(arr.type):
+            return set()
+        arr = arr.field(part)
+    if pa.types.is_nested(arr.type) or pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+        return set()
+    return set(pc.unique(arr.drop_null()).slice(0, most).to_pylist())
 
 
 def _missing(column: pa.Array, parts: Sequence[str]) -> np.ndarray:
@@ -148,8 +169,8 @@ class Finding:
     Attributes
     ----------
     kind : str
-        ``"matches"`` (above the design rate), ``"cap"`` (above the per-visit cap), ``"slow"``,
-        ``"fault"`` or ``"nulls"``.
+        ``"nothing"`` (no alert passed), ``"matches"`` (above the design rate), ``"cap"``
+        (above the per-visit cap), ``"slow"``, ``"fault"`` or ``"nulls"``.
     message : str
         What was seen, where, and what to do about it (plain text).
     """
@@ -179,6 +200,10 @@ def findings(result: TestResult, config: Config | None = None) -> list[Finding]:
 
     def passed(v: Any) -> int:
         return sum(v.passed.values())
+
+    nothing = nothing_passed(result)
+    if nothing is not None:
+        out.append(nothing)
 
     faults: dict[str, list[int]] = {}
     for v in visits:
@@ -220,7 +245,7 @@ def findings(result: TestResult, config: Config | None = None) -> list[Finding]:
                            f"{budget(worst) * 1000:.1f} ms); in the service an overrunning filter is "
                            f"stopped and the visit counts as a fault: vectorize loops, reduce lightcurves once"))
 
-    if result.nulls is not None:
+    if isinstance(result.nulls, NullCounts):
         # Columns of one record or list missing equally often share a cause (a null diaObject,
         # no history): one finding names them all.
         causes: dict[tuple[str, int], list[str]] = {}
@@ -235,6 +260,67 @@ def findings(result: TestResult, config: Config | None = None) -> list[Finding]:
                                f"that needs a value rejects all of those alerts. Fine if you meant it "
                                f"(e.g. isnull(...)); otherwise use fill() or guard with notnull()"))
     return out
+
+
+def nothing_passed(result: TestResult) -> Finding | None:
+    """A finding when the filter ran without fault yet passed no alert, naming the columns it
+    reads whose values explain it: never null (a null test on them is always False), always
+    null (every comparison with them is False), or one value all night."""
+    rep = result.report
+    if not rep.visits or any(sum(v.passed.values()) for v in rep.visits):
+        return None
+    if all(v.faults for v in rep.visits):
+        return None  # the faults say why
+    msg = f"the filter passed none of the night's {rep.alerts:,} alerts"
+    nulls = result.nulls
+    if not isinstance(nulls, NullCounts) or not nulls.alerts:
+        return Finding("nothing", msg + "; loosen its cuts one at a time to find the one that rejects everything")
+    null_tested = _null_tested(result.filter.source)
+    reasons = []
+    for path in sorted(nulls.missing):
+        seen = nulls.values.get(path, set())
+        one = f" and always {next(iter(seen))!r}" if len(seen) == 1 else ""
+        if nulls.missing[path] == 0 and path.rsplit(".", 1)[-1] in null_tested:
+            reasons.append(f"{path} is never null{one} (isnull() on it is always False"
+                           + ("; ssObjectId is 0, not null, when no solar-system object is associated"
+                              if path.endswith("ssObjectId") else "") + ")")
+        elif nulls.missing[path] == nulls.alerts:
+            reasons.append(f"{path} is always null (every comparison with it is False)")
+        elif len(seen) == 1:
+            reasons.append(f"{path} is always {next(iter(seen))!r} where not null")
+    if not reasons:
+        return Finding("nothing", msg + "; no column it reads is always null, never null or constant "
+                       "here, so loosen its cuts one at a time to find the one that rejects everything")
+    return Finding("nothing", f"{msg}; of the columns it reads, " + "; ".join(reasons))
+
+
+def _null_tested(source: str) -> set[str]:
+    """Names inside ``isnull(...)``/``notnull(...)`` calls or before ``.isnull()``/``.notnull()``
+    (the source passed the policy already; it is only parsed, never run, here)."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name) and func.id in ("isnull", "notnull"):
+            inner: list[ast.AST] = list(node.args)
+        elif isinstance(func, ast.Attribute) and func.attr in ("isnull", "notnull"):
+            inner = [func.value]
+        else:
+            continue
+        for arg in inner:
+            for sub in ast.walk(arg):
+                if isinstance(sub, ast.Attribute):
+                    names.add(sub.attr)
+                elif isinstance(sub, ast.Constant) and isinstance(sub.value, str):
+                    names.add(sub.value.rsplit(".", 1)[-1])
+    return names
 
 
 def _brace(paths: Sequence[str]) -> str:
@@ -303,13 +389,30 @@ def _stretch(image: np.ndarray, softening: float = 8.0) -> np.ndarray:
     return np.round(y * 255).astype(np.uint8)
 
 
+def _fits_image(data: bytes, label: str) -> np.ndarray:
+    """The first 2-D image of a FITS cutout, with astropy (trusted code: the sandbox keeps its
+    own small reader so that filters never reach astropy)."""
+    import warnings
+
+    from astropy.io import fits
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # header cards astropy would fix up are fine here
+            with fits.open(io.BytesIO(data), memmap=False) as hdus:
+                for hdu in hdus:
+                    if hdu.data is not None and hdu.data.ndim == 2:
+                        return np.asarray(hdu.data, dtype=np.float64)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"{label}: not a readable FITS file ({exc})") from None
+    raise ValueError(f"{label}: no 2-D image in this FITS file")
+
+
 def _cutout_html(data: bytes | None, label: str) -> str:
     if not data:
         return f'<figure class="cutout-fig"><div class="no-cutout">no {label} cutout</div><figcaption>{label}</figcaption></figure>'
-    from sandbox.alert import parse_fits_image  # trusted: the sandbox's own FITS reader
-
     try:
-        image = parse_fits_image(bytes(data), label)
+        image = _fits_image(bytes(data), label)
     except ValueError as exc:
         return f'<figure class="cutout-fig"><div class="no-cutout">{_e(exc)}</div><figcaption>{label}</figcaption></figure>'
     rows, cols = image.shape
@@ -496,7 +599,7 @@ def _fields(ra: np.ndarray, dec: np.ndarray, radius: float = 8.0, limit: int = 5
     Returns at most ``limit + 1`` groups (more means "scattered"; the caller then maps only).
     """
     left = np.arange(len(ra))
-    groups = []
+    groups: list[np.ndarray] = []
     while len(left) and len(groups) <= limit:
         a, d = ra[left[0]], dec[left[0]]
         near = (np.abs(dec[left] - d) <= radius) & (np.abs(_wrap(ra[left], a)) * math.cos(math.radians(d)) <= radius)
@@ -660,7 +763,9 @@ def _decode(body: bytes) -> dict[str, Any]:
 
     schema_id, datum = unframe(body)
     schema = load_schema(schema_id)
-    return fastavro.schemaless_reader(io.BytesIO(datum), schema.avro, schema.avro)
+    record = fastavro.schemaless_reader(io.BytesIO(datum), schema.avro, schema.avro)
+    assert isinstance(record, dict)  # an alert is a record
+    return record
 
 
 def _mag(flux: float | None) -> str:
@@ -691,7 +796,7 @@ def _match_card(i: int, head: dict[str, Any], body: bytes) -> str:
 
 
 _KIND_TITLES = {"fault": "Faults", "cap": "Over the match cap", "matches": "Too many matches",
-                "slow": "Slow", "nulls": "Nulls that swallow alerts"}
+                "slow": "Slow", "nulls": "Nulls that swallow alerts", "nothing": "Nothing passed"}
 
 _CSS = """
 :root{--ink:#1d2330;--dim:#5d6677;--line:#d9dee7;--bg:#f5f7fa;--accent:#0b5cad;--warn:#b35c00;--bad:#b3261e}
@@ -803,8 +908,8 @@ def _render(result: TestResult, night: Path | None, config: Config) -> str:
         out.append('<p class="empty">The night had no visits.</p>')
     out.append("</section>")
 
-    firsts = [(float(m["ra"]), float(m["dec"])) for m in result.matches
-              if isinstance(m.get("ra"), float) and isinstance(m.get("dec"), float)]
+    firsts = [(ra, dec) for ra, dec in ((m.get("ra"), m.get("dec")) for m in result.matches)
+              if isinstance(ra, float) and isinstance(dec, float)]
     out.append(f'<section id="sky"><h2>Sky map of matches</h2>{_sky_svg(result.positions, firsts)}'
                '<p class="dim">Red rings: the first matches, numbered as below.</p></section>')
 
@@ -823,7 +928,7 @@ def _render(result: TestResult, night: Path | None, config: Config) -> str:
 
     out.append('<section id="columns"><h2>Columns the filter may read</h2>')
     nulls = result.nulls
-    if nulls is None:
+    if not isinstance(nulls, NullCounts):
         out.append('<p class="empty">Null counts were not collected (pass <code>report=NullCounts()</code> to test_filter).</p>')
     elif nulls.dynamic:
         out.append('<p class="empty">The filter reaches columns dynamically, so which it reads is unknown.</p>')

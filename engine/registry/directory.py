@@ -3,13 +3,14 @@
 For now filters come from a directory: ``DIR/<user>/<name>.py`` belongs to ``<user>``; files
 directly in ``DIR`` belong to the ``owner`` given (``sample_filters/*.py`` run as ``demo``).
 Each filter's key is ``"<user>/<name>"``. Every file is compiled through the sandbox; a rejected
-file is reported and left out, never fatal to the others.
+file, or a user directory whose name cannot be a user, is reported and left out, never fatal to
+the others: :class:`FilterSet` lists every problem at once.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import ConfigError
@@ -33,10 +34,17 @@ class ActiveFilter:
 
 @dataclass(frozen=True)
 class FilterSet:
-    """The filters that loaded, and the rejections of those that did not."""
+    """The filters that loaded, the rejections of those that did not, and the directories
+    left out (path → why)."""
 
     active: list[ActiveFilter]
     rejected: dict[str, FilterRejected]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        """Every problem, one message each: skipped directories, then rejected filters."""
+        return [f"{path} left out: {why}" for path, why in self.skipped.items()] + [
+            f"{key} left out: {rejection}" for key, rejection in self.rejected.items()]
 
 
 def _user_ok(name: str) -> bool:
@@ -49,9 +57,12 @@ def discover(directory: str | os.PathLike[str], owner: str = "demo") -> FilterSe
     if not root.is_dir():
         raise ConfigError(f"{root}: no such filter directory; give --filters DIR with DIR/<user>/<name>.py files")
     found: list[tuple[str, Path]] = [(owner, p) for p in sorted(root.glob("*.py"))]
+    skipped: dict[str, str] = {}
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
         if not _user_ok(sub.name):
-            raise ConfigError(f"{sub}: user names use letters, digits, '-', '_' and '.'")
+            skipped[str(sub)] = (f"{sub.name!r} cannot be a user name (use letters, digits, '-', '_' and "
+                                 "'.'); rename the directory")
+            continue
         found.extend((sub.name, p) for p in sorted(sub.glob("*.py")))
     active, rejected = [], {}
     for user, path in found:
@@ -62,4 +73,4 @@ def discover(directory: str | os.PathLike[str], owner: str = "demo") -> FilterSe
             active.append(ActiveFilter(user, safe_compile(read_filter_source(path), str(path))))
         except FilterRejected as exc:
             rejected[f"{user}/{path.stem}"] = exc
-    return FilterSet(active, rejected)
+    return FilterSet(active, rejected, skipped)

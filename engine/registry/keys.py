@@ -18,6 +18,9 @@ key                                             what
 ``minibroker:{alice}:filters``                  set of the user's filter names
 ``minibroker:{alice}:filter:<name>``            hash: status, version, cap, statistics
 ``minibroker:{alice}:filter:<name>:versions``   list of versions (JSON: code, hash, time)
+``minibroker:{alice}:vtp``                      hash: VTP receiver ``host:port`` → position
+``minibroker:{alice}:vtp:stats``                hash: per receiver acks, naks, last error
+``minibroker:{!engine}:vtp_users``              set of users with a VTP receiver
 ``minibroker:{!engine}:users``                  set of users created by ``admin add-user``
 ``minibroker:{!engine}:owners``                 set of users who have filters
 ``minibroker:{!engine}:epoch``                  bumped on every registry change
@@ -45,6 +48,8 @@ __all__ = [
     "user_pattern",
     "validate_name",
     "versions_key",
+    "vtp_key",
+    "vtp_stats_key",
     "visit_key",
 ]
 
@@ -114,6 +119,16 @@ def filter_key(user: str, name: str) -> str:
 def versions_key(user: str, name: str) -> str:
     """List of one filter's versions, oldest first."""
     return f"{_user(user)}:filter:{name}:versions"
+
+
+def vtp_key(user: str) -> str:
+    """Hash of the user's VTP receivers (``host:port``) and each one's forwarding position."""
+    return f"{_user(user)}:vtp"
+
+
+def vtp_stats_key(user: str) -> str:
+    """Hash of per-receiver forwarding statistics."""
+    return f"{_user(user)}:vtp:stats"
 
 
 def engine_key(what: str) -> str:

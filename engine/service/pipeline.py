@@ -15,7 +15,7 @@ from engine.evaluate import Evaluator, columns_needed
 from engine.progress import Progress
 from engine.registry import ActiveFilter
 from engine.sinks.streams import Publisher, PublishReport
-from engine.sources.night import NightBlock, night_info, read_night
+from engine.sources.night import NightBlock, open_night
 from sandbox import Outcome
 
 __all__ = ["NightReport", "VisitReport", "run_night", "run_visit", "run_visits"]
@@ -33,6 +33,7 @@ class VisitReport:
     passed: dict[str, int]
     faults: dict[str, str]
     published: int
+    capped: dict[str, int] = field(default_factory=dict)  # matches withheld by the cap, per filter
 
     @property
     def total_s(self) -> float:
@@ -62,6 +63,14 @@ class NightReport:
         """Entries written to streams."""
         return sum(v.published for v in self.visits)
 
+    def capped(self) -> dict[str, int]:
+        """Per filter key, the matches the per-visit cap withheld over the night."""
+        out: dict[str, int] = {}
+        for v in self.visits:
+            for key, n in v.capped.items():
+                out[key] = out.get(key, 0) + n
+        return out
+
 
 def run_visit(
     decode: Callable[[], VisitBatch],
@@ -89,6 +98,7 @@ def run_visit(
         passed={o.key: o.passed for o in outcomes},
         faults={o.key: str(o.fault) for o in outcomes if o.fault is not None},
         published=published.total,
+        capped=dict(published.capped),
     )
     return vr, visit, outcomes
 
@@ -133,11 +143,11 @@ def run_night(
     progress: bool | Progress = True,
     on_visit: Callable[[VisitReport, VisitBatch, list[Outcome]], None] | None = None,
 ) -> NightReport:
-    """Run a night file through the pipeline with the runner ``config`` chooses, showing
-    progress per visit (pass a :class:`Progress` to share its line with other output);
-    ``on_visit`` sees each visit after it is published."""
-    schema, visits = night_info(night)
-    bar = progress if isinstance(progress, Progress) else Progress(len(visits) if visits else None, enabled=progress)
+    """Run a night (any form :func:`engine.sources.open_night` reads) through the pipeline with
+    the runner ``config`` chooses, showing progress per visit (pass a :class:`Progress` to
+    share its line with other output); ``on_visit`` sees each visit after it is published."""
+    opened = open_night(night)
+    bar = progress if isinstance(progress, Progress) else Progress(len(opened.visits) or None, enabled=progress)
     done = 0
 
     def each(vr: VisitReport, visit: VisitBatch, outcomes: list[Outcome]) -> None:
@@ -149,6 +159,6 @@ def run_night(
 
     try:
         with Evaluator(filters, config) as evaluator:
-            return run_visits(read_night(night), schema, filters, evaluator, publisher, on_visit=each)
+            return run_visits(opened.blocks(), opened.schema, filters, evaluator, publisher, on_visit=each)
     finally:
         bar.close()

@@ -52,6 +52,7 @@ from lxml import etree
 
 from engine.errors import ConfigError, DeliveryError, MinibrokerError
 from engine.formats.voevent import VOEventSettings, match_from_entry, render
+from engine.registry import keys
 from engine.sinks.streams import read_packet, stream_key
 
 __all__ = [
@@ -75,7 +76,7 @@ TRANSPORT_NS = "http://www.telescope-networks.org/xml/Transport/v1.1"
 _LENGTH = struct.Struct(">I")
 # VTP peers refuse messages of 100 kB or more; a reply bigger than this is not VTP.
 MAX_MESSAGE = 100_000
-USERS_KEY = "minibroker:{!engine}:vtp_users"
+USERS_KEY = keys.engine_key("vtp_users")
 
 Describe = Callable[[str, str, str], str]
 """``describe(user, filter, version)`` → the filter's docstring ("" when unknown)."""
@@ -93,12 +94,8 @@ def _packet(client: redis.Redis, fields: dict[bytes, bytes]) -> bytes | None:
 
 
 # A user's name is a hash tag, so that all of one user's keys land on one cluster slot.
-def _receivers_key(user: str) -> str:
-    return f"minibroker:{{{user}}}:vtp"
-
-
-def _stats_key(user: str) -> str:
-    return f"minibroker:{{{user}}}:vtp:stats"
+_receivers_key = keys.vtp_key
+_stats_key = keys.vtp_stats_key
 
 
 @dataclass(frozen=True, order=True)

@@ -7,8 +7,12 @@ read it at the speed of the stream instead of record by record:
 - the header metadata ``minibroker.visits`` lists the visit ids of the blocks, in order.
 
 Reading maps the file and hands out each block's bytes where they lie, so the decoder walks
-the datums in place. An OCF written by anyone else still reads: its records are regrouped by
-``diaSource.visit`` (slower, said in a warning).
+the datums in place.
+
+:func:`open_night` is the one door for every form a scientist has alerts in: a minibroker night,
+an Avro container file written by any other tool (:mod:`engine.sources.foreign`), or a directory of
+single-alert files (:mod:`engine.sources.packets`). The last two are regrouped by ``diaSource.visit``,
+which is slower; a one-line :class:`~engine.errors.MinibrokerWarning` says so.
 """
 
 from __future__ import annotations
@@ -18,29 +22,24 @@ import mmap
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import fastavro
 
-from engine.alerts.schema import AlertSchema, load_schema, parse_version
-from engine.errors import SourceError
+from engine.alerts.schema import AlertSchema, load_schema
+from engine.errors import MinibrokerWarning, SchemaError, SourceError
+from engine.sources.block import NightBlock
+from engine.sources.foreign import container_blocks
+from engine.sources.packets import read_packets
 
-__all__ = ["NightBlock", "NightWriter", "read_night", "night_info"]
+__all__ = ["Night", "NightBlock", "NightForm", "NightWriter", "night_info", "open_night", "read_night"]
 
 _MAGIC = b"Obj\x01"
 _VISITS_KEY = "minibroker.visits"
 _SCHEMA_KEY = "minibroker.schema_version"
-
-
-@dataclass(frozen=True)
-class NightBlock:
-    """The raw alerts of one visit: ``count`` Avro datums back to back in ``data``."""
-
-    visit: int
-    count: int
-    data: memoryview
 
 
 class NightWriter:
@@ -75,9 +74,11 @@ class NightWriter:
         self._fo = open(self._tmp, "wb")
         metadata = {_VISITS_KEY: json.dumps(self._visits), _SCHEMA_KEY: self.schema.name}
         # A sync interval larger than any visit: blocks end only where write_visit flushes.
+        # The header's schema JSON is written from an ordered copy: fastavro's parsed schemas
+        # order some keys by set iteration, which changes with the process's hash seed.
         self._writer = fastavro.write.Writer(
-            self._fo, self.schema.avro, codec="null", sync_interval=2**62, metadata=metadata,
-            sync_marker=self._sync,
+            self._fo, _ordered(self.schema.avro), codec="null", sync_interval=2**62, metadata=metadata,
+            sync_marker=self._sync or b"",
         )
         return self
 
@@ -101,11 +102,25 @@ class NightWriter:
             self._tmp.unlink(missing_ok=True)
 
 
+def _ordered(t: Any) -> Any:
+    """``t`` with every mapping's keys sorted (lists keep their order), fastavro's private
+    bookkeeping keys dropped."""
+    if isinstance(t, dict):
+        return {k: _ordered(t[k]) for k in sorted(t) if not k.startswith("__")}
+    if isinstance(t, list):
+        return [_ordered(x) for x in t]
+    return t
+
+
+class _Truncated(Exception):
+    """The buffer ended inside what was being read."""
+
+
 def _read_long(buf: memoryview | bytes, pos: int) -> tuple[int, int]:
     shift = result = 0
     while True:
         if pos >= len(buf):
-            raise SourceError("truncated varint")
+            raise _Truncated
         b = buf[pos]
         pos += 1
         result |= (b & 0x7F) << shift
@@ -115,8 +130,7 @@ def _read_long(buf: memoryview | bytes, pos: int) -> tuple[int, int]:
 
 
 def _read_header(buf: memoryview) -> tuple[dict[str, bytes], bytes, int]:
-    if bytes(buf[:4]) != _MAGIC:
-        raise SourceError("not an Avro object container file (bad magic)")
+    """The metadata, sync marker and end of an OCF header; raises _Truncated if it ends early."""
     pos = 4
     meta: dict[str, bytes] = {}
     while True:
@@ -128,70 +142,195 @@ def _read_header(buf: memoryview) -> tuple[dict[str, bytes], bytes, int]:
             _, pos = _read_long(buf, pos)
         for _ in range(n):
             klen, pos = _read_long(buf, pos)
-            key = bytes(buf[pos : pos + klen]).decode()
+            key = bytes(buf[pos : pos + klen]).decode(errors="replace")
             pos += klen
             vlen, pos = _read_long(buf, pos)
+            if pos + vlen > len(buf):
+                raise _Truncated
             meta[key] = bytes(buf[pos : pos + vlen])
             pos += vlen
+    if pos + 16 > len(buf):
+        raise _Truncated
     sync = bytes(buf[pos : pos + 16])
     return meta, sync, pos + 16
 
 
-def night_info(path: str | os.PathLike[str]) -> tuple[AlertSchema, list[int] | None]:
-    """The schema of a night file and its visit list (None for a foreign OCF)."""
+class NightForm(StrEnum):
+    """The forms of alerts on disk that :func:`open_night` reads."""
+
+    MINIBROKER = "minibroker night"  # one block per visit: read where it lies
+    CONTAINER = "Avro container file"  # written by any other Avro tool
+    PACKETS = "packet directory"  # one alert per file
+
+
+@dataclass(frozen=True)
+class Night:
+    """Alerts of a night, whatever form they came in, ready to be read visit by visit.
+
+    Attributes
+    ----------
+    path : Path
+        The file or directory.
+    form : NightForm
+        Which form the alerts came in.
+    schema : AlertSchema
+        The schema every block's datums are written in.
+    visits : list of int
+        The visit ids, in the order :meth:`blocks` yields them.
+    """
+
+    path: Path
+    form: NightForm
+    schema: AlertSchema
+    visits: list[int]
+    _blocks: list[NightBlock] | None = field(default=None, repr=False)
+
+    def blocks(self) -> Iterator[NightBlock]:
+        """Each visit's raw alerts, in order (a minibroker night is read where it lies)."""
+        if self._blocks is not None:
+            return iter(self._blocks)
+        return _read_blocks(self.path, self.visits)
+
+
+def open_night(path: str | os.PathLike[str], *, schema: AlertSchema | None = None) -> Night:
+    """Open alerts in any form a scientist has them (see the module doc).
+
+    ``schema`` is the version of bare Avro datums in a packet directory, when known.
+
+    Raises
+    ------
+    SourceError
+        The path is missing, not an alert file or directory, truncated (the message gives the
+        byte where it ends) or corrupt; every message names the path.
+    """
+    path = Path(path)
+    if path.is_dir():
+        key = _identity(path, schema)
+        if _last_walked and _last_walked[0] == key:
+            return _last_walked[1]
+        found, blocks = read_packets(path, schema)
+        _slow(path, "a directory of single-alert files")
+        return _remember(key, Night(path, NightForm.PACKETS, found, [b.visit for b in blocks], blocks))
+    if _is_packet(path):
+        key = _identity(path, schema)
+        if _last_walked and _last_walked[0] == key:
+            return _last_walked[1]
+        found, blocks = read_packets(path, schema)
+        return _remember(key, Night(path, NightForm.PACKETS, found, [b.visit for b in blocks], blocks))
+    meta, codec = _head(path)
+    if _VISITS_KEY in meta and _SCHEMA_KEY in meta and codec == "null":
+        return Night(path, NightForm.MINIBROKER, load_schema(meta[_SCHEMA_KEY].decode()),
+                     json.loads(meta[_VISITS_KEY]))
+    key = _identity(path, schema)
+    if _last_walked and _last_walked[0] == key:
+        return _last_walked[1]
+    found, blocks = container_blocks(path)
+    _slow(path, "an Avro container file not written by minibroker" + (f" ({codec} codec)" if codec != "null" else ""))
+    return _remember(key, Night(path, NightForm.CONTAINER, found, [b.visit for b in blocks], blocks))
+
+
+# The last night that had to be walked alert by alert: callers often ask for its visits
+# (night_info) and then its blocks (read_night); one walk, one warning. One entry only, so a
+# large file is not held after the next is opened.
+_last_walked: list[Any] = []
+
+
+def _identity(path: Path, schema: AlertSchema | None) -> tuple[object, ...]:
+    """What makes two opens of ``path`` the same: its place, size and time of change (of every
+    file, for a directory) and the schema asked for."""
+    entries = sorted(path.iterdir()) if path.is_dir() else [path]
+    stats = [(p.name, st.st_size, st.st_mtime_ns) for p in entries for st in [p.stat()]]
+    return (str(path.resolve()), tuple(stats), None if schema is None else schema.name)
+
+
+def _remember(key: tuple[object, ...], night: Night) -> Night:
+    _last_walked[:] = [key, night]
+    return night
+
+
+def _slow(path: Path, what: str) -> None:
+    warnings.warn(MinibrokerWarning(
+        f"{path} is {what}: its alerts were walked one by one to group them by visit, which is "
+        "slower than a night written by `minibroker simulate`"), stacklevel=3)
+
+
+def _is_packet(path: Path) -> bool:
+    """Whether ``path`` is one Kafka message body of a known LSST schema (wire header 0 + id)."""
     try:
         with open(path, "rb") as fo:
+            head = fo.read(5)
+    except OSError:
+        return False  # _head says what is wrong with it
+    if len(head) < 5 or head[0] != 0:
+        return False
+    try:
+        load_schema(int.from_bytes(head[1:5], "big"))
+    except SchemaError:
+        return False
+    return True
+
+
+def _head(path: Path) -> tuple[dict[str, bytes], str]:
+    """An OCF's header metadata and codec; a SourceError naming ``path`` if it is not one."""
+    try:
+        with open(path, "rb") as fo:
+            size = os.fstat(fo.fileno()).st_size
             head = fo.read(1 << 20)
     except FileNotFoundError:
-        raise SourceError(f"{path}: no such night file; make one with `minibroker simulate --out {path}`") from None
-    meta, _, _ = _read_header(memoryview(head))
-    visits = json.loads(meta[_VISITS_KEY]) if _VISITS_KEY in meta else None
-    return _schema_of(meta, path), visits
-
-
-def _schema_of(meta: dict[str, bytes], path: object) -> AlertSchema:
-    if _SCHEMA_KEY in meta:
-        return load_schema(meta[_SCHEMA_KEY].decode())
-    name = json.loads(meta["avro.schema"]).get("namespace", "")  # e.g. "lsst.v11_1"
+        raise SourceError(f"{path}: no such night file or directory; make one with "
+                          f"`minibroker simulate --out {path}`") from None
+    except IsADirectoryError:  # pragma: no cover - handled by open_night
+        raise
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read it ({exc.strerror})") from None
+    if size == 0:
+        raise SourceError(f"{path}: empty file; regenerate or copy it again")
+    if head[:4] != _MAGIC:
+        hint = ("give a night from `minibroker simulate`, an Avro container file of LSST alerts, a "
+                "directory of alert packets, or one alert packet")
+        raise SourceError(f"{path}: not an Avro object container file (bad magic); {hint}")
     try:
-        return load_schema(parse_version(name.rsplit(".", 1)[-1]))
-    except Exception as exc:
-        raise SourceError(
-            f"{path}: cannot tell which LSST alert schema this file uses (namespace {name!r}); "
-            "write it with `minibroker simulate` or an lsst-alert-packet schema"
-        ) from exc
+        meta, _, _ = _read_header(memoryview(head))
+    except _Truncated:
+        if size <= len(head):
+            raise SourceError(f"{path}: truncated: the file ends at byte {size}, inside its Avro header") from None
+        raise SourceError(f"{path}: its Avro header is larger than 1 MiB or corrupt") from None
+    return meta, meta.get("avro.codec", b"null").decode(errors="replace")
+
+
+def night_info(path: str | os.PathLike[str]) -> tuple[AlertSchema, list[int]]:
+    """The schema of a night (any form :func:`open_night` reads) and its visit list."""
+    night = open_night(path)
+    return night.schema, night.visits
 
 
 def read_night(path: str | os.PathLike[str]) -> Iterator[NightBlock]:
-    """Yield the visits of a night file in order, each as raw datums where they lie."""
-    path = Path(path)
-    if not path.exists():
-        raise SourceError(f"{path}: no such night file; make one with `minibroker simulate --out {path}`")
+    """Yield the visits of a night (any form :func:`open_night` reads) in order."""
+    return open_night(path).blocks()
+
+
+def _read_blocks(path: Path, visits: list[int]) -> Iterator[NightBlock]:
+    """A minibroker night's blocks, mapped where they lie."""
     with open(path, "rb") as fo:
-        size = os.fstat(fo.fileno()).st_size
-        if size == 0:
-            raise SourceError(f"{path}: empty file")
         mm = mmap.mmap(fo.fileno(), 0, access=mmap.ACCESS_READ)
     buf = memoryview(mm)
-    meta, sync, pos = _read_header(buf)
-    codec = meta.get("avro.codec", b"null").decode()
-    visits = json.loads(meta[_VISITS_KEY]) if _VISITS_KEY in meta else None
-    if visits is None or codec != "null":
-        warnings.warn(
-            f"{path} was not written by minibroker (or is compressed): regrouping its records by "
-            "visit record by record, which is slow",
-            stacklevel=2,
-        )
-        yield from _regroup(path, _schema_of(meta, path))
-        return
+    size = len(buf)
+    _, sync, pos = _read_header(buf)
     index = 0
-    while pos < len(buf):
-        count, pos = _read_long(buf, pos)
-        nbytes, pos = _read_long(buf, pos)
+    while pos < size:
+        where = f"block {index} (visit {visits[index]})" if index < len(visits) else f"block {index}"
+        try:
+            count, pos = _read_long(buf, pos)
+            nbytes, pos = _read_long(buf, pos)
+        except _Truncated:
+            raise SourceError(_truncated(path, size, where)) from None
+        if pos + nbytes + 16 > size:
+            raise SourceError(_truncated(path, size, where, pos + nbytes + 16))
         data = buf[pos : pos + nbytes]
         pos += nbytes
         if bytes(buf[pos : pos + 16]) != sync:
-            raise SourceError(f"{path}: block {index} is corrupt (sync marker mismatch at byte {pos})")
+            raise SourceError(f"{path}: {where} is corrupt (sync marker mismatch at byte {pos}); "
+                              "regenerate or copy the file again")
         pos += 16
         if count == 0:
             continue
@@ -199,18 +338,12 @@ def read_night(path: str | os.PathLike[str]) -> Iterator[NightBlock]:
             raise SourceError(f"{path}: more blocks than the {len(visits)} visits its header lists")
         yield NightBlock(visit=visits[index], count=count, data=data)
         index += 1
+    if index < len(visits):
+        raise SourceError(f"{path}: truncated: the file ends at byte {size} after {index} of the "
+                          f"{len(visits)} visits its header lists; regenerate or copy it again")
 
 
-def _regroup(path: Path, schema: AlertSchema) -> Iterator[NightBlock]:
-    import io
-
-    by_visit: dict[int, io.BytesIO] = {}
-    counts: dict[int, int] = {}
-    with open(path, "rb") as fo:
-        for record in fastavro.reader(fo):
-            visit = int(record["diaSource"]["visit"])
-            out = by_visit.setdefault(visit, io.BytesIO())
-            fastavro.schemaless_writer(out, schema.avro, record)
-            counts[visit] = counts.get(visit, 0) + 1
-    for visit in sorted(by_visit):
-        yield NightBlock(visit=visit, count=counts[visit], data=memoryview(by_visit[visit].getvalue()))
+def _truncated(path: Path, size: int, where: str, needed: int | None = None) -> str:
+    need = f" (it needs {needed} bytes)" if needed else ""
+    return (f"{path}: truncated: the file ends at byte {size}, inside {where}{need}; "
+            "regenerate or copy it again")

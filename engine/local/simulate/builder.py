@@ -110,10 +110,16 @@ The night
   few percent of interpolated or suspect pixels; 1% of real alerts have all ``pixelFlags*``
   null (not measured).
 
-The same arguments give the same alerts, block for block, and the same sidecar. Each visit
+The same arguments give the same bytes, in any process: the alerts, the header (schema JSON
+in a fixed key order, a sync marker derived from the arguments) and the sidecar. Each visit
 has its own random stream derived from ``seed``, so the first visits of a longer night equal
-a shorter night's. (The 16-byte OCF sync marker is drawn at random by ``NightWriter``, so two
-files differ in those bytes only.)
+a shorter night's.
+
+Times: ``*MjdTai`` fields are MJD in TAI; ``timestamp-micros`` fields (``mpc_orbits``) are Unix
+time, converted from TAI with ERFA's leap-second table (TAI - UTC = 37 s). Cutouts are
+written by hand (``_card``), not with astropy.io.fits: the headers are cached per visit and
+only the WCS cards change, which astropy would rebuild at ~1.6 ms per cutout (50 s per
+10,000-alert night); the tests read every cutout back with astropy.io.fits.
 """
 
 from __future__ import annotations
@@ -125,6 +131,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -353,17 +360,12 @@ class _Visit:
 
 
 def _civil(days: np.ndarray) -> np.ndarray:
-    """Days since 1970-01-01 -> YYYYMMDD integers (proleptic Gregorian, vectorized)."""
-    z = days.astype(np.int64) + 719468
-    era = np.floor_divide(z, 146097)
-    doe = z - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    d = doy - (153 * mp + 2) // 5 + 1
-    m = np.where(mp < 10, mp + 3, mp - 9)
-    y = yoe + era * 400 + (m <= 2)
-    return y * 10000 + m * 100 + d
+    """Days since 1970-01-01 -> YYYYMMDD integers (Gregorian calendar, ERFA's jd2cal)."""
+    import erfa
+
+    d = np.asarray(days, dtype=np.float64)
+    year, month, day, _ = erfa.jd2cal(np.full(d.shape, 2440587.5), d)  # JD 2440587.5 = 1970-01-01
+    return (year * 10000 + month * 100 + day).astype(np.int64)
 
 
 def _visit_ids(mjd: np.ndarray) -> np.ndarray:
@@ -474,7 +476,7 @@ def _generic(f: _Field, n: int, rng: np.random.Generator, now: float) -> Any:
     if f.prim in ("string", "bytes"):
         return [None] * n if f.nullable else [""] * n
     if f.prim == "timestamp":
-        return np.full(n, int(round((now - 40587.0) * 86400e6)), np.int64)
+        return np.repeat(_micros(np.array([now])), n)
     if f.prim in ("int", "long") and (name.endswith("Id") or name.startswith("nearbyObj")):
         return np.zeros(n, np.int64)  # "no such object", as real alerts say it
     low = name.lower()
@@ -919,7 +921,7 @@ class _VisitBuilder:
         err = np.sqrt(sig_sky**2 + 0.5 * science)  # sky + source photon noise (0.5 nJy/e-)
         obs = diff + err * rng.standard_normal(diff.size)
         sci = template + diff + err * rng.standard_normal(diff.size)
-        return tuple(a.astype(np.float32).astype(np.float64) for a in (obs, err, sci))  # type: ignore[return-value]
+        return tuple(a.astype(np.float32).astype(np.float64) for a in (obs, err, sci))
 
     def _history(self, c: _Chunk, is_sso: np.ndarray) -> tuple[_History, np.ndarray]:
         """Detect and measure the earlier epochs; returns them and each alert's first detection."""
@@ -1173,9 +1175,21 @@ def _object_position(owner: np.ndarray, rows: list[dict[str, Any]], ra: np.ndarr
     return (ra + np.bincount(owner, d_ra, minlength=k) / n) % 360.0, np.bincount(owner, m_dec, minlength=k) / n
 
 
-def _micros(mjd: np.ndarray) -> np.ndarray:
-    """MJD -> Avro timestamp-micros (microseconds since 1970-01-01)."""
-    return np.round((np.asarray(mjd) - 40587.0) * 86400e6).astype(np.int64)
+def _micros(mjd_tai: np.ndarray) -> np.ndarray:
+    """MJD(TAI) -> Avro timestamp-micros (Unix time: UTC microseconds since 1970-01-01).
+
+    TAI runs 37 s ahead of UTC in the Rubin era; ERFA's leap-second table does the conversion
+    (pyerfa rather than astropy.time: same table, a third of the import time).
+    """
+    import erfa
+
+    tai = np.asarray(mjd_tai, dtype=np.float64)
+    with warnings.catch_warnings():
+        # "dubious year": past the leap-second table (years ahead), the last offset is kept.
+        warnings.simplefilter("ignore", erfa.ErfaWarning)
+        utc1, utc2 = erfa.taiutc(np.full(tai.shape, 2400000.5), tai)
+    # JD 2440587.5 is the Unix epoch; subtract the whole days first to keep microseconds.
+    return np.round(((utc1 - 2440587.5) + utc2) * 86400e6).astype(np.int64)
 
 
 def _split(rows: list[dict[str, Any]], owner: np.ndarray, k: int) -> list[list[dict[str, Any]]]:

@@ -86,7 +86,7 @@ class Truth:
     #: diaSource fields set by the population (by schema field name; unknown names ignored).
     overrides: dict[str, Array] = field(default_factory=dict)
     #: Solar-system fields (ssSource / mpc_orbits / MPCORB / ssObject, by field name).
-    sso: dict[str, Array] | None = None
+    sso: dict[str, Array | list[str]] | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -503,7 +503,7 @@ def asteroid(rng: np.random.Generator, ctx: Context) -> Truth:
     off_dec = rng.normal(0.0, 0.1, k)
     unpacked, packed = _designations(rng, k)
     trailed = rng.random(k) < 0.1  # a few slow ones get a spurious trail fit too
-    sso: dict[str, Array] = {
+    sso: dict[str, Array | list[str]] = {  # designations are strings
         "eclLambda": lam, "eclBeta": beta, "galLon": glon, "galLat": glat,
         "elongation": elong, "phaseAngle": phase, "topoRange": delta,
         "topoRangeRate": rng.normal(0.0, 5.0, k), "helioRange": r,
