@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from alertdata import SHARED_ALERTS, packet_files
 
+pytest_plugins = ["kafka_fixtures"]
+
 _SESSION_TMP = Path(tempfile.gettempdir()) / f"minibroker-tests-{os.getpid()}"
 _LEAK_BYTES = 1 << 20
 

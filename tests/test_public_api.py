@@ -20,6 +20,8 @@ MODULES = [
     "engine.local.report", "engine.local.bench", "engine.formats.voevent", "engine.sinks.vtp",
     "engine.registry.keys", "engine.registry.store", "engine.registry.users", "engine.registry.inbox",
     "engine.service.submissions", "engine.service.control", "engine.formats", "engine.formats.avro",
+    "engine.sources.kafka", "engine.service.serve", "engine.service.produce", "engine.service.replay",
+    "engine.service.visitindex", "engine.service.metrics", "engine.local.kafka", "engine.local.livebench",
 ]
 
 

@@ -14,13 +14,27 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from engine import __version__
-from engine.cli import admin, bench, demo, filters, run, simulate, submit, subscribe, test, vtp
+from engine.cli import (
+    admin,
+    bench,
+    demo,
+    filters,
+    produce,
+    replay,
+    run,
+    serve,
+    simulate,
+    submit,
+    subscribe,
+    test,
+    vtp,
+)
 from engine.config import load_config
 from engine.decode import configure as configure_decoder
 from engine.errors import MinibrokerError
 
 # One module per verb, in the order `--help` lists them.
-_VERBS = (simulate, test, run, submit, filters, subscribe, vtp, admin, bench, demo)
+_VERBS = (simulate, test, run, serve, produce, replay, submit, filters, subscribe, vtp, admin, bench, demo)
 
 __all__ = ["main"]
 

@@ -20,12 +20,13 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any
 
 import fastavro
 import pyarrow as pa
 
 from engine.alerts.schema import AlertSchema, load_schema, project_schema
-from engine.alerts.wire import frame, unframe
+from engine.alerts.wire import HEADER_SIZE, frame, unframe
 from engine.decode import _fast
 from engine.errors import ConfigError, DecodeError, MinibrokerWarning
 from engine.sources.night import NightBlock
@@ -122,31 +123,49 @@ def decode_messages(
     """
     if not bodies:
         raise DecodeError("no messages to decode")
-    datums = []
-    schema_id = None
-    for i, body in enumerate(bodies):
-        sid, datum = unframe(body, where=f"message {i}")
-        if schema_id is None:
-            schema_id = sid
-        elif sid != schema_id:
-            raise DecodeError(f"message {i}: schema id {sid} differs from the visit's {schema_id}")
-        datums.append(datum)
-    assert schema_id is not None
+    schema_id, _ = unframe(bodies[0], where="message 0")
     try:
         schema = load_schema(schema_id)
     except Exception as exc:
         raise DecodeError(f"message 0: schema id {schema_id} is not a known LSST alert schema: {exc}") from exc
     fast = _fast_decoder()
+    raw: Sequence[memoryview]
     if fast is not None:
-        batch = fast.decode_datums(datums, schema, columns)
+        batch = fast.decode_framed(bodies, schema, columns)
+        raw = _Datums(bodies)
     else:
+        datums = []
+        for i, body in enumerate(bodies):
+            sid, datum = unframe(body, where=f"message {i}")
+            if sid != schema_id:
+                raise DecodeError(f"message {i}: schema id {sid} differs from the visit's {schema_id}")
+            datums.append(datum)
         try:
             batch = decode_reference(datums, schema, columns)
         except Exception as exc:
             raise DecodeError(f"visit {visit}: a message is corrupt ({type(exc).__name__}: {exc})") from exc
+        raw = datums
     if visit is None:
         visit = _visit_of(batch)
-    return VisitBatch(visit, schema, batch, datums)
+    return VisitBatch(visit, schema, batch, raw)
+
+
+class _Datums(Sequence[memoryview]):
+    """The datums of framed bodies, each sliced out when asked for: delivery reads a few rows
+    of a visit, and slicing all 10,000 up front would cost more than decoding a small batch."""
+
+    __slots__ = ("_bodies",)
+
+    def __init__(self, bodies: Sequence[bytes | memoryview]) -> None:
+        self._bodies = bodies
+
+    def __len__(self) -> int:
+        return len(self._bodies)
+
+    def __getitem__(self, index: Any) -> Any:  # an int gives a datum, a slice a list of them
+        if isinstance(index, slice):
+            return [memoryview(b)[HEADER_SIZE:] for b in self._bodies[index]]
+        return memoryview(self._bodies[index])[HEADER_SIZE:]
 
 
 def _visit_of(batch: pa.RecordBatch) -> int:

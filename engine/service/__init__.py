@@ -1,3 +1,4 @@
-"""The service: the one visit loop (decode → evaluate → publish) that ``run`` drives over a
-night file, and that the long-running consumer will drive over Kafka.
+"""The service: the one visit step (decode → evaluate → publish) that ``run`` drives over a
+night file and ``serve`` over a Kafka consumer group (commit after publish, dead letters,
+visit index, metrics); ``produce`` and ``replay`` around it.
 """

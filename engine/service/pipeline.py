@@ -18,7 +18,7 @@ from engine.sinks.streams import Publisher, PublishReport
 from engine.sources.night import NightBlock, open_night
 from sandbox import Outcome
 
-__all__ = ["NightReport", "VisitReport", "run_night", "run_visits"]
+__all__ = ["NightReport", "VisitReport", "run_night", "run_visit", "run_visits"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,37 @@ class NightReport:
         return out
 
 
+def run_visit(
+    decode: Callable[[], VisitBatch],
+    filters: list[ActiveFilter],
+    evaluator: Evaluator,
+    publisher: Publisher | None,
+) -> tuple[VisitReport, VisitBatch, list[Outcome]]:
+    """The per-visit step every source shares: ``decode()`` → evaluate → publish, timed.
+
+    ``publisher=None`` evaluates without publishing. A DecodeError from ``decode`` propagates.
+    """
+    t0 = time.perf_counter()
+    visit = decode()
+    t1 = time.perf_counter()
+    outcomes = evaluator.evaluate(visit.batch)
+    t2 = time.perf_counter()
+    published = publisher.publish(visit, filters, outcomes) if publisher else PublishReport()
+    t3 = time.perf_counter()
+    vr = VisitReport(
+        visit=visit.visit,
+        alerts=len(visit),
+        decode_s=t1 - t0,
+        evaluate_s=t2 - t1,
+        publish_s=t3 - t2,
+        passed={o.key: o.passed for o in outcomes},
+        faults={o.key: str(o.fault) for o in outcomes if o.fault is not None},
+        published=published.total,
+        capped=dict(published.capped),
+    )
+    return vr, visit, outcomes
+
+
 def run_visits(
     blocks: Iterable[NightBlock],
     schema: AlertSchema,
@@ -90,28 +121,14 @@ def run_visits(
     evaluator.warm(project_schema(schema.arrow, columns))  # workers ready before the first visit
     report = NightReport()
     for block in blocks:
-        t0 = time.perf_counter()
+        def decode(b: NightBlock = block) -> VisitBatch:
+            return decode_block(b, schema, columns)
+
         try:
-            visit = decode_block(block, schema, columns)
+            vr, visit, outcomes = run_visit(decode, filters, evaluator, publisher)
         except DecodeError as exc:
             report.skipped[block.visit] = str(exc)
             continue
-        t1 = time.perf_counter()
-        outcomes = evaluator.evaluate(visit.batch)
-        t2 = time.perf_counter()
-        published = publisher.publish(visit, filters, outcomes) if publisher else PublishReport()
-        t3 = time.perf_counter()
-        vr = VisitReport(
-            visit=visit.visit,
-            alerts=len(visit),
-            decode_s=t1 - t0,
-            evaluate_s=t2 - t1,
-            publish_s=t3 - t2,
-            passed={o.key: o.passed for o in outcomes},
-            faults={o.key: str(o.fault) for o in outcomes if o.fault is not None},
-            published=published.total,
-            capped=dict(published.capped),
-        )
         report.visits.append(vr)
         if on_visit is not None:
             on_visit(vr, visit, outcomes)

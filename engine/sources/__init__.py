@@ -5,9 +5,11 @@
 - :mod:`.foreign`: Avro container files written by other tools, any LSST schema, any codec;
 - :mod:`.packets`: directories of single-alert files (Kafka message bodies, bare datums, one-record
   containers);
-- :mod:`.block`: :class:`NightBlock`, the raw alerts of one visit that every source yields.
+- :mod:`.block`: :class:`NightBlock`, the raw alerts of one visit that every source yields;
+- :mod:`.kafka`: a Kafka consumer group's messages cut into visit batches (the live service),
+  reading each message's visit with :mod:`.visitpeek`.
 
-The Kafka consumer joins here. A source yields raw alerts grouped by visit and never decodes
+A source yields raw alerts grouped by visit and never decodes
 more than it must to find a visit's boundary (foreign forms must decode each alert once to
 learn its visit: slower, and said once).
 """

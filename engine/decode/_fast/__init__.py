@@ -140,3 +140,22 @@ def decode_datums(
         A datum is corrupt, truncated or has trailing bytes.
     """
     return decoder(schema, columns).decode_datums(datums, where)
+
+
+def decode_framed(
+    bodies: Sequence[bytes | memoryview],
+    schema: AlertSchema,
+    columns: Iterable[str] | None,
+    *,
+    where: str = "message",
+) -> pa.RecordBatch:
+    """Decode Kafka bodies (Confluent header + datum) in place; the headers are checked and
+    skipped in C (a Python loop over 10,000 headers costs ~4 ms, more than a small batch's decode).
+
+    Raises
+    ------
+    DecodeError
+        A body is shorter than the header, its magic byte is not 0, its schema id is not
+        ``schema.schema_id``, or its datum is corrupt; the message names the body's index.
+    """
+    return decoder(schema, columns).decode_framed(bodies, schema.schema_id, where)

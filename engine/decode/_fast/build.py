@@ -9,6 +9,7 @@ every candidate is complete).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -49,12 +50,20 @@ def settings() -> Config:
 
 def compiler() -> str | None:
     """Path of the C compiler to use (``compiler`` setting, else gcc or cc on PATH), or None."""
+    path = os.environ.get("PATH")
     for candidate in (settings().compiler, "gcc", "cc"):
         if candidate:
-            found = shutil.which(candidate)
+            found = _which(candidate, path)
             if found:
                 return found
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _which(name: str, path: str | None) -> str | None:
+    # Every decode asks whether the fast decoder is available; a PATH scan each time cost
+    # ~0.2 ms, as much as decoding 50 alerts. Keyed by PATH, so a changed PATH is seen.
+    return shutil.which(name, path=path)
 
 
 def cache_dir() -> Path:

@@ -309,6 +309,24 @@ int64_t fd_acquire(void *seq, int64_t n, PyBufferView *views, const uint8_t **pt
     }
     return n;
 }
+
+/* Confluent framing, checked and stripped in place: each body must start with magic byte 0
+   and the big-endian schema id ``id``; ptrs/lens then point at the datums. Returns -1 when all
+   are good, else the index of the first bad body, with *why = 1 (shorter than the 5-byte
+   header), 2 (magic byte not 0) or 3 (another schema id, stored in *found). */
+int64_t fd_unframe(const uint8_t **ptrs, int64_t *lens, int64_t n, int64_t id, int64_t *why,
+                   int64_t *found) {
+    for (int64_t i = 0; i < n; i++) {
+        const uint8_t *p = ptrs[i];
+        if (lens[i] < 5) { *why = 1; return i; }
+        if (p[0] != 0) { *why = 2; *found = p[0]; return i; }
+        int64_t got = ((int64_t)p[1] << 24) | ((int64_t)p[2] << 16) | ((int64_t)p[3] << 8) | p[4];
+        if (got != id) { *why = 3; *found = got; return i; }
+        ptrs[i] = p + 5;
+        lens[i] -= 5;
+    }
+    return -1;
+}
 """
 
 PYBUFFER_SIZE = 80  # sizeof(Py_buffer) on 64-bit CPython >= 3.11 (stable ABI)

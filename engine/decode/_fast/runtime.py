@@ -87,6 +87,8 @@ class Decoder:
             fn = getattr(self._lib, name)
             fn.argtypes, fn.restype = args, ctypes.c_int
         self._lib.fd_free.argtypes, self._lib.fd_free.restype = [vp], None
+        self._lib.fd_unframe.argtypes = [vp, vp, i64, i64, vp, vp]
+        self._lib.fd_unframe.restype = i64
         self._acquire = self._pylib.fd_acquire
         self._acquire.argtypes, self._acquire.restype = [ctypes.py_object, i64, vp, vp, vp], i64
         self._release = self._pylib.fd_release
@@ -154,6 +156,36 @@ class Decoder:
             self._fail(ctx, where, block=False)
         return self._assemble(ctx)
 
+    def decode_framed(self, bodies: Sequence[bytes | memoryview], schema_id: int, where: str) -> pa.RecordBatch:
+        """Decode Confluent-framed bodies (header checked and skipped in C), each where it lies.
+
+        Every body must carry ``schema_id``; otherwise DecodeError names the first that does not.
+        """
+        items = bodies if isinstance(bodies, (list, tuple)) else list(bodies)
+        n = len(items)
+        scratch = _scratch
+        scratch.ensure(n)
+        try:
+            self._acquire(items, n, scratch.views, scratch.ptrs, scratch.lens)
+        except (TypeError, BufferError, ValueError) as exc:
+            raise DecodeError(f"{where}: an item is not a contiguous bytes-like object: {exc}") from exc
+        try:
+            why, found = ctypes.c_int64(0), ctypes.c_int64(0)
+            bad = self._lib.fd_unframe(scratch.ptrs, scratch.lens, n, schema_id,
+                                       ctypes.byref(why), ctypes.byref(found))
+            if bad >= 0:
+                raise DecodeError(f"{where} {bad}: " + (
+                    f"{scratch.lens[bad]} bytes is too short for a Confluent wire header" if why.value == 1
+                    else f"magic byte is {found.value}, not 0; this is not a Confluent-framed Avro alert"
+                    if why.value == 2 else f"schema id {found.value} differs from the batch's {schema_id}"))
+            ctx = self._take(n)
+            rc = self._lib.fd_decode_ptrs(ctx, scratch.ptrs, scratch.lens, n)
+        finally:
+            self._release(scratch.views, n)
+        if rc != 0:
+            self._fail(ctx, where, block=False)
+        return self._assemble(ctx)
+
     def _fail(self, ctx: Any, where: str, *, block: bool) -> None:
         code, index, start, pos, fid = ctx[self._err : self._err + 5]
         self._give(ctx)
@@ -172,33 +204,45 @@ class Decoder:
     def _assemble(self, ctx: Any) -> pa.RecordBatch:
         words = ctx[:]
         nb, nl = self._nb, self._nl
-        ptrs, vlen = words[:nb], words[2 * nb : 3 * nb]
-        llen = words[3 * nb + nl : 3 * nb + 2 * nl]
         holder = _Holder(self, ctx)
-
-        def wrap(b: int, size: int) -> pa.Buffer:
-            return pa.foreign_buffer(ptrs[b], size, base=holder)
-
-        def build(col: Col) -> pa.Array:
-            n = llen[col.level]
-            t = col.type
-            validity = None if col.validity is None else wrap(col.validity, (n + 7) // 8)
-            assert col.values is not None or pa.types.is_struct(t)
-            if col.child_level is not None:
-                offsets = wrap(col.values, 4 * (n + 1))  # type: ignore[arg-type]
-                return pa.Array.from_buffers(t, n, [validity, offsets],
-                                             children=[build(col.children[0])])
-            if pa.types.is_struct(t):
-                return pa.Array.from_buffers(t, n, [validity],
-                                             children=[build(c) for c in col.children])
-            if col.data is not None:
-                width = 8 if pa.types.is_large_binary(t) else 4
-                return pa.Array.from_buffers(t, n, [validity, wrap(col.values, width * (n + 1)),  # type: ignore[arg-type]
-                                                    wrap(col.data, vlen[col.data])])
-            if pa.types.is_boolean(t):
-                return pa.Array.from_buffers(t, n, [validity, wrap(col.values, (n + 7) // 8)])  # type: ignore[arg-type]
-            width = t.bit_width // 8
-            return pa.Array.from_buffers(t, n, [validity, wrap(col.values, width * n)])  # type: ignore[arg-type]
-
-        arrays = [build(col) for col in self.layout.columns]
+        # A plain object, not nested closures: a closure that calls itself is a reference
+        # cycle, which kept the holder (and so the context) alive until the cycle collector
+        # ran, and every small batch then paid for fresh buffers (fresh pages) instead of
+        # reusing the pooled ones.
+        build = _Builder(words[:nb], words[2 * nb : 3 * nb], words[3 * nb + nl : 3 * nb + 2 * nl], holder)
+        arrays = [build.array(col) for col in self.layout.columns]
         return pa.RecordBatch.from_arrays(arrays, schema=self.layout.schema)
+
+
+class _Builder:
+    """Arrow arrays over one context's buffers; every buffer keeps ``holder`` alive."""
+
+    __slots__ = ("ptrs", "vlen", "llen", "holder")
+
+    def __init__(self, ptrs: list[int], vlen: list[int], llen: list[int], holder: _Holder) -> None:
+        self.ptrs, self.vlen, self.llen, self.holder = ptrs, vlen, llen, holder
+
+    def wrap(self, b: int, size: int) -> pa.Buffer:
+        return pa.foreign_buffer(self.ptrs[b], size, base=self.holder)
+
+    def array(self, col: Col) -> pa.Array:
+        n = self.llen[col.level]
+        t = col.type
+        wrap = self.wrap
+        validity = None if col.validity is None else wrap(col.validity, (n + 7) // 8)
+        assert col.values is not None or pa.types.is_struct(t)
+        if col.child_level is not None:
+            offsets = wrap(col.values, 4 * (n + 1))  # type: ignore[arg-type]
+            return pa.Array.from_buffers(t, n, [validity, offsets],
+                                         children=[self.array(col.children[0])])
+        if pa.types.is_struct(t):
+            return pa.Array.from_buffers(t, n, [validity],
+                                         children=[self.array(c) for c in col.children])
+        if col.data is not None:
+            width = 8 if pa.types.is_large_binary(t) else 4
+            return pa.Array.from_buffers(t, n, [validity, wrap(col.values, width * (n + 1)),  # type: ignore[arg-type]
+                                                wrap(col.data, self.vlen[col.data])])
+        if pa.types.is_boolean(t):
+            return pa.Array.from_buffers(t, n, [validity, wrap(col.values, (n + 7) // 8)])  # type: ignore[arg-type]
+        width = t.bit_width // 8
+        return pa.Array.from_buffers(t, n, [validity, wrap(col.values, width * n)])  # type: ignore[arg-type]
