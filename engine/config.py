@@ -43,7 +43,7 @@ from typing import Any
 
 from engine.errors import ConfigError
 
-__all__ = ["MAX_CAP", "Config", "load_config"]
+__all__ = ["ENV_VARIABLES", "MAX_CAP", "Config", "load_config"]
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 MAX_CAP = 100  # the most matches per visit an admin may allow one filter (`admin set-cap`)
@@ -135,6 +135,9 @@ _ENV = {
     "MINIBROKER_VO_PACKET_URL": "vo_packet_url",
     "MINIBROKER_VTP_PRIVATE": "vtp_allow_private",
 }
+
+#: Every environment variable :func:`load_config` reads (caches of a Config compare these).
+ENV_VARIABLES = ("MINIBROKER_CONFIG", *_ENV)
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.alerts.fields import AB_ZERO_POINT_NJY
 from sandbox.cutouts import cutout_centroid, cutout_elongation, cutout_median, cutout_second_moments
 from sandbox.lightcurves import thin
 from sandbox.view.columns import BANDS, AlertsView, Column, ListColumn, _Group, _readonly, memo_of
@@ -46,7 +47,6 @@ from sandbox.view.record import AlertRecord
 
 __all__ = ["Namespace", "exported", "implied_names"]
 
-AB_ZERO_POINT_NJY = 31.4  # m_AB = -2.5 log10(f / nJy) + 31.4
 _MAG_PER_LN = 2.5 / math.log(10)  # d(mag) = 1.0857 d(flux)/flux
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 from numpy.lib.stride_tricks import as_strided
 
-__all__ = ["NAN_MODES", "centroid", "elongation", "per_cutout", "reduce", "second_moments",
+__all__ = ["NAN_MODES", "centroid", "elongation", "fits_layout", "per_cutout", "reduce", "second_moments",
            "stack_elongation", "stack_moments", "stack_reduce"]
 
 NAN_MODES = ("ignore", "zero", "propagate")
@@ -159,7 +159,7 @@ class _Layout:
         return self.data_start + np.dtype(self.dtype).itemsize * self.shape[0] * self.shape[1]
 
 
-def _layout(data: bytes) -> _Layout:
+def fits_layout(data: bytes) -> _Layout:
     """The first 2-D image HDU of a FITS file, as :func:`sandbox.view.parse_fits_image` finds it."""
     pos = 0
     while pos < len(data):
@@ -231,7 +231,7 @@ def per_cutout(arr: pa.Array, stat: Callable[[np.ndarray], tuple[np.ndarray, ...
     null = null | (lengths == 0)
     while todo.any():
         first = int(np.flatnonzero(todo)[0])
-        lay = _layout(raw[off[first]: off[first + 1]].tobytes())
+        lay = fits_layout(raw[off[first]: off[first + 1]].tobytes())
         rows = np.flatnonzero(todo)
         rows = rows[lengths[rows] >= lay.data_end]
         # Read-only strided windows on the byte buffer, one per possible start; indexing them

@@ -102,7 +102,7 @@ def measure(config: Config, *, rounds: int = 5, say: Callable[[str], None] | Non
     from engine.evaluate import columns_needed
     from engine.local.redis_server import PrivateRedis
     from engine.registry import ActiveFilter
-    from sandbox import InProcessRunner
+    from sandbox import FilterKey, InProcessRunner
 
     say = say or (lambda text: print(text, file=sys.stderr))
     schema = load_schema("11.1")
@@ -110,7 +110,7 @@ def measure(config: Config, *, rounds: int = 5, say: Callable[[str], None] | Non
     block = bench_block(config, progress=True)
     n = block.count
     pairs = typical_filters(100)
-    active = [ActiveFilter(key.split("/")[0], compiled) for key, compiled in pairs]
+    active = [ActiveFilter(FilterKey.parse(key).owner, compiled) for key, compiled in pairs]
     columns = columns_needed(active, schema)
     figures: dict[str, Any] = {"alerts_per_visit": n, "filters": len(pairs)}
 
@@ -162,11 +162,11 @@ def scaling(block: NightBlock, schema: AlertSchema, users: int, rounds: int = 5)
     from engine.decode import decode_block
     from engine.evaluate import columns_needed
     from engine.registry import ActiveFilter
-    from sandbox import InProcessRunner
+    from sandbox import FilterKey, InProcessRunner
     from sandbox.pool import WorkerPool
 
     pairs = typical_filters(users, users)
-    active = [ActiveFilter(key.split("/")[0], compiled) for key, compiled in pairs]
+    active = [ActiveFilter(FilterKey.parse(key).owner, compiled) for key, compiled in pairs]
     columns = columns_needed(active, schema)
     batch = decode_block(block, schema, columns).batch
 

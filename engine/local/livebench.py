@@ -135,10 +135,11 @@ def measure_live(config: Config, *, visits: int = 6, pace_s: float = 10.0, filte
     from engine.local.redis_server import PrivateRedis
     from engine.registry import ActiveFilter
     from engine.service.produce import ensure_topic, produce_night
+    from sandbox import FilterKey
 
     say(f"live: preparing a night of {visits} visits of 10,000 alerts (generated once, then cached)")
     night = live_night(config, visits, progress=True)
-    active = [ActiveFilter(key.split("/")[0], compiled) for key, compiled in typical_filters(filters)]
+    active = [ActiveFilter(FilterKey.parse(key).owner, compiled) for key, compiled in typical_filters(filters)]
     figures: dict[str, Any] = {}
     with PrivateKafka() as kafka, PrivateRedis() as server:
         client = redis.Redis.from_url(server.url)

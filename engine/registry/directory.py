@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import ConfigError
-from sandbox import CompiledFilter, FilterRejected, read_filter_source, safe_compile_many
+from sandbox import CompiledFilter, FilterKey, FilterRejected, read_filter_source, safe_compile_many
 
 __all__ = ["ActiveFilter", "FilterSet", "discover"]
 
@@ -28,8 +28,9 @@ class ActiveFilter:
 
     @property
     def key(self) -> str:
-        """``"user/name"``, unique across the service."""
-        return f"{self.user}/{self.compiled.name}"
+        """``"user/name"``, unique across the service (the string form of a
+        :class:`sandbox.keys.FilterKey`, which parses it back)."""
+        return str(FilterKey(self.user, self.compiled.name))
 
 
 @dataclass(frozen=True)
@@ -72,13 +73,13 @@ def discover(directory: str | os.PathLike[str], owner: str = "demo") -> FilterSe
         try:
             readable.append((user, path, read_filter_source(path)))
         except FilterRejected as exc:
-            rejected[f"{user}/{path.stem}"] = exc
+            rejected[str(FilterKey(user, path.stem))] = exc
     # Throwaway processes compile them first (many files each, a deadline per file): hostile
     # source cannot hang or crash us.
     compiled = safe_compile_many([(source, str(path)) for _user, path, source in readable])
     for (user, path, _source), result in zip(readable, compiled, strict=True):
         if isinstance(result, FilterRejected):
-            rejected[f"{user}/{path.stem}"] = result
+            rejected[str(FilterKey(user, path.stem))] = result
         else:
             active.append(ActiveFilter(user, result))
     return FilterSet(active, rejected, skipped)

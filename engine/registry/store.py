@@ -32,7 +32,7 @@ from engine.config import MAX_CAP
 from engine.errors import ConfigError
 from engine.registry import keys
 from engine.registry.directory import ActiveFilter
-from sandbox import CompiledFilter, FilterRejected, safe_compile
+from sandbox import CompiledFilter, FilterKey, FilterRejected, safe_compile
 
 __all__ = ["ActiveFilters", "FilterRecord", "FilterStatus", "FilterVersion", "Registry"]
 
@@ -77,7 +77,7 @@ class FilterRecord:
     @property
     def key(self) -> str:
         """``"user/name"``, as :class:`engine.registry.ActiveFilter` names it."""
-        return f"{self.user}/{self.name}"
+        return str(FilterKey(self.user, self.name))
 
 
 def _now() -> str:

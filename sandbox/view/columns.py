@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine.alerts.fields import BANDS
+
 if TYPE_CHECKING:
     # The trusted store (sandbox.store) builds these views and they read through it; the views
     # do not import it, not even for types: the dependency points one way only.
@@ -32,7 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AlertsView", "BANDS", "Column", "ListColumn", "as_column"]
 
-BANDS = ("u", "g", "r", "i", "z", "y")
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:

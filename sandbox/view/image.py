@@ -110,45 +110,17 @@ class Image:
         return f"<Image {self.shape[0]}x{self.shape[1]}>"
 
 
-_BLOCK = 2880
-_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
-
-
 def parse_fits_image(data: bytes, name: str = "cutout") -> np.ndarray:
     """The first 2-D image of an uncompressed FITS file, as float64 with BSCALE/BZERO applied.
 
     Rubin cutouts keep the image in the primary HDU (variance and PSF follow as extensions);
-    other writers put an empty primary first, so the first HDU with two axes is taken.
+    other writers put an empty primary first, so the first HDU with two axes is taken (the
+    header walk is :func:`sandbox.images.fits_layout`, shared with the column-form helpers).
     """
-    pos = 0
-    while pos < len(data):
-        header: dict[str, str] = {}
-        while True:
-            block = data[pos: pos + _BLOCK]
-            if len(block) < _BLOCK:
-                raise ValueError(f"{name}: truncated FITS header")
-            pos += _BLOCK
-            done = False
-            for k in range(0, _BLOCK, 80):
-                card = block[k: k + 80].decode("ascii", "replace")
-                key = card[:8].strip()
-                if key == "END":
-                    done = True
-                    break
-                if card[8:10] == "= ":
-                    header[key] = card[10:].split("/", 1)[0].strip()
-            if done:
-                break
-        bitpix = int(header.get("BITPIX", "8"))
-        naxis = int(header.get("NAXIS", "0"))
-        dims = [int(header.get(f"NAXIS{i}", "0")) for i in range(1, naxis + 1)]
-        nbytes = abs(bitpix) // 8 * (int(np.prod(dims)) if dims else 0)
-        if naxis == 2 and nbytes:
-            if bitpix not in _DTYPES:
-                raise ValueError(f"{name}: unsupported FITS BITPIX {bitpix}")
-            raw = np.frombuffer(data, dtype=_DTYPES[bitpix], count=dims[0] * dims[1], offset=pos)
-            img = raw.reshape(dims[1], dims[0]).astype(np.float64)
-            scale, zero = float(header.get("BSCALE", "1")), float(header.get("BZERO", "0"))
-            return img * scale + zero if (scale, zero) != (1.0, 0.0) else img
-        pos += -(-nbytes // _BLOCK) * _BLOCK
-    raise ValueError(f"{name}: no 2-D image in this FITS file")
+    try:
+        lay = images.fits_layout(data)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("cutout:", f"{name}:", 1)) from None
+    raw = np.frombuffer(data, dtype=lay.dtype, count=lay.shape[0] * lay.shape[1], offset=lay.data_start)
+    img = raw.reshape(lay.shape).astype(np.float64)
+    return img * lay.scale + lay.zero if (lay.scale, lay.zero) != (1.0, 0.0) else img
