@@ -44,7 +44,9 @@ PROCESS_ROUNDS = 6
 SCHEMA = load_schema("11.1")
 RESULTS: dict[str, float] = {}  # name -> seconds per alert
 
-pytestmark = pytest.mark.skipif(not fd.available(), reason=f"fast decoder: {fd.unavailable_reason()}")
+pytestmark = pytest.mark.skipif(
+    not fd.available(), reason=f"fast decoder: {fd.unavailable_reason()}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +58,13 @@ def visit(bench_visit, projected_columns) -> dict[str, object]:  # type: ignore[
     fd.decode_block(data, count, SCHEMA, projected, "bench")
     del batch
     datums = [bytes(r) for r in raw]  # separate objects, as a Kafka consumer hands them out
-    return {"data": data, "count": count, "datums": datums, "projected": projected,
-            "mb": data.nbytes / 1e6}
+    return {
+        "data": data,
+        "count": count,
+        "datums": datums,
+        "projected": projected,
+        "mb": data.nbytes / 1e6,
+    }
 
 
 def _record(name: str, benchmark, count: int) -> None:  # type: ignore[no-untyped-def]
@@ -73,15 +80,25 @@ def test_baseline_reference(benchmark, visit) -> None:  # type: ignore[no-untype
 
 def test_fast_projected(benchmark, visit) -> None:  # type: ignore[no-untyped-def]
     """Generated C, the typical filters' columns, from the visit's block."""
-    benchmark.pedantic(fd.decode_block, args=(visit["data"], visit["count"], SCHEMA, visit["projected"], "b"),
-                       rounds=7, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(
+        fd.decode_block,
+        args=(visit["data"], visit["count"], SCHEMA, visit["projected"], "b"),
+        rounds=7,
+        iterations=1,
+        warmup_rounds=1,
+    )
     _record("fast projected", benchmark, visit["count"])
 
 
 def test_fast_full(benchmark, visit) -> None:  # type: ignore[no-untyped-def]
     """Generated C, every column (lightcurves and cutouts), from the visit's block."""
-    benchmark.pedantic(fd.decode_block, args=(visit["data"], visit["count"], SCHEMA, None, "b"),
-                       rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(
+        fd.decode_block,
+        args=(visit["data"], visit["count"], SCHEMA, None, "b"),
+        rounds=5,
+        iterations=1,
+        warmup_rounds=1,
+    )
     _record("fast full", benchmark, visit["count"])
 
 
@@ -89,15 +106,25 @@ def test_fast_full_no_cutouts(benchmark, visit) -> None:  # type: ignore[no-unty
     """Generated C, every column except the three cutouts."""
     cols = [n for n in SCHEMA.arrow.names if not n.startswith("cutout")]
     fd.decoder(SCHEMA, cols)
-    benchmark.pedantic(fd.decode_block, args=(visit["data"], visit["count"], SCHEMA, cols, "b"),
-                       rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(
+        fd.decode_block,
+        args=(visit["data"], visit["count"], SCHEMA, cols, "b"),
+        rounds=5,
+        iterations=1,
+        warmup_rounds=1,
+    )
     _record("fast full minus cutouts", benchmark, visit["count"])
 
 
 def test_fast_full_kafka_bodies(benchmark, visit) -> None:  # type: ignore[no-untyped-def]
     """Generated C, every column, from 10,000 separate bytes objects (decode_datums)."""
-    benchmark.pedantic(fd.decode_datums, args=(visit["datums"], SCHEMA, None),
-                       rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(
+        fd.decode_datums,
+        args=(visit["datums"], SCHEMA, None),
+        rounds=5,
+        iterations=1,
+        warmup_rounds=1,
+    )
     _record("fast full, Kafka bodies", benchmark, visit["count"])
 
 
@@ -126,19 +153,24 @@ def test_processes(visit, name: str, processes: int) -> None:  # type: ignore[no
     ends = [done.get(timeout=600) for _ in procs]
     for p in procs:
         p.join()
-    RESULTS[f"{processes} process{'es' if processes > 1 else ''}, {name}"] = (
-        (max(ends) - t0) / (processes * PROCESS_ROUNDS * visit["count"]))
+    RESULTS[f"{processes} process{'es' if processes > 1 else ''}, {name}"] = (max(ends) - t0) / (
+        processes * PROCESS_ROUNDS * visit["count"]
+    )
 
 
 def test_summary(visit, peak_memory, summaries) -> None:  # type: ignore[no-untyped-def]
     """Print alerts/s, ms per 10,000-alert visit, the ratio to the baseline and peak memory."""
     base = RESULTS.get("baseline (fastavro)")
-    lines = [f"{visit['count']} v11.1 alerts, {visit['mb']:.0f} MB (the benchmark visit); "
-             "best round; N processes: aggregate",
-             f"{'':28s} {'alerts/s':>10s} {'ms/visit':>9s} {'x baseline':>10s}"]
+    lines = [
+        f"{visit['count']} v11.1 alerts, {visit['mb']:.0f} MB (the benchmark visit); "
+        "best round; N processes: aggregate",
+        f"{'':28s} {'alerts/s':>10s} {'ms/visit':>9s} {'x baseline':>10s}",
+    ]
     for name, per_alert in RESULTS.items():
         ratio = f"{base / per_alert:10.0f}" if base else ""
-        lines.append(f"{name:28s} {1 / per_alert:10.0f} {per_alert * visit['count'] * 1e3:9.1f} {ratio}")
+        lines.append(
+            f"{name:28s} {1 / per_alert:10.0f} {per_alert * visit['count'] * 1e3:9.1f} {ratio}"
+        )
     for name in ("projected", "full"):
         one, two = RESULTS.get(f"1 process, {name}"), RESULTS.get(f"2 processes, {name}")
         if one and two:

@@ -41,7 +41,9 @@ SIZES = (64, 640, 10_000)
 ROUNDS = 5
 RESULTS: dict[str, float] = {}
 
-pytestmark = pytest.mark.skipif(not fd.available(), reason=f"fast decoder: {fd.unavailable_reason()}")
+pytestmark = pytest.mark.skipif(
+    not fd.available(), reason=f"fast decoder: {fd.unavailable_reason()}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,9 @@ def bodies(bench_visit, bench_config) -> list[bytes]:  # type: ignore[no-untyped
     """The benchmark visit as 10,000 framed message bodies; the decoder configured once, as
     the CLI does (otherwise every decode reads the settings from the environment again)."""
     configure(bench_config)
-    _batch, raw = fd.decode_block(bench_visit.data, bench_visit.count, SCHEMA, ["diaSourceId"], "bench")
+    _batch, raw = fd.decode_block(
+        bench_visit.data, bench_visit.count, SCHEMA, ["diaSourceId"], "bench"
+    )
     return [frame(r, SCHEMA.schema_id) for r in raw]
 
 
@@ -76,7 +80,9 @@ def test_batch_sizes(bodies, projected_columns, projection: str) -> None:  # typ
     for size in SIZES:
         for cycle in (True, False):
             way = "held by a cycle (before)" if cycle else "freed (now)"
-            RESULTS[f"{projection}, {size:>6} per batch, {way}"] = _per_alert(bodies, size, columns, cycle=cycle)
+            RESULTS[f"{projection}, {size:>6} per batch, {way}"] = _per_alert(
+                bodies, size, columns, cycle=cycle
+            )
 
 
 def test_unframing(bodies, projected_columns) -> None:  # type: ignore[no-untyped-def]
@@ -111,7 +117,9 @@ def test_summary(summaries) -> None:  # type: ignore[no-untyped-def]
             now = RESULTS.get(f"{projection}, {size:>6} per batch, freed (now)")
             big = RESULTS.get(f"{projection}, {SIZES[-1]:>6} per batch, freed (now)")
             if before and now and big:
-                lines.append(f"  {projection}, {size:>6} per batch: before/now {before / now:4.1f}x; "
-                             f"now vs 10,000 per batch {now / big:4.2f}x per alert")
+                lines.append(
+                    f"  {projection}, {size:>6} per batch: before/now {before / now:4.1f}x; "
+                    f"now vs 10,000 per batch {now / big:4.2f}x per alert"
+                )
     summaries.append(("small batches", lines))
     print("\n".join(lines))

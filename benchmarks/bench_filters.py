@@ -136,9 +136,11 @@ def _report(label: str, batch: pa.RecordBatch, typical, rounds: int = 9) -> str:
         assert all(o.fault is None for o in outcomes), next(o.fault for o in outcomes if o.fault)
         totals.append(sum(o.seconds for o in outcomes))
         firsts.append(max(o.seconds for o in outcomes))
-    return (f"100 typical filters on {len(batch)} alerts ({label}): median {statistics.median(totals) * 1e3:.1f} ms, "
-            f"best {min(totals) * 1e3:.1f} ms per visit over {rounds} visits (slowest single filter, which "
-            f"converts shared columns: {statistics.median(firsts) * 1e3:.1f} ms)")
+    return (
+        f"100 typical filters on {len(batch)} alerts ({label}): median {statistics.median(totals) * 1e3:.1f} ms, "
+        f"best {min(totals) * 1e3:.1f} ms per visit over {rounds} visits (slowest single filter, which "
+        f"converts shared columns: {statistics.median(firsts) * 1e3:.1f} ms)"
+    )
 
 
 def test_hundred_typical_filters_report(visit, typical) -> None:  # type: ignore[no-untyped-def]
@@ -151,19 +153,25 @@ def test_hundred_typical_filters_report(visit, typical) -> None:  # type: ignore
 def test_hundred_typical_filters_report_real_packets(typical) -> None:  # type: ignore[no-untyped-def]
     """EXTRA, not the shared workload: the same on the 64 real packets tiled to 10,000 alerts:
     long lightcurves (~28 previous sources per alert), the hard case for lightcurve reductions."""
-    EXTRA.append("extra: " + _report("real packets tiled, not the shared visit", _tiled_real(), typical))
+    EXTRA.append(
+        "extra: " + _report("real packets tiled, not the shared visit", _tiled_real(), typical)
+    )
 
 
 # --- the helpers of issue 12 (appended): each alone as a whole filter, on the same visit ---------
 NEW_HELPERS = {
     "thin, 0.5 d": 'return thin(alerts.history("psfFlux"), 0.5).count() >= 3',
-    "trig, 7 calls": ("ds = alerts.diaSource\n    dec = radians(ds.dec)\n"
-                               "    x = cos(dec) * cos(radians(ds.ra))\n"
-                               "    return (degrees(atan2(cos(dec) * sin(radians(ds.ra)), x)) > 0) & (hypot(x, sin(dec)) > 0.5)"),
+    "trig, 7 calls": (
+        "ds = alerts.diaSource\n    dec = radians(ds.dec)\n"
+        "    x = cos(dec) * cos(radians(ds.ra))\n"
+        "    return (degrees(atan2(cos(dec) * sin(radians(ds.ra)), x)) > 0) & (hypot(x, sin(dec)) > 0.5)"
+    ),
     "isnull(record)": "return isnull(alerts.diaObject) | notnull(alerts.prvDiaSources)",
     "cutout_elongation": 'return cutout_elongation(alerts, "cutoutDifference", half=7) < 3',
-    "rate_between inf": ('ds = alerts.diaSource\n    prv = alerts.prvDiaSources.psfFlux\n'
-                                     '    return rate_between(ds.psfFlux, ds.midpointMjdTai, prv.last(), prv.last_time(), equal_times="inf") > 0'),
+    "rate_between inf": (
+        "ds = alerts.diaSource\n    prv = alerts.prvDiaSources.psfFlux\n"
+        '    return rate_between(ds.psfFlux, ds.midpointMjdTai, prv.last(), prv.last_time(), equal_times="inf") > 0'
+    ),
 }
 
 
@@ -192,16 +200,20 @@ def test_new_helpers_report_real_packets() -> None:
             (o,) = runner.run(batch)
             assert o.fault is None, o.fault
             times.append(o.seconds)
-        EXTRA.append(f"extra, real packets tiled: new: {name}: median {statistics.median(times) * 1e3:.2f} ms, "
-                     f"best {min(times) * 1e3:.2f} ms per visit")
+        EXTRA.append(
+            f"extra, real packets tiled: new: {name}: median {statistics.median(times) * 1e3:.2f} ms, "
+            f"best {min(times) * 1e3:.2f} ms per visit"
+        )
 
 
 def test_summary(visit, peak_memory, summaries) -> None:  # type: ignore[no-untyped-def]
     """Print alerts/s, ms per visit, the ratio to the per-alert baseline and peak memory."""
     base = RESULTS.get("per-alert, 1 filter")
     n = len(visit)
-    lines = [f"{n} alerts (the benchmark visit), in-process, median round",
-             f"{'':28s} {'alerts/s':>10s} {'ms/visit':>9s} {'x baseline':>10s}"]
+    lines = [
+        f"{n} alerts (the benchmark visit), in-process, median round",
+        f"{'':28s} {'alerts/s':>10s} {'ms/visit':>9s} {'x baseline':>10s}",
+    ]
     for name, seconds in RESULTS.items():
         ratio = f"{base / seconds:10.0f}" if base and "1 filter" in name else f"{'-':>10s}"
         lines.append(f"{name:28s} {n / seconds:10.0f} {seconds * 1e3:9.2f} {ratio}")

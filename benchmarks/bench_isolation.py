@@ -61,7 +61,9 @@ def start_from_files(schema, users: int = 1000) -> tuple[float, float]:  # type:
         found = discover(tmp)
         compiled_s = time.perf_counter() - t0
         assert len(found.active) == users, found.rejected
-        pool = WorkerPool([(f.key, f.compiled) for f in found.active], budget_s=2.0, max_idle_workers=users)
+        pool = WorkerPool(
+            [(f.key, f.compiled) for f in found.active], budget_s=2.0, max_idle_workers=users
+        )
         try:
             pool.warm(project_schema(schema.arrow, columns_needed(found.active, schema)))
             return compiled_s, time.perf_counter() - t0
@@ -71,13 +73,17 @@ def start_from_files(schema, users: int = 1000) -> tuple[float, float]:  # type:
 
 def report(rows: dict[int, dict[str, float]], count: int) -> list[str]:
     """The table: ms per visit in-process and in the pool, and their ratio (lower is better)."""
-    lines = [f"one typical filter per user, {count} alerts per visit, {len(os.sched_getaffinity(0))} cores",
-             f"{'users':>6s} {'in-process':>11s} {'pool steady':>12s} {'x in-process':>13s} "
-             f"{'pool first':>11s} {'pool start':>11s}"]
+    lines = [
+        f"one typical filter per user, {count} alerts per visit, {len(os.sched_getaffinity(0))} cores",
+        f"{'users':>6s} {'in-process':>11s} {'pool steady':>12s} {'x in-process':>13s} "
+        f"{'pool first':>11s} {'pool start':>11s}",
+    ]
     for users, f in rows.items():
         base, steady = f[f"inprocess_{users}_filters_ms"], f[f"pool_{users}_users_ms"]
-        lines.append(f"{users:6d} {base:9.1f}ms {steady:10.1f}ms {steady / base:13.1f} "
-                     f"{f[f'pool_{users}_users_first_ms']:9.1f}ms {f[f'pool_{users}_users_start_ms']:9.1f}ms")
+        lines.append(
+            f"{users:6d} {base:9.1f}ms {steady:10.1f}ms {steady / base:13.1f} "
+            f"{f[f'pool_{users}_users_first_ms']:9.1f}ms {f[f'pool_{users}_users_start_ms']:9.1f}ms"
+        )
     return lines
 
 
@@ -89,7 +95,8 @@ def test_isolation_scaling(benchmark, bench_visit, schema, peak_memory, summarie
     compiled_s, started_s = start_from_files(schema)
     lines = report(rows, bench_visit.count) + [
         f"start from 1000 users' filter files: {started_s:.1f} s (compiling them: {compiled_s:.1f} s)",
-        peak_memory()]
+        peak_memory(),
+    ]
     print("\nisolation\n" + "\n".join(lines))
     summaries.append(("isolation (bench_isolation.py)", lines))
 
@@ -103,4 +110,6 @@ if __name__ == "__main__":
     alert_schema = load_schema("11.1")
     print("\n".join(report(measure(block, alert_schema), block.count)))
     compiled_s, started_s = start_from_files(alert_schema)
-    print(f"start from 1000 users' filter files: {started_s:.1f} s (compiling them: {compiled_s:.1f} s)")
+    print(
+        f"start from 1000 users' filter files: {started_s:.1f} s (compiling them: {compiled_s:.1f} s)"
+    )

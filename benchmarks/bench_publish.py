@@ -67,7 +67,9 @@ class _PacketPerMatch:
         self.client, self.cap, self.maxlen = client, cap, maxlen
         self._add_once = client.register_script(_ADD_ONCE)
 
-    def publish(self, visit: VisitBatch, filters: Sequence[ActiveFilter], outcomes: Sequence[Outcome]) -> int:
+    def publish(
+        self, visit: VisitBatch, filters: Sequence[ActiveFilter], outcomes: Sequence[Outcome]
+    ) -> int:
         by_key = {f.key: f for f in filters}
         pipe = self.client.pipeline(transaction=False)
         heads = visit.batch.column("diaSource")
@@ -75,16 +77,43 @@ class _PacketPerMatch:
         n = 0
         for o in outcomes:
             f = by_key[o.key]
-            keys = [f"minibroker:user:{f.user}:stream", f"minibroker:user:{f.user}:seen:{f.compiled.name}"]
+            keys = [
+                f"minibroker:user:{f.user}:stream",
+                f"minibroker:user:{f.user}:seen:{f.compiled.name}",
+            ]
             assert o.mask is not None
             for row in np.flatnonzero(o.mask)[: self.cap].tolist():
-                fields = [b"kind", b"match", b"filter", f.compiled.name.encode(), b"filter_version",
-                          f.compiled.version.encode(), b"visit", str(visit.visit).encode()]
-                for name in ("diaObjectId", "ra", "dec", "band", "midpointMjdTai", "snr", "reliability"):
+                fields = [
+                    b"kind",
+                    b"match",
+                    b"filter",
+                    f.compiled.name.encode(),
+                    b"filter_version",
+                    f.compiled.version.encode(),
+                    b"visit",
+                    str(visit.visit).encode(),
+                ]
+                for name in (
+                    "diaObjectId",
+                    "ra",
+                    "dec",
+                    "band",
+                    "midpointMjdTai",
+                    "snr",
+                    "reliability",
+                ):
                     fields += [name.encode(), str(heads.field(name)[row].as_py()).encode()]
                 fields += [b"alert", visit.wire(row)]
-                self._add_once(keys=keys, args=[f"alert:{ids[row]}".encode(), str(self.maxlen).encode(),
-                                                b"1209600", *fields], client=pipe)
+                self._add_once(
+                    keys=keys,
+                    args=[
+                        f"alert:{ids[row]}".encode(),
+                        str(self.maxlen).encode(),
+                        b"1209600",
+                        *fields,
+                    ],
+                    client=pipe,
+                )
                 n += 1
         pipe.execute()
         return n
@@ -110,8 +139,12 @@ def _measure(benchmark, client, row: str, publish, work) -> None:  # type: ignor
     one()
     after = _used(client)
     client.flushdb()
-    ROWS[row] = {"ms": statistics.median(benchmark.stats.stats.data) * 1e3, "matches": delivered[-1],
-                 "mb": (after - before) / 1e6, "kb_per_match": (after - before) / 1e3 / max(1, delivered[-1])}
+    ROWS[row] = {
+        "ms": statistics.median(benchmark.stats.stats.data) * 1e3,
+        "matches": delivered[-1],
+        "mb": (after - before) / 1e6,
+        "kb_per_match": (after - before) / 1e3 / max(1, delivered[-1]),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -126,13 +159,22 @@ def typical_work(bench_config, visit_projected, typical_active):  # type: ignore
 @pytest.fixture(scope="module")
 def greedy_work(visit_projected):  # type: ignore[no-untyped-def]
     """Ten `return True` filters over four 1,000-alert visits."""
-    filters = [ActiveFilter(f"greedy{i}", compile_filter('"""Everything."""\ndef filter(alerts):\n    return True\n', "all.py"))
-               for i in range(10)]
+    filters = [
+        ActiveFilter(
+            f"greedy{i}",
+            compile_filter('"""Everything."""\ndef filter(alerts):\n    return True\n', "all.py"),
+        )
+        for i in range(10)
+    ]
     work = []
     for k in range(4):
         a = k * 1000
-        v = VisitBatch(visit_projected.visit + k, visit_projected.schema, visit_projected.batch.slice(a, 1000),
-                       visit_projected.raw[a:a + 1000])
+        v = VisitBatch(
+            visit_projected.visit + k,
+            visit_projected.schema,
+            visit_projected.batch.slice(a, 1000),
+            visit_projected.raw[a : a + 1000],
+        )
         work.append((v, filters, [Outcome(f.key, np.ones(1000, bool), 0.0) for f in filters]))
     return work
 
@@ -159,10 +201,14 @@ def test_summary(summaries) -> None:  # type: ignore[no-untyped-def]
         pytest.skip("run the whole file: the summary compares figures of the same run")
     lines = [f"{'':18s} {'ms':>8s} {'matches':>8s} {'Redis MB':>9s} {'KB/match':>9s}"]
     for row, r in ROWS.items():
-        lines.append(f"{row:18s} {r['ms']:8.1f} {r['matches']:8d} {r['mb']:9.1f} {r['kb_per_match']:9.1f}")
+        lines.append(
+            f"{row:18s} {r['ms']:8.1f} {r['matches']:8d} {r['mb']:9.1f} {r['kb_per_match']:9.1f}"
+        )
     for which in ("typical", "greedy"):
         b, a = ROWS[f"{which}, before"], ROWS[f"{which}, after"]
-        lines.append(f"{which}: memory per match {b['kb_per_match'] / a['kb_per_match']:.1f}x smaller, "
-                     f"publish {b['ms'] / a['ms']:.1f}x as fast")
+        lines.append(
+            f"{which}: memory per match {b['kb_per_match'] / a['kb_per_match']:.1f}x smaller, "
+            f"publish {b['ms'] / a['ms']:.1f}x as fast"
+        )
     print("\n" + "\n".join(lines))
     summaries.append(("publish (bench_publish.py)", lines))

@@ -50,7 +50,7 @@ def measure() -> list[str]:
             for _ in range(block.count):
                 start = bio.tell()
                 fastavro.schemaless_reader(bio, night.schema.avro, night.schema.avro)
-                datums.append(bytes(block.data[start:bio.tell()]))
+                datums.append(bytes(block.data[start : bio.tell()]))
         with open(native, "rb") as fo:
             records = list(fastavro.reader(fo))
         forms = {"minibroker night (blocks in place)": native}
@@ -80,8 +80,10 @@ def measure() -> list[str]:
                 runs.append(time.perf_counter() - start)
             timings[name] = runs
     base = statistics.median(timings["decode every visit in full (baseline)"])
-    lines = [f"{len(datums)} simulated alerts in 2 visits; {ROUNDS} rounds",
-             f"{'':40s} {'s':>7s} {'alerts/s':>9s} {'x baseline':>10s}"]
+    lines = [
+        f"{len(datums)} simulated alerts in 2 visits; {ROUNDS} rounds",
+        f"{'':40s} {'s':>7s} {'alerts/s':>9s} {'x baseline':>10s}",
+    ]
     for name, runs in timings.items():
         med = statistics.median(runs)
         lines.append(f"{name:40s} {med:7.3f} {len(datums) / med:9.0f} {med / base:10.2f}")

@@ -60,28 +60,39 @@ def measure() -> list[str]:
 
         sizes = [len(voevent(i, f)) for i, f in entries]
         timings = {
-            "JSON line + decoded alert (baseline)": [_per_entry(lambda i, f: render_json(i, f, full=True), entries)
-                                                     for _ in range(ROUNDS)],
-            "VOEvent from the entry (decode + render)": [_per_entry(voevent, entries) for _ in range(ROUNDS)],
-            "VOEvent from headline fields only": [_per_entry(voevent, headline) for _ in range(ROUNDS)],
+            "JSON line + decoded alert (baseline)": [
+                _per_entry(lambda i, f: render_json(i, f, full=True), entries)
+                for _ in range(ROUNDS)
+            ],
+            "VOEvent from the entry (decode + render)": [
+                _per_entry(voevent, entries) for _ in range(ROUNDS)
+            ],
+            "VOEvent from headline fields only": [
+                _per_entry(voevent, headline) for _ in range(ROUNDS)
+            ],
         }
         with CometBroker(Path(tmp)) as comet:
             vtp.add_receiver(client, "bench", vtp.Receiver("127.0.0.1", comet.port), since="0")
-            fw = vtp.Forwarder(client, "bench", vtp.Receiver("127.0.0.1", comet.port), SETTINGS,
-                                allow_private=True)
+            fw = vtp.Forwarder(
+                client, "bench", vtp.Receiver("127.0.0.1", comet.port), SETTINGS, allow_private=True
+            )
             start = time.perf_counter()
             while fw.step(block_ms=0):
                 pass
             forward_s = time.perf_counter() - start
             assert len(comet.saved()) == len(entries)
     base = statistics.median(timings["JSON line + decoded alert (baseline)"])
-    lines = [f"{len(entries)} real LSSTCam matches; packet size {min(sizes)}-{max(sizes)} bytes",
-             f"{'':44s} {'ms/match':>9s} {'x baseline':>10s}"]
+    lines = [
+        f"{len(entries)} real LSSTCam matches; packet size {min(sizes)}-{max(sizes)} bytes",
+        f"{'':44s} {'ms/match':>9s} {'x baseline':>10s}",
+    ]
     for name, runs in timings.items():
         med = statistics.median(runs)
         lines.append(f"{name:44s} {med * 1000:9.3f} {med / base:10.2f}")
-    lines.append(f"VTP to Comet on loopback: {len(entries)} packets in {forward_s:.2f} s "
-                 f"({len(entries) / forward_s:.0f} packets/s, ack each)")
+    lines.append(
+        f"VTP to Comet on loopback: {len(entries)} packets in {forward_s:.2f} s "
+        f"({len(entries) / forward_s:.0f} packets/s, ack each)"
+    )
     return lines
 
 

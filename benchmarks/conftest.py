@@ -80,7 +80,9 @@ def projected_columns(typical_active: list[ActiveFilter], schema: AlertSchema) -
 
 
 @pytest.fixture(scope="session")
-def visit_projected(bench_visit: NightBlock, schema: AlertSchema, projected_columns: set[str] | None) -> VisitBatch:
+def visit_projected(
+    bench_visit: NightBlock, schema: AlertSchema, projected_columns: set[str] | None
+) -> VisitBatch:
     """The benchmark visit decoded to the filters' columns (what the engine evaluates)."""
     return decode_block(bench_visit, schema, projected_columns)
 
@@ -112,8 +114,10 @@ def peak_memory_line() -> str:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     scope = "this file" if _PEAK_RESET["ok"] else "the run so far"
-    return (f"peak RSS: engine process {own:.0f} MB ({scope}); children, getrusage: {children:.0f} MB "
-            "(the run so far; overstated, see benchmarks/README.md)")
+    return (
+        f"peak RSS: engine process {own:.0f} MB ({scope}); children, getrusage: {children:.0f} MB "
+        "(the run so far; overstated, see benchmarks/README.md)"
+    )
 
 
 def descendants_memory() -> str:
@@ -142,8 +146,10 @@ def descendants_memory() -> str:
                 pss += sum(int(x.split()[1]) for x in f if x.startswith("Pss:"))
         except (OSError, ValueError):
             continue
-    return (f"{len(mine)} live child processes (zygote + workers): largest peak RSS "
-            f"{hwm / 1024:.0f} MB, total PSS {pss / 1024:.0f} MB")
+    return (
+        f"{len(mine)} live child processes (zygote + workers): largest peak RSS "
+        f"{hwm / 1024:.0f} MB, total PSS {pss / 1024:.0f} MB"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -167,7 +173,11 @@ def summaries() -> list[tuple[str, list[str]]]:
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Module | None:
     """Collect ``bench_*.py`` when pytest is given the directory (its ``python_files`` default
     only matches ``test_*.py``); a file named on the command line is collected by pytest itself."""
-    if file_path.suffix == ".py" and file_path.name.startswith("bench_") and not parent.session.isinitpath(file_path):
+    if (
+        file_path.suffix == ".py"
+        and file_path.name.startswith("bench_")
+        and not parent.session.isinitpath(file_path)
+    ):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
 

@@ -88,26 +88,40 @@ class Config:
         if self.budget_s <= 0:
             raise ConfigError(f"budget_s must be positive, got {self.budget_s}")
         if self.max_matches_per_visit < 1:
-            raise ConfigError(f"max_matches_per_visit must be at least 1, got {self.max_matches_per_visit}")
+            raise ConfigError(
+                f"max_matches_per_visit must be at least 1, got {self.max_matches_per_visit}"
+            )
         if self.stream_maxlen < 1 or self.retention_s < 1:
-            raise ConfigError(f"stream_maxlen and retention_s must be positive, got {self.stream_maxlen}, {self.retention_s}")
+            raise ConfigError(
+                f"stream_maxlen and retention_s must be positive, got {self.stream_maxlen}, {self.retention_s}"
+            )
         if self.suspend_after_faults < 1:
-            raise ConfigError(f"suspend_after_faults must be at least 1, got {self.suspend_after_faults}")
+            raise ConfigError(
+                f"suspend_after_faults must be at least 1, got {self.suspend_after_faults}"
+            )
         if self.suspend_window < self.suspend_after_faults:
-            raise ConfigError(f"suspend_window must be at least suspend_after_faults ({self.suspend_after_faults}), "
-                              f"got {self.suspend_window}")
+            raise ConfigError(
+                f"suspend_window must be at least suspend_after_faults ({self.suspend_after_faults}), "
+                f"got {self.suspend_window}"
+            )
         if self.max_filters_per_user < 1:
-            raise ConfigError(f"max_filters_per_user must be at least 1, got {self.max_filters_per_user}")
+            raise ConfigError(
+                f"max_filters_per_user must be at least 1, got {self.max_filters_per_user}"
+            )
         if self.user_budget_s <= 0:
             raise ConfigError(f"user_budget_s must be positive, got {self.user_budget_s}")
         if self.idle_worker_rss_mb < 1:
-            raise ConfigError(f"idle_worker_rss_mb must be at least 1, got {self.idle_worker_rss_mb}")
+            raise ConfigError(
+                f"idle_worker_rss_mb must be at least 1, got {self.idle_worker_rss_mb}"
+            )
         if self.isolation not in ("pool", "inprocess"):
             raise ConfigError(f"isolation must be 'pool' or 'inprocess', got {self.isolation!r}")
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if self.decoder not in ("auto", "fast", "reference"):
-            raise ConfigError(f"decoder must be 'auto', 'fast' or 'reference', got {self.decoder!r}")
+            raise ConfigError(
+                f"decoder must be 'auto', 'fast' or 'reference', got {self.decoder!r}"
+            )
         if self.idle_workers < 0:
             raise ConfigError(f"idle_workers must be 0 or more, got {self.idle_workers}")
 
@@ -152,8 +166,16 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if kind == "bool":
             if isinstance(value, bool):
                 return value
-            return {"1": True, "true": True, "yes": True, "on": True,
-                    "0": False, "false": False, "no": False, "off": False}[str(value).strip().lower()]
+            return {
+                "1": True,
+                "true": True,
+                "yes": True,
+                "on": True,
+                "0": False,
+                "false": False,
+                "no": False,
+                "off": False,
+            }[str(value).strip().lower()]
         return str(value) if value is not None else None
     except (TypeError, ValueError, KeyError):
         raise ConfigError(f"{source}: {name} = {value!r} is not a valid {kind}") from None
@@ -178,7 +200,9 @@ def load_config(
         known = {f.name for f in fields(Config)}
         for key, value in data.items():
             if key not in known:
-                raise ConfigError(f"config file {file}: unknown setting {key!r}; known: {', '.join(sorted(known))}")
+                raise ConfigError(
+                    f"config file {file}: unknown setting {key!r}; known: {', '.join(sorted(known))}"
+                )
             values[key] = _coerce(key, value, str(file))
     for var, name in _ENV.items():
         if env.get(var):

@@ -47,15 +47,22 @@ class Evaluator:
         self.filters = list(filters)
         pairs = [(f.key, f.compiled) for f in self.filters]
         # A user's share always fits at least one filter's whole budget.
-        shares = Shares(max_filters=config.max_filters_per_user,
-                        budget_s=max(config.user_budget_s, config.budget_s))
+        shares = Shares(
+            max_filters=config.max_filters_per_user,
+            budget_s=max(config.user_budget_s, config.budget_s),
+        )
         self.runner: WorkerPool | InProcessRunner
         if config.isolation == "pool":
-            self.runner = WorkerPool(pairs, budget_s=config.budget_s, workers=config.workers,
-                                     max_idle_workers=config.idle_workers, shares=shares,
-                                     max_faults=config.suspend_after_faults,
-                                     fault_window=config.suspend_window,
-                                     max_idle_rss_mb=config.idle_worker_rss_mb)
+            self.runner = WorkerPool(
+                pairs,
+                budget_s=config.budget_s,
+                workers=config.workers,
+                max_idle_workers=config.idle_workers,
+                shares=shares,
+                max_faults=config.suspend_after_faults,
+                fault_window=config.suspend_window,
+                max_idle_rss_mb=config.idle_worker_rss_mb,
+            )
         else:
             self.runner = InProcessRunner(pairs, shares=shares)
 

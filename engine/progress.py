@@ -15,8 +15,15 @@ class Progress:
     plain line is written at every tenth of the work instead, so logs stay readable.
     """
 
-    def __init__(self, total: int | None, unit: str = "visits", *, stream: TextIO | None = None,
-                 width: int = 20, enabled: bool = True):
+    def __init__(
+        self,
+        total: int | None,
+        unit: str = "visits",
+        *,
+        stream: TextIO | None = None,
+        width: int = 20,
+        enabled: bool = True,
+    ):
         self.total = total
         self.unit = unit
         self.stream = stream or sys.stderr

@@ -41,7 +41,9 @@ def start_id(since: str | None) -> str:
     try:
         when = dt.datetime.fromisoformat(since)
     except ValueError:
-        raise ConfigError(f"--from {since!r}: give 'now', '0' (everything kept), a stream id or a time like 2026-11-25T03:00") from None
+        raise ConfigError(
+            f"--from {since!r}: give 'now', '0' (everything kept), a stream id or a time like 2026-11-25T03:00"
+        ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return f"{int(when.timestamp() * 1000)}-0"
@@ -88,15 +90,25 @@ def follow(
     except redis.exceptions.NoPermissionError as exc:
         raise _refused(user, exc) from None
     except redis.exceptions.AuthenticationError as exc:
-        raise ConfigError(f"the server did not accept these credentials ({exc}); check REDIS_URL") from None
+        raise ConfigError(
+            f"the server did not accept these credentials ({exc}); check REDIS_URL"
+        ) from None
 
 
 def _keep(fields: dict[bytes, bytes], filter_name: str | None) -> bool:
-    return filter_name is None or fields.get(b"filter", filter_name.encode()) == filter_name.encode()
+    return (
+        filter_name is None or fields.get(b"filter", filter_name.encode()) == filter_name.encode()
+    )
 
 
-def _plain(client: Any, key: str, last: str, block_ms: int, stop: Callable[[], bool],
-           filter_name: str | None) -> Iterator[Entry]:
+def _plain(
+    client: Any,
+    key: str,
+    last: str,
+    block_ms: int,
+    stop: Callable[[], bool],
+    filter_name: str | None,
+) -> Iterator[Entry]:
     while True:
         batch = client.xread({key: last}, block=block_ms, count=500)
         if not batch:
@@ -110,8 +122,16 @@ def _plain(client: Any, key: str, last: str, block_ms: int, stop: Callable[[], b
                 yield entry_id, fields
 
 
-def _grouped(client: Any, key: str, group: str, consumer: str, since: str | None,
-             block_ms: int, stop: Callable[[], bool], filter_name: str | None) -> Iterator[Entry]:
+def _grouped(
+    client: Any,
+    key: str,
+    group: str,
+    consumer: str,
+    since: str | None,
+    block_ms: int,
+    stop: Callable[[], bool],
+    filter_name: str | None,
+) -> Iterator[Entry]:
     start = "0" if since is None else start_id(since)
     try:
         client.xgroup_create(key, group, id=start, mkstream=True)
@@ -122,8 +142,9 @@ def _grouped(client: Any, key: str, group: str, consumer: str, since: str | None
             client.xgroup_setid(key, group, id=start)
     position = "0"  # first what this consumer was handed and never acknowledged
     while True:
-        batch = client.xreadgroup(group, consumer, {key: position}, count=100,
-                                  block=None if position == "0" else block_ms)
+        batch = client.xreadgroup(
+            group, consumer, {key: position}, count=100, block=None if position == "0" else block_ms
+        )
         items = batch[0][1] if batch else []
         if position == "0" and not items:
             position = ">"
@@ -144,7 +165,9 @@ def _with_packets(client: Any, items: list[Any]) -> list[Entry]:
     pipe = client.pipeline(transaction=False)
     wanted: list[int] = []
     for entry_id, fields in items:
-        out.append((entry_id.decode() if isinstance(entry_id, bytes) else entry_id, dict(fields or {})))
+        out.append(
+            (entry_id.decode() if isinstance(entry_id, bytes) else entry_id, dict(fields or {}))
+        )
         token = out[-1][1].get(b"packet")
         if token:
             pipe.get(keys.packet_key(token.decode()))

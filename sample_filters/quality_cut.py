@@ -9,9 +9,16 @@ an unknown quality is not a good quality. This is the first cut of almost every 
 """
 
 BAD_FLAGS = (
-    "pixelFlags_bad", "pixelFlags_edge", "pixelFlags_crCenter", "pixelFlags_saturatedCenter",
-    "pixelFlags_streakCenter", "pixelFlags_suspectCenter", "pixelFlags_interpolatedCenter",
-    "psfFlux_flag", "centroid_flag", "glint_trail",
+    "pixelFlags_bad",
+    "pixelFlags_edge",
+    "pixelFlags_crCenter",
+    "pixelFlags_saturatedCenter",
+    "pixelFlags_streakCenter",
+    "pixelFlags_suspectCenter",
+    "pixelFlags_interpolatedCenter",
+    "psfFlux_flag",
+    "centroid_flag",
+    "glint_trail",
 )
 
 

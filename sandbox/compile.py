@@ -69,15 +69,37 @@ def read_filter_source(path: str | os.PathLike[str], policy: Policy = POLICY) ->
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise FilterRejected([Problem(name, None, "file", "no such file; check the path")]) from None
+        raise FilterRejected(
+            [Problem(name, None, "file", "no such file; check the path")]
+        ) from None
     except OSError as exc:
-        raise FilterRejected([Problem(name, None, "file", f"cannot read the file: {exc.strerror}")]) from None
+        raise FilterRejected(
+            [Problem(name, None, "file", f"cannot read the file: {exc.strerror}")]
+        ) from None
     if len(raw) > policy.max_source_bytes:
-        raise FilterRejected([Problem(name, None, "too-large", f"the file is {len(raw)} bytes; filters are limited to {policy.max_source_bytes}")])
+        raise FilterRejected(
+            [
+                Problem(
+                    name,
+                    None,
+                    "too-large",
+                    f"the file is {len(raw)} bytes; filters are limited to {policy.max_source_bytes}",
+                )
+            ]
+        )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise FilterRejected([Problem(name, None, "encoding", f"the file is not UTF-8 text (byte {exc.start}); save it as UTF-8")]) from None
+        raise FilterRejected(
+            [
+                Problem(
+                    name,
+                    None,
+                    "encoding",
+                    f"the file is not UTF-8 text (byte {exc.start}); save it as UTF-8",
+                )
+            ]
+        ) from None
 
 
 def load_filter(path: str | os.PathLike[str], policy: Policy = POLICY) -> CompiledFilter:
@@ -86,25 +108,63 @@ def load_filter(path: str | os.PathLike[str], policy: Policy = POLICY) -> Compil
     return compile_filter(read_filter_source(path, policy), str(path), policy=policy)
 
 
-def compile_filter(source: str, filename: str = "<filter>", policy: Policy = POLICY) -> CompiledFilter:
+def compile_filter(
+    source: str, filename: str = "<filter>", policy: Policy = POLICY
+) -> CompiledFilter:
     """Compile filter source text; raise :class:`FilterRejected` listing every problem.
 
     Any exception while parsing or compiling (deep nesting, huge literals) becomes a rejection,
     never a crash of the caller.
     """
     if len(source.encode("utf-8", "replace")) > policy.max_source_bytes:
-        raise FilterRejected([Problem(filename, None, "too-large", f"filters are limited to {policy.max_source_bytes} bytes")])
+        raise FilterRejected(
+            [
+                Problem(
+                    filename,
+                    None,
+                    "too-large",
+                    f"filters are limited to {policy.max_source_bytes} bytes",
+                )
+            ]
+        )
     try:
         tree = ast.parse(source, filename=filename)
     except SyntaxError as exc:
-        raise FilterRejected([Problem(filename, exc.lineno, "syntax", f"{exc.msg}" + (f": {exc.text.strip()}" if exc.text else ""))]) from None
+        raise FilterRejected(
+            [
+                Problem(
+                    filename,
+                    exc.lineno,
+                    "syntax",
+                    f"{exc.msg}" + (f": {exc.text.strip()}" if exc.text else ""),
+                )
+            ]
+        ) from None
     except (RecursionError, MemoryError, ValueError, OverflowError) as exc:
-        raise FilterRejected([Problem(filename, None, "too-complex", f"the file cannot be parsed ({type(exc).__name__}); simplify it")]) from None
+        raise FilterRejected(
+            [
+                Problem(
+                    filename,
+                    None,
+                    "too-complex",
+                    f"the file cannot be parsed ({type(exc).__name__}); simplify it",
+                )
+            ]
+        ) from None
 
     try:
         problems = check_tree(tree, filename, policy) + _dynamic_column_names(tree, filename)
     except Exception as exc:  # every failure at submit is a rejection, never a crash
-        raise FilterRejected([Problem(filename, None, "too-complex", f"the file cannot be checked ({type(exc).__name__}); simplify it")]) from None
+        raise FilterRejected(
+            [
+                Problem(
+                    filename,
+                    None,
+                    "too-complex",
+                    f"the file cannot be checked ({type(exc).__name__}); simplify it",
+                )
+            ]
+        ) from None
     result = None
     if not any(p.rule == "too-deep" for p in problems):
         # RestrictedPython's transformer recurses per nesting level: past the limit it raises
@@ -112,7 +172,14 @@ def compile_filter(source: str, filename: str = "<filter>", policy: Policy = POL
         try:
             result = compile_restricted_exec(source, filename=filename, policy=_Transformer)
         except Exception as exc:
-            problems.append(Problem(filename, None, "too-complex", f"the file cannot be compiled ({type(exc).__name__}); simplify it"))
+            problems.append(
+                Problem(
+                    filename,
+                    None,
+                    "too-complex",
+                    f"the file cannot be compiled ({type(exc).__name__}); simplify it",
+                )
+            )
     if result is not None:
         for message in result.errors:
             m = _RP_LINE.match(message)
@@ -122,7 +189,9 @@ def compile_filter(source: str, filename: str = "<filter>", policy: Policy = POL
                 problems.append(problem)
     if problems or result is None or result.code is None:
         problems.sort(key=lambda p: (p.line or 0, p.rule))
-        raise FilterRejected(problems or [Problem(filename, None, "restricted", "the file could not be compiled")])
+        raise FilterRejected(
+            problems or [Problem(filename, None, "restricted", "the file could not be compiled")]
+        )
 
     return CompiledFilter(
         name=Path(filename).stem,
@@ -142,8 +211,11 @@ class _Transformer(RestrictingNodeTransformer):
 
     def visit_FormattedValue(self, node: ast.FormattedValue) -> ast.AST:
         node = self.node_contents_visit(node)
-        call = ast.Call(func=ast.Name("_format_value_", ast.Load()),
-                        args=[node.value, ast.Constant(node.conversion)], keywords=[])
+        call = ast.Call(
+            func=ast.Name("_format_value_", ast.Load()),
+            args=[node.value, ast.Constant(node.conversion)],
+            keywords=[],
+        )
         node.value = ast.fix_missing_locations(ast.copy_location(call, node.value))
         node.conversion = -1
         return node
@@ -152,7 +224,9 @@ class _Transformer(RestrictingNodeTransformer):
         node = self.node_contents_visit(node)
         if not isinstance(node.op, ast.Mod):
             return node
-        call = ast.Call(func=ast.Name("_mod_", ast.Load()), args=[node.left, node.right], keywords=[])
+        call = ast.Call(
+            func=ast.Name("_mod_", ast.Load()), args=[node.left, node.right], keywords=[]
+        )
         return ast.fix_missing_locations(ast.copy_location(call, node))
 
 
@@ -184,8 +258,20 @@ def _mentioned_names(tree: ast.Module) -> frozenset[str]:
     return frozenset(names)
 
 
-_STRING_BUILDERS = frozenset({"join", "replace", "upper", "lower", "capitalize", "title", "strip", "lstrip",
-                              "rstrip", "format"})
+_STRING_BUILDERS = frozenset(
+    {
+        "join",
+        "replace",
+        "upper",
+        "lower",
+        "capitalize",
+        "title",
+        "strip",
+        "lstrip",
+        "rstrip",
+        "format",
+    }
+)
 # Methods of the views that take a column or field name as their first argument.
 _NAME_TAKERS = frozenset({"history", "band_field", "get"})
 
@@ -195,8 +281,10 @@ def _built_string(node: ast.AST) -> str | None:
     if isinstance(node, ast.JoinedStr):
         return "an f-string"
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Mod):
-        if any(isinstance(side, ast.Constant) and isinstance(side.value, str) or _built_string(side)
-               for side in (node.left, node.right)):
+        if any(
+            isinstance(side, ast.Constant) and isinstance(side.value, str) or _built_string(side)
+            for side in (node.left, node.right)
+        ):
             return "a string built with `+` or `%`"
     if isinstance(node, ast.Call):
         if isinstance(node.func, ast.Attribute) and node.func.attr in _STRING_BUILDERS:
@@ -214,16 +302,25 @@ def _dynamic_column_names(tree: ast.Module, filename: str) -> list[Problem]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Subscript):
             name = node.slice
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-              and node.func.attr in _NAME_TAKERS and node.args):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in _NAME_TAKERS
+            and node.args
+        ):
             name = node.args[0]
         else:
             continue
         kind = _built_string(name)
         if kind is not None:
-            problems.append(Problem(
-                filename, getattr(name, "lineno", None), "dynamic-column",
-                f"a column is named by {kind}, known only when the filter runs; write each column "
-                "name out in full (e.g. alerts['diaObject.g_psfFluxMean'], or band_field() for "
-                "per-band fields) so that the service knows which columns your filter reads"))
+            problems.append(
+                Problem(
+                    filename,
+                    getattr(name, "lineno", None),
+                    "dynamic-column",
+                    f"a column is named by {kind}, known only when the filter runs; write each column "
+                    "name out in full (e.g. alerts['diaObject.g_psfFluxMean'], or band_field() for "
+                    "per-band fields) so that the service knows which columns your filter reads",
+                )
+            )
     return problems

@@ -19,6 +19,7 @@ from sandbox.text import escape
 
 __all__ = ["FaultReason", "FilterError", "FilterFault", "FilterRejected", "PoolError", "Problem"]
 
+
 class FaultReason(StrEnum):
     """Why a filter produced no mask on a visit (the ``reason`` field of a fault entry)."""
 

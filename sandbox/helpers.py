@@ -61,7 +61,9 @@ class Namespace:
         try:
             return self._members[attr]
         except KeyError:
-            raise AttributeError(f"{self._name} has no helper {attr!r}; see docs/filters.md") from None
+            raise AttributeError(
+                f"{self._name} has no helper {attr!r}; see docs/filters.md"
+            ) from None
 
     def __repr__(self) -> str:
         return f"<helpers {self._name}: {', '.join(sorted(self._members))}>"
@@ -154,8 +156,10 @@ def isnull(x: Any) -> Any:
         return Column(np.zeros(len(x._store), bool) if mask is None else mask.copy())
     if x is None or isinstance(x, (*_PLAIN, tuple, list, AlertRecord, Image)):
         return x is None
-    raise TypeError(f"isnull() takes a column, a record such as alerts.diaObject, or a value, "
-                    f"not {type(x).__name__}")
+    raise TypeError(
+        f"isnull() takes a column, a record such as alerts.diaObject, or a value, "
+        f"not {type(x).__name__}"
+    )
 
 
 def notnull(x: Any) -> Any:
@@ -168,8 +172,10 @@ def _record_null(group: _Group) -> np.ndarray | None:
     """Null mask of the record (struct) or list a group of columns stands for (trusted side)."""
     store, prefix = group._store, group._prefix
     if "." in prefix:
-        raise TypeError(f"isnull() takes a column or a whole top-level record such as alerts.diaObject, "
-                        f"not {prefix!r}; test one of its fields instead")
+        raise TypeError(
+            f"isnull() takes a column or a whole top-level record such as alerts.diaObject, "
+            f"not {prefix!r}; test one of its fields instead"
+        )
     if store.kinds.get(prefix) == "list":
         return store.list_offsets(prefix)[1]
     return store.struct_null(prefix)
@@ -255,7 +261,9 @@ def if_else(condition: Column, then: Any, otherwise: Any) -> Column:
     ov, om = _values(otherwise, n)
     mask = None
     if tm is not None or om is not None:
-        mask = np.where(cond, np.zeros(n, bool) if tm is None else tm, np.zeros(n, bool) if om is None else om)
+        mask = np.where(
+            cond, np.zeros(n, bool) if tm is None else tm, np.zeros(n, bool) if om is None else om
+        )
     return Column(np.where(cond, tv, ov), mask)
 
 
@@ -275,9 +283,11 @@ def _values(x: Any, n: int) -> tuple[np.ndarray, np.ndarray | None]:
 def _map(x: Any, fn: Callable[[np.ndarray], np.ndarray]) -> Any:
     """Apply an element-wise float function to a column, a lightcurve or a number."""
     if isinstance(x, Column):
+
         def compute() -> Column:
             with np.errstate(all="ignore"):
                 return Column(fn(x._v.astype(np.float64, copy=False)), x._m)
+
         # Only the helpers' own functions are keys (a bounded set), never a caller's.
         return _per_visit(fn.__name__, (x,), compute) if fn in _MAPPED else compute()
     if isinstance(x, ListColumn):
@@ -307,8 +317,23 @@ def _flux(m: np.ndarray) -> np.ndarray:
     return 10 ** ((AB_ZERO_POINT_NJY - m) / 2.5)
 
 
-_MAPPED = frozenset({np.sqrt, np.log10, np.log, np.exp, _mag, _flux, np.sin, np.cos, np.tan,
-                     np.arcsin, np.arccos, np.radians, np.degrees})
+_MAPPED = frozenset(
+    {
+        np.sqrt,
+        np.log10,
+        np.log,
+        np.exp,
+        _mag,
+        _flux,
+        np.sin,
+        np.cos,
+        np.tan,
+        np.arcsin,
+        np.arccos,
+        np.radians,
+        np.degrees,
+    }
+)
 
 sqrt = _unary(np.sqrt, "sqrt", "Square root, element-wise.")
 log10 = _unary(np.log10, "log10", "Base-10 logarithm, element-wise (log of <= 0 is NaN or -inf).")
@@ -330,17 +355,23 @@ def _binary(a: Any, b: Any, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) 
     column is repeated for every point) or numbers; a null on either side gives null."""
     lc = a if isinstance(a, ListColumn) else b if isinstance(b, ListColumn) else None
     if lc is not None:
+
         def items(x: Any) -> Any:
             if isinstance(x, ListColumn):
                 if not lc._same_shape(x):
-                    raise ValueError("lightcurves of different shapes cannot be combined point by point")
+                    raise ValueError(
+                        "lightcurves of different shapes cannot be combined point by point"
+                    )
                 return x._items
             if isinstance(x, Column):
                 if len(x) != len(lc):
-                    raise ValueError(f"a column of {len(x)} values cannot be combined with a "
-                                     f"lightcurve of {len(lc)} alerts")
+                    raise ValueError(
+                        f"a column of {len(x)} values cannot be combined with a "
+                        f"lightcurve of {len(lc)} alerts"
+                    )
                 return lc._per_point(x)
             return x
+
         return lc._with(_binary(items(a), items(b), fn))
     n = _length(a, b)
     av, am = _values(a, n)
@@ -362,9 +393,12 @@ def maximum(a: Any, b: Any) -> Any:
     return _binary(a, b, np.maximum)
 
 
-def _float_pair(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def _float_pair(
+    fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     def apply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return fn(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+
     return apply
 
 
@@ -448,8 +482,10 @@ def days_since_first_detection(alerts: AlertsView | AlertRecord) -> Any:
             return math.nan if times else None
         return now - min([*times, now])
     if not isinstance(alerts, AlertsView):
-        raise TypeError("days_since_first_detection takes the alerts view (or one alert): "
-                        "days_since_first_detection(alerts)")
+        raise TypeError(
+            "days_since_first_detection takes the alerts view (or one alert): "
+            "days_since_first_detection(alerts)"
+        )
     t = alerts.history("midpointMjdTai")
     now = alerts._store.get("diaSource.midpointMjdTai")
     assert isinstance(now, Column)
@@ -457,8 +493,9 @@ def days_since_first_detection(alerts: AlertsView | AlertRecord) -> Any:
 
 
 @_numbers_too(4)
-def rate_between(value_now: Any, time_now: Any, value_then: Any, time_then: Any, *,
-                 equal_times: str = "null") -> Any:
+def rate_between(
+    value_now: Any, time_now: Any, value_then: Any, time_then: Any, *, equal_times: str = "null"
+) -> Any:
     """``(value_now - value_then) / (time_now - time_then)`` per alert; null where anything is
     null. With magnitudes and MJDs this is mag/day (negative: brightening).
 
@@ -510,14 +547,18 @@ def _angles(*xs: Any) -> tuple[list[np.ndarray], np.ndarray | None, int]:
     for x in xs:
         if isinstance(x, Column):
             if len(x) != n:
-                raise ValueError(f"columns of different lengths ({n} and {len(x)}) cannot be combined")
+                raise ValueError(
+                    f"columns of different lengths ({n} and {len(x)}) cannot be combined"
+                )
             if x._m is not None:
                 mask = x._m if mask is None else mask | x._m
             out.append(_per_visit("radians", (x,), functools.partial(_radians_of, x)))
         elif isinstance(x, bool | int | float):
             out.append(np.radians(np.float64(x)))
         else:
-            raise TypeError(f"sky helpers take columns or numbers in degrees, not {type(x).__name__}")
+            raise TypeError(
+                f"sky helpers take columns or numbers in degrees, not {type(x).__name__}"
+            )
     return out, mask, n
 
 
@@ -591,8 +632,17 @@ class Targets:
             a0 = a1
         return best
 
-    def _match_chunk(self, ra: np.ndarray, dec: np.ndarray, radius: float, lo: np.ndarray,
-                     counts: np.ndarray, a0: int, a1: int, best: np.ndarray) -> None:
+    def _match_chunk(
+        self,
+        ra: np.ndarray,
+        dec: np.ndarray,
+        radius: float,
+        lo: np.ndarray,
+        counts: np.ndarray,
+        a0: int,
+        a1: int,
+        best: np.ndarray,
+    ) -> None:
         c = counts[a0:a1]
         total = int(c.sum())
         if total == 0:

@@ -33,31 +33,53 @@ import numpy as np
 import pyarrow as pa
 from numpy.lib.stride_tricks import as_strided
 
-__all__ = ["NAN_MODES", "centroid", "elongation", "fits_layout", "per_cutout", "reduce", "second_moments",
-           "stack_elongation", "stack_moments", "stack_reduce"]
+__all__ = [
+    "NAN_MODES",
+    "centroid",
+    "elongation",
+    "fits_layout",
+    "per_cutout",
+    "reduce",
+    "second_moments",
+    "stack_elongation",
+    "stack_moments",
+    "stack_reduce",
+]
 
 NAN_MODES = ("ignore", "zero", "propagate")
 
 
 def _mode(nan: object) -> str:
     if nan not in NAN_MODES:
-        raise ValueError('nan= is "ignore" (skip NaN pixels), "zero" (count them as 0) or "propagate" (NaN result)')
+        raise ValueError(
+            'nan= is "ignore" (skip NaN pixels), "zero" (count them as 0) or "propagate" (NaN result)'
+        )
     return str(nan)
 
 
-def reduce(a: np.ndarray, fn: Callable[..., np.ndarray], nanfn: Callable[..., np.ndarray],
-           nan: object = "ignore") -> float:
+def reduce(
+    a: np.ndarray,
+    fn: Callable[..., np.ndarray],
+    nanfn: Callable[..., np.ndarray],
+    nan: object = "ignore",
+) -> float:
     """One pixel statistic under a NaN treatment: ``fn`` on all pixels, ``nanfn`` skipping NaN."""
     return float(stack_reduce(a[None], fn, nanfn, nan)[0])
 
 
 def _threshold(threshold: object) -> float:
-    if not isinstance(threshold, int | float) or isinstance(threshold, bool) or math.isnan(threshold):
+    if (
+        not isinstance(threshold, int | float)
+        or isinstance(threshold, bool)
+        or math.isnan(threshold)
+    ):
         raise TypeError("threshold is a number (a pixel value)")
     return float(threshold)
 
 
-def stack_moments(a: np.ndarray, threshold: float = 0.0, nan: object = "ignore") -> tuple[np.ndarray, ...]:
+def stack_moments(
+    a: np.ndarray, threshold: float = 0.0, nan: object = "ignore"
+) -> tuple[np.ndarray, ...]:
     """(r0, c0, Mrr, Mcc, Mrc) of each image of a stack ``(n, rows, cols)``: five arrays of n.
 
     The one implementation behind ``Image.centroid`` (a stack of one) and the column helpers
@@ -99,13 +121,20 @@ def stack_elongation(mrr: np.ndarray, mcc: np.ndarray, mrc: np.ndarray) -> np.nd
     return np.where(np.isnan(mrr), np.nan, out)
 
 
-def stack_reduce(a: np.ndarray, fn: Callable[..., np.ndarray], nanfn: Callable[..., np.ndarray],
-                 nan: object = "ignore") -> np.ndarray:
+def stack_reduce(
+    a: np.ndarray,
+    fn: Callable[..., np.ndarray],
+    nanfn: Callable[..., np.ndarray],
+    nan: object = "ignore",
+) -> np.ndarray:
     """One pixel statistic of each image of a stack under a NaN treatment."""
     mode = _mode(nan)
     with np.errstate(all="ignore"):
         if mode == "zero":
-            return np.asarray(fn(np.nan_to_num(a, nan=0.0, posinf=np.inf, neginf=-np.inf), axis=(1, 2)), np.float64)
+            return np.asarray(
+                fn(np.nan_to_num(a, nan=0.0, posinf=np.inf, neginf=-np.inf), axis=(1, 2)),
+                np.float64,
+            )
         if mode == "propagate":
             return np.asarray(fn(a, axis=(1, 2)), np.float64)
         finite = np.isfinite(a).any(axis=(1, 2))
@@ -121,7 +150,9 @@ def centroid(a: np.ndarray, threshold: float = 0.0, nan: object = "ignore") -> t
     return float(r0[0]), float(c0[0])
 
 
-def second_moments(a: np.ndarray, threshold: float = 0.0, nan: object = "ignore") -> tuple[float, float, float]:
+def second_moments(
+    a: np.ndarray, threshold: float = 0.0, nan: object = "ignore"
+) -> tuple[float, float, float]:
     """(Mrr, Mcc, Mrc) about the centroid, in pixels²."""
     _, _, mrr, mcc, mrc = stack_moments(a[None], threshold, nan)
     return float(mrr[0]), float(mcc[0]), float(mrc[0])
@@ -167,11 +198,11 @@ def fits_layout(data: bytes) -> _Layout:
         cards: list[tuple[int, bytes]] = []
         done = False
         while not done:
-            block = data[pos: pos + _BLOCK]
+            block = data[pos : pos + _BLOCK]
             if len(block) < _BLOCK:
                 raise ValueError("cutout: truncated FITS header")
             for k in range(0, _BLOCK, _CARD):
-                card = block[k: k + _CARD]
+                card = block[k : k + _CARD]
                 key = card[:8].decode("ascii", "replace").strip()
                 if key == "END":
                     done = True
@@ -188,9 +219,16 @@ def fits_layout(data: bytes) -> _Layout:
         if naxis == 2 and nbytes:
             if bitpix not in _DTYPES:
                 raise ValueError(f"cutout: unsupported FITS BITPIX {bitpix}")
-            keywords = b"".join(data[k: k + 8] for k in range(0, pos, _CARD))
-            return _Layout(pos, (dims[1], dims[0]), _DTYPES[bitpix], float(header.get("BSCALE", "1")),
-                           float(header.get("BZERO", "0")), keywords, tuple(cards))
+            keywords = b"".join(data[k : k + 8] for k in range(0, pos, _CARD))
+            return _Layout(
+                pos,
+                (dims[1], dims[0]),
+                _DTYPES[bitpix],
+                float(header.get("BSCALE", "1")),
+                float(header.get("BZERO", "0")),
+                keywords,
+                tuple(cards),
+            )
         pos += -(-nbytes // _BLOCK) * _BLOCK
     raise ValueError("cutout: no 2-D image in this FITS file")
 
@@ -203,8 +241,12 @@ def _windows(raw: np.ndarray, shape: tuple[int, ...], strides: tuple[int, ...]) 
     return as_strided(raw, (count, *shape), (1, *strides), writeable=False)
 
 
-def per_cutout(arr: pa.Array, stat: Callable[[np.ndarray], tuple[np.ndarray, ...]], k: int,
-               half: int | None = None) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+def per_cutout(
+    arr: pa.Array,
+    stat: Callable[[np.ndarray], tuple[np.ndarray, ...]],
+    k: int,
+    half: int | None = None,
+) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     """``stat`` on every cutout of a binary column, as stacks: ``k`` float arrays (one value
     per alert) and the null mask (no cutout).
 
@@ -224,14 +266,16 @@ def per_cutout(arr: pa.Array, stat: Callable[[np.ndarray], tuple[np.ndarray, ...
         raise TypeError("cutout helpers take a cutout column such as 'cutoutDifference'")
     otype = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
     bufs = arr.buffers()
-    off = np.frombuffer(bufs[1], otype, n + 1, arr.offset * np.dtype(otype).itemsize).astype(np.int64)
+    off = np.frombuffer(bufs[1], otype, n + 1, arr.offset * np.dtype(otype).itemsize).astype(
+        np.int64
+    )
     raw = np.frombuffer(bufs[2], np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
     lengths = np.diff(off)
     todo = ~null & (lengths > 0)
     null = null | (lengths == 0)
     while todo.any():
         first = int(np.flatnonzero(todo)[0])
-        lay = fits_layout(raw[off[first]: off[first + 1]].tobytes())
+        lay = fits_layout(raw[off[first] : off[first + 1]].tobytes())
         rows = np.flatnonzero(todo)
         rows = rows[lengths[rows] >= lay.data_end]
         # Read-only strided windows on the byte buffer, one per possible start; indexing them
@@ -240,7 +284,9 @@ def per_cutout(arr: pa.Array, stat: Callable[[np.ndarray], tuple[np.ndarray, ...
         keys = _windows(raw, (ncards, 8), (_CARD, 1))[off[rows]]  # (m, cards, 8)
         same = (keys == np.frombuffer(lay.keywords, np.uint8).reshape(-1, 8)).all(axis=(1, 2))
         for at, card in lay.cards:
-            same &= (_windows(raw, (_CARD,), (1,))[off[rows] + at] == np.frombuffer(card, np.uint8)).all(axis=1)
+            same &= (
+                _windows(raw, (_CARD,), (1,))[off[rows] + at] == np.frombuffer(card, np.uint8)
+            ).all(axis=1)
         rows = rows[same]
         if first not in rows:  # pragma: no cover - the template always matches itself
             raise ValueError("cutout: inconsistent FITS header")

@@ -26,7 +26,9 @@ from sandbox.view.record import AlertRecord
 __all__ = ["thin", "thin_mask"]
 
 
-def thin_mask(times: np.ndarray, offsets: np.ndarray, min_gap: float, *, time_sorted: bool = False) -> np.ndarray:
+def thin_mask(
+    times: np.ndarray, offsets: np.ndarray, min_gap: float, *, time_sorted: bool = False
+) -> np.ndarray:
     """Which points to keep: per list (``offsets`` delimit them in the flat ``times``), in time
     order, the earliest point and then each point at least ``min_gap`` after the last kept one.
     Points with a NaN time take no part (never kept). Equal times keep the first in list order.
@@ -67,7 +69,12 @@ def thin_mask(times: np.ndarray, offsets: np.ndarray, min_gap: float, *, time_so
 
 
 def _gap(min_gap: Any) -> float:
-    if isinstance(min_gap, bool) or not isinstance(min_gap, int | float) or not math.isfinite(min_gap) or min_gap < 0:
+    if (
+        isinstance(min_gap, bool)
+        or not isinstance(min_gap, int | float)
+        or not math.isfinite(min_gap)
+        or min_gap < 0
+    ):
         raise ValueError("thin(lightcurve, min_gap) takes a gap in days: a finite number >= 0")
     return float(min_gap)
 
@@ -91,8 +98,10 @@ def thin(lc: Any, min_gap: float) -> Any:
         times = np.array([_time_of(p) for p in lc], dtype=np.float64)
         keep = thin_mask(times, np.array([0, len(times)]), gap)
         return tuple(p for p, k in zip(lc, keep.tolist(), strict=True) if k)
-    raise TypeError("thin() takes a lightcurve (alerts.prvDiaSources.psfFlux, alerts.history(...)) "
-                    "or, per alert, a tuple of points or times")
+    raise TypeError(
+        "thin() takes a lightcurve (alerts.prvDiaSources.psfFlux, alerts.history(...)) "
+        "or, per alert, a tuple of points or times"
+    )
 
 
 def _time_of(point: Any) -> float:
@@ -108,8 +117,10 @@ def _time_of(point: Any) -> float:
 def _thin_column(lc: ListColumn, gap: float) -> ListColumn:
     t = lc._time_values()
     if t is None:
-        raise ValueError("thin() needs the times of this lightcurve (a prvDiaSources, "
-                         "prvDiaForcedSources or history field)")
+        raise ValueError(
+            "thin() needs the times of this lightcurve (a prvDiaSources, "
+            "prvDiaForcedSources or history field)"
+        )
     t = t.astype(np.float64, copy=False)
     assert lc._info is not None
     keep = thin_mask(t, lc._off, gap, time_sorted=lc._info.time_sorted())

@@ -155,8 +155,14 @@ def fork_into(flags: int) -> int:
     api = ctypes.pythonapi
     libc = _libc()
     api.PyOS_BeforeFork()
-    pid = libc.syscall(ctypes.c_long(_SYS_CLONE), ctypes.c_ulong(flags | _SIGCHLD), ctypes.c_long(0),
-                       ctypes.c_long(0), ctypes.c_long(0), ctypes.c_long(0))
+    pid = libc.syscall(
+        ctypes.c_long(_SYS_CLONE),
+        ctypes.c_ulong(flags | _SIGCHLD),
+        ctypes.c_long(0),
+        ctypes.c_long(0),
+        ctypes.c_long(0),
+        ctypes.c_long(0),
+    )
     if pid == 0:
         api.PyOS_AfterFork_Child()
     else:

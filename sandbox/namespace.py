@@ -26,9 +26,32 @@ __all__ = ["make_globals"]
 _SAFE_BUILTINS: dict[str, Any] = {
     name: getattr(__import__("builtins"), name)
     for name in (
-        "abs", "all", "any", "bool", "dict", "divmod", "enumerate", "float", "int", "isinstance",
-        "len", "list", "max", "min", "range", "reversed", "round", "set", "sorted", "str", "sum",
-        "tuple", "zip", "frozenset", "ValueError", "TypeError",
+        "abs",
+        "all",
+        "any",
+        "bool",
+        "dict",
+        "divmod",
+        "enumerate",
+        "float",
+        "int",
+        "isinstance",
+        "len",
+        "list",
+        "max",
+        "min",
+        "range",
+        "reversed",
+        "round",
+        "set",
+        "sorted",
+        "str",
+        "sum",
+        "tuple",
+        "zip",
+        "frozenset",
+        "ValueError",
+        "TypeError",
     )
 }
 _SAFE_BUILTINS.update({"True": True, "False": False, "None": None})
@@ -38,7 +61,9 @@ _SAFE_BUILTINS.update({"True": True, "False": False, "None": None})
 _ALLOWED_ATTRS: dict[type, frozenset[str]] = {
     Column: Column._public,
     ListColumn: ListColumn._public,
-    str: frozenset({"startswith", "endswith", "lower", "upper", "strip", "split", "replace", "join", "isdigit"}),
+    str: frozenset(
+        {"startswith", "endswith", "lower", "upper", "strip", "split", "replace", "join", "isdigit"}
+    ),
     list: frozenset({"append", "extend", "index", "count", "sort"}),
     dict: frozenset({"get", "keys", "values", "items"}),
     tuple: frozenset({"index", "count"}),
@@ -54,7 +79,9 @@ _WRITABLE = (list, dict, set)
 
 
 def _getattr(obj: Any, name: str, default: Any = None) -> Any:
-    if name.startswith("_"):  # RestrictedPython rejects these at compile time; never rely on it alone
+    if name.startswith(
+        "_"
+    ):  # RestrictedPython rejects these at compile time; never rely on it alone
         raise AttributeError(f"`.{name}` is not available in filters")
     if type(obj) in _VIEW_TYPES:
         return getattr(obj, name)
@@ -68,10 +95,25 @@ def _getattr(obj: Any, name: str, default: Any = None) -> Any:
 
 # Exact types only (``type(obj) in``): a subclass could override ``__getitem__``/``__iter__``.
 _INDEXABLE = frozenset({list, tuple, dict, str, range, AlertsView, _Group, AlertRecord})
-_ITERABLE = frozenset({
-    list, tuple, dict, set, frozenset, str, range, Column, AlertRecord, enumerate, zip, reversed,
-    type({}.keys()), type({}.values()), type({}.items()),
-})
+_ITERABLE = frozenset(
+    {
+        list,
+        tuple,
+        dict,
+        set,
+        frozenset,
+        str,
+        range,
+        Column,
+        AlertRecord,
+        enumerate,
+        zip,
+        reversed,
+        type({}.keys()),
+        type({}.values()),
+        type({}.items()),
+    }
+)
 
 
 def _getitem(obj: Any, key: Any) -> Any:
@@ -100,9 +142,16 @@ def _write(obj: Any) -> Any:
 
 
 _INPLACE = {
-    "+=": operator.iadd, "-=": operator.isub, "*=": operator.imul, "/=": operator.itruediv,
-    "//=": operator.ifloordiv, "%=": lambda a, b: _mod(a, b), "**=": operator.ipow,
-    "&=": operator.iand, "|=": operator.ior, "^=": operator.ixor,
+    "+=": operator.iadd,
+    "-=": operator.isub,
+    "*=": operator.imul,
+    "/=": operator.itruediv,
+    "//=": operator.ifloordiv,
+    "%=": lambda a, b: _mod(a, b),
+    "**=": operator.ipow,
+    "&=": operator.iand,
+    "|=": operator.ior,
+    "^=": operator.ixor,
 }
 
 

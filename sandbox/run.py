@@ -104,9 +104,13 @@ def run_filter(compiled: CompiledFilter, store: ColumnStore, name: str | None = 
         if callable(vector):
             mask = validate_result(vector(AlertsView(store)), len(store), label)
         elif callable(scalar):
-            mask = _each(scalar, "filter_alert", store, np.arange(len(store)), compiled.filename, label)
+            mask = _each(
+                scalar, "filter_alert", store, np.arange(len(store)), compiled.filename, label
+            )
         else:
-            raise FilterFault(f"{label}: defines neither `filter(alerts)` nor `filter_alert(alert)`")
+            raise FilterFault(
+                f"{label}: defines neither `filter(alerts)` nor `filter_alert(alert)`"
+            )
         if callable(refine):
             survivors = np.flatnonzero(mask)
             mask[survivors] = _each(refine, "refine", store, survivors, compiled.filename, label)
@@ -117,13 +121,15 @@ def run_filter(compiled: CompiledFilter, store: ColumnStore, name: str | None = 
     except MemoryError:
         raise FilterFault(f"{label}: ran out of memory", reason=FaultReason.MEMORY) from None
     except Exception as exc:
-        raise FilterFault(f"{_where(exc, compiled.filename, label)}: {describe(exc)}",
-                          reason=FaultReason.ERROR) from None
+        raise FilterFault(
+            f"{_where(exc, compiled.filename, label)}: {describe(exc)}", reason=FaultReason.ERROR
+        ) from None
     return mask
 
 
-def _each(fn: object, name: str, store: ColumnStore, rows: np.ndarray, filename: str,
-          label: str) -> np.ndarray:
+def _each(
+    fn: object, name: str, store: ColumnStore, rows: np.ndarray, filename: str, label: str
+) -> np.ndarray:
     """Call a per-alert function on each row; it must return exactly True or False."""
     out = np.zeros(len(rows), bool)
     for k, row in enumerate(rows.tolist()):
@@ -132,11 +138,16 @@ def _each(fn: object, name: str, store: ColumnStore, rows: np.ndarray, filename:
         except (FilterFault, RecursionError, MemoryError):
             raise
         except Exception as exc:
-            raise FilterFault(f"{_where(exc, filename, label)}: {describe(exc)} "
-                              f"(in {name}, alert row {row})", reason=FaultReason.ERROR) from None
+            raise FilterFault(
+                f"{_where(exc, filename, label)}: {describe(exc)} (in {name}, alert row {row})",
+                reason=FaultReason.ERROR,
+            ) from None
         if type(result) is not bool:
-            raise FilterFault(f"{label}: {name} returned {type(result).__name__} for alert row "
-                              f"{row}; return True or False", reason=FaultReason.BAD_RESULT)
+            raise FilterFault(
+                f"{label}: {name} returned {type(result).__name__} for alert row "
+                f"{row}; return True or False",
+                reason=FaultReason.BAD_RESULT,
+            )
         out[k] = result
     return out
 
@@ -176,7 +187,9 @@ class InProcessRunner:
             except BaseException as exc:  # noqa: B036 - one filter never ends the visit for all
                 if isinstance(exc, KeyboardInterrupt):
                     raise
-                failed = FilterFault(f"{label}: failed ({type(exc).__name__})", reason=FaultReason.ERROR)
+                failed = FilterFault(
+                    f"{label}: failed ({type(exc).__name__})", reason=FaultReason.ERROR
+                )
                 outcomes.append(Outcome(key, None, time.perf_counter() - start, failed))
             used[owner] = used.get(owner, 0.0) + outcomes[-1].seconds
         return outcomes

@@ -38,31 +38,91 @@ log = logging.getLogger("sandbox.limits")
 # its socket (recvmsg carries the batch's descriptor), reading the /proc/self/statm descriptor
 # it opened before hardening, time, futexes (the interpreter's locks), signals to itself
 # (its handlers' returns) and exit.
-ALLOWED: frozenset[str] = frozenset({
-    # memory
-    "brk", "mmap", "munmap", "mremap", "mprotect", "madvise",
-    # descriptors it already holds
-    "read", "readv", "pread64", "write", "writev", "close", "lseek", "fstat", "dup", "dup3",
-    "recvmsg", "recvfrom", "sendmsg", "sendto", "poll", "ppoll", "select", "pselect6",
-    # its own identity, limits and usage
-    "getpid", "gettid", "getppid", "getuid", "geteuid", "getgid", "getegid", "getresuid",
-    "getresgid", "getgroups", "getrlimit", "getrusage", "times", "uname", "getcwd",
-    # time and waiting
-    "clock_gettime", "clock_getres", "gettimeofday", "time", "nanosleep", "clock_nanosleep",
-    "futex", "sched_yield", "getrandom",
-    # signals delivered to it, and leaving
-    "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack", "exit", "exit_group",
-})
+ALLOWED: frozenset[str] = frozenset(
+    {
+        # memory
+        "brk",
+        "mmap",
+        "munmap",
+        "mremap",
+        "mprotect",
+        "madvise",
+        # descriptors it already holds
+        "read",
+        "readv",
+        "pread64",
+        "write",
+        "writev",
+        "close",
+        "lseek",
+        "fstat",
+        "dup",
+        "dup3",
+        "recvmsg",
+        "recvfrom",
+        "sendmsg",
+        "sendto",
+        "poll",
+        "ppoll",
+        "select",
+        "pselect6",
+        # its own identity, limits and usage
+        "getpid",
+        "gettid",
+        "getppid",
+        "getuid",
+        "geteuid",
+        "getgid",
+        "getegid",
+        "getresuid",
+        "getresgid",
+        "getgroups",
+        "getrlimit",
+        "getrusage",
+        "times",
+        "uname",
+        "getcwd",
+        # time and waiting
+        "clock_gettime",
+        "clock_getres",
+        "gettimeofday",
+        "time",
+        "nanosleep",
+        "clock_nanosleep",
+        "futex",
+        "sched_yield",
+        "getrandom",
+        # signals delivered to it, and leaving
+        "rt_sigaction",
+        "rt_sigprocmask",
+        "rt_sigreturn",
+        "sigaltstack",
+        "exit",
+        "exit_group",
+    }
+)
 
 _AT_EMPTY_PATH = 0x1000
-_F_DUPFD, _F_GETFD, _F_SETFD, _F_GETFL, _F_SETFL, _F_DUPFD_CLOEXEC, _F_GET_SEALS = 0, 1, 2, 3, 4, 1030, 1034
+_F_DUPFD, _F_GETFD, _F_SETFD, _F_GETFL, _F_SETFL, _F_DUPFD_CLOEXEC, _F_GET_SEALS = (
+    0,
+    1,
+    2,
+    3,
+    4,
+    1030,
+    1034,
+)
 
 # syscall → (argument index, allowed values): allowed only when that argument is one of them.
 CHECKED: Mapping[str, tuple[int, frozenset[int]]] = {
     "prlimit64": (0, frozenset({0})),
     "sched_getaffinity": (0, frozenset({0})),
-    "fcntl": (1, frozenset({_F_DUPFD, _F_GETFD, _F_SETFD, _F_GETFL, _F_SETFL, _F_DUPFD_CLOEXEC,
-                            _F_GET_SEALS})),
+    "fcntl": (
+        1,
+        frozenset(
+            {_F_DUPFD, _F_GETFD, _F_SETFD, _F_GETFL, _F_SETFL, _F_DUPFD_CLOEXEC, _F_GET_SEALS}
+        ),
+    ),
     "newfstatat": (3, frozenset({_AT_EMPTY_PATH})),
 }
 
@@ -84,8 +144,11 @@ def prepare() -> bool:
     try:
         import pyseccomp as sc
     except (ImportError, OSError) as exc:  # OSError: the binding is there, libseccomp.so.2 not
-        log.warning("seccomp: libseccomp's Python binding is unavailable (%s); "
-                    "install pyseccomp and Debian's libseccomp2", exc)
+        log.warning(
+            "seccomp: libseccomp's Python binding is unavailable (%s); "
+            "install pyseccomp and Debian's libseccomp2",
+            exc,
+        )
         return False
     f = sc.SyscallFilter(sc.ERRNO(errno.EPERM))
     for name in sorted(ALLOWED):

@@ -17,6 +17,7 @@ from sandbox.keys import FilterKey
 
 __all__ = ["Shares"]
 
+
 @dataclass(frozen=True)
 class Shares:
     """Per-user limits per visit; None means unlimited."""
@@ -40,12 +41,16 @@ class Shares:
 
     def too_many(self, label: str, owner: str) -> FilterFault:
         """The fault of a filter beyond its owner's count."""
-        return FilterFault(f"{label}: not run: {owner} has more than {self.max_filters} active filters "
-                           "(the per-user limit); remove or merge some", reason=FaultReason.OVER_SHARE)
+        return FilterFault(
+            f"{label}: not run: {owner} has more than {self.max_filters} active filters "
+            "(the per-user limit); remove or merge some",
+            reason=FaultReason.OVER_SHARE,
+        )
 
     def out_of_time(self, label: str, owner: str) -> FilterFault:
         """The fault of a filter that did not run because its owner's time was used up."""
-        return FilterFault(f"{label}: not run on this visit: {owner}'s filters used their share of "
-                           f"{self.budget_s:g} s; make them faster or run fewer", reason=FaultReason.OVER_SHARE)
-
-
+        return FilterFault(
+            f"{label}: not run on this visit: {owner}'s filters used their share of "
+            f"{self.budget_s:g} s; make them faster or run fewer",
+            reason=FaultReason.OVER_SHARE,
+        )

@@ -98,7 +98,11 @@ def _strings(arr: pa.Array) -> np.ndarray:
         otype = np.int32 if pa.types.is_string(typ) else np.int64
         _, obuf, dbuf = arr.buffers()
         off = np.frombuffer(obuf, otype, n + 1, arr.offset * np.dtype(otype).itemsize)
-        data = np.frombuffer(dbuf, np.uint8)[off[0]:off[-1]] if dbuf is not None else np.zeros(0, np.uint8)
+        data = (
+            np.frombuffer(dbuf, np.uint8)[off[0] : off[-1]]
+            if dbuf is not None
+            else np.zeros(0, np.uint8)
+        )
         if not len(data):
             return np.zeros(n, dtype="<U1")
         if int(data.max()) < 0x80:
@@ -171,7 +175,10 @@ class ColumnStore:
                 if shape is None:
                     off = _readonly(_offsets(arr))
                     lm = _mask_or(arr, parent_null)
-                    shape = self._shapes[prefix] = (_Segments(off), None if lm is None else _readonly(lm))
+                    shape = self._shapes[prefix] = (
+                        _Segments(off),
+                        None if lm is None else _readonly(lm),
+                    )
                 seg, lm = shape
                 return ListColumn(seg.off, items, lm, _ListInfo(self, prefix), seg)
             if not pa.types.is_struct(arr.type):
@@ -200,7 +207,9 @@ class ColumnStore:
     def _history(self, name: str) -> ListColumn:
         cur_path, prv_path = f"diaSource.{name}", f"prvDiaSources.{name}"
         if cur_path not in self.paths:
-            raise KeyError(f"no field {name!r} in diaSource; history() takes a diaSource field name")
+            raise KeyError(
+                f"no field {name!r} in diaSource; history() takes a diaSource field name"
+            )
         cur = self.get(cur_path)
         assert isinstance(cur, Column)
         if prv_path in self.paths:
@@ -237,7 +246,12 @@ class ColumnStore:
             is_prv = np.ones(int(off[-1]), bool)
             is_prv[cur_pos] = False
             seg = _Segments(_readonly(off))
-            hit = self._aux[key] = (seg, _readonly(is_prv), cur_pos, None if prv is None else prv._seg)
+            hit = self._aux[key] = (
+                seg,
+                _readonly(is_prv),
+                cur_pos,
+                None if prv is None else prv._seg,
+            )
         return hit[0], hit[1], hit[2]
 
     def time_sorted(self, prefix: str) -> bool:
@@ -288,8 +302,10 @@ class ColumnStore:
         for b in BANDS:
             path = f"diaObject.{b}_{name}"
             if path not in self.paths:
-                raise KeyError(f"no column {path!r}: band_field() takes a per-band diaObject "
-                               "field name without its band prefix, e.g. 'psfFluxMean'")
+                raise KeyError(
+                    f"no column {path!r}: band_field() takes a per-band diaObject "
+                    "field name without its band prefix, e.g. 'psfFluxMean'"
+                )
             cols[b] = self.get(path)
         n = len(self)
         first = cols[BANDS[0]]
@@ -362,7 +378,9 @@ def _kinds(schema: pa.Schema) -> dict[str, str]:
             out[prefix] = "list"
             for f in typ.value_type:
                 walk(f"{prefix}.{f.name}", f.type)
-        elif pa.types.is_binary(typ) or pa.types.is_large_binary(typ) or pa.types.is_binary_view(typ):
+        elif (
+            pa.types.is_binary(typ) or pa.types.is_large_binary(typ) or pa.types.is_binary_view(typ)
+        ):
             out[prefix] = "binary"
         else:
             out[prefix] = "leaf"

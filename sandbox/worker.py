@@ -120,7 +120,9 @@ def _serve(sock: socket.socket) -> None:
         if hello is None:
             try:
                 setup = job["setup"]
-                applied = limits.harden(limits.Limits(**setup["limits"]), seccomp=setup.get("seccomp", True))
+                applied = limits.harden(
+                    limits.Limits(**setup["limits"]), seccomp=setup.get("seccomp", True)
+                )
             except BaseException:
                 os.close(batch_fd)
                 raise
@@ -157,8 +159,14 @@ class _Out:
             self.pending.clear()
 
 
-def _visit(out: _Out, job: dict[str, Any], batch_fd: int, statm: int,
-           compiled: dict[str, Any], ready: bytes) -> bool:
+def _visit(
+    out: _Out,
+    job: dict[str, Any],
+    batch_fd: int,
+    statm: int,
+    compiled: dict[str, Any],
+    ready: bytes,
+) -> bool:
     """One visit: map, run, release. True when the batch could not be released (retire)."""
     import pyarrow as pa
 
@@ -187,8 +195,9 @@ def _visit(out: _Out, job: dict[str, Any], batch_fd: int, statm: int,
     return True
 
 
-def _run_visit(out: _Out, job: dict[str, Any], buf: Any, statm: int,
-               compiled: dict[str, Any], ready: bytes) -> None:
+def _run_visit(
+    out: _Out, job: dict[str, Any], buf: Any, statm: int, compiled: dict[str, Any], ready: bytes
+) -> None:
     import numpy as np
     import pyarrow as pa
 
@@ -223,7 +232,9 @@ def _run_visit(out: _Out, job: dict[str, Any], buf: Any, statm: int,
                 out.result(index, Status.REJECTED, _fault_message(exc))
                 continue
             except BaseException as exc:  # noqa: B036
-                out.result(index, Status.REJECTED, f"{filename}: cannot be compiled ({type(exc).__name__})")
+                out.result(
+                    index, Status.REJECTED, f"{filename}: cannot be compiled ({type(exc).__name__})"
+                )
                 continue
         cf = compiled[key]  # KeyError: the pool broke its own protocol; exit, it sees EOF
         keep[key] = cf
@@ -245,7 +256,9 @@ def _run_visit(out: _Out, job: dict[str, Any], buf: Any, statm: int,
         finally:
             used += time.monotonic() - started
         if mask.dtype != np.bool_ or mask.shape != (n,):
-            out.result(index, Status.BAD_RESULT, f"{filename}: the result is not one boolean per alert")
+            out.result(
+                index, Status.BAD_RESULT, f"{filename}: the result is not one boolean per alert"
+            )
             continue
         out.result(index, Status.OK, "", np.packbits(mask).tobytes())
     # The pool keeps the same account: what this visit ran is what stays compiled.
@@ -312,8 +325,14 @@ def zygote_main(ctrl_fd: int, workdir: str) -> None:
     netns = pidns or limits.unshare(limits.CLONE_NEWNET | limits.CLONE_NEWIPC)
     ctrl = socket.socket(fileno=ctrl_fd)
     zygote = os.getpid()
-    hello = {"pid": zygote, "netns": netns, "pidns": pidns, "root": os.getuid() == 0,
-             "seccomp": filtered, "threads": _threads()}
+    hello = {
+        "pid": zygote,
+        "netns": netns,
+        "pidns": pidns,
+        "root": os.getuid() == 0,
+        "seccomp": filtered,
+        "threads": _threads(),
+    }
     ctrl.send(b"Z" + json.dumps(hello).encode())
     ctrl.settimeout(1.0)
     while True:

@@ -55,21 +55,68 @@ class PrivateCluster:
             port, bus = _free_port(), _free_port()
             here = Path(self._dir.name) / str(i)
             here.mkdir()
-            self._procs.append(subprocess.Popen(
-                [self.binary, "--port", str(port), "--cluster-port", str(bus), "--bind", "127.0.0.1",
-                 "--cluster-enabled", "yes", "--cluster-config-file", str(here / "nodes.conf"),
-                 "--save", "", "--appendonly", "no", "--dir", str(here), "--logfile", str(here / "log")],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self._procs.append(
+                subprocess.Popen(
+                    [
+                        self.binary,
+                        "--port",
+                        str(port),
+                        "--cluster-port",
+                        str(bus),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        str(here / "nodes.conf"),
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        str(here),
+                        "--logfile",
+                        str(here / "log"),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
             self.ports.append(port)
         cli = _cli(self.binary)
         for port in self.ports:
-            self._wait(lambda p=port: subprocess.run([cli, "-p", str(p), "ping"], capture_output=True,
-                                                     text=True).stdout.strip() == "PONG")
-        subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
-                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+            self._wait(
+                lambda p=port: (
+                    subprocess.run(
+                        [cli, "-p", str(p), "ping"], capture_output=True, text=True
+                    ).stdout.strip()
+                    == "PONG"
+                )
+            )
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in self.ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         for port in self.ports:
-            self._wait(lambda p=port: "cluster_state:ok" in subprocess.run(
-                [cli, "-p", str(p), "cluster", "info"], capture_output=True, text=True).stdout)
+            self._wait(
+                lambda p=port: (
+                    "cluster_state:ok"
+                    in subprocess.run(
+                        [cli, "-p", str(p), "cluster", "info"], capture_output=True, text=True
+                    ).stdout
+                )
+            )
         return self
 
     def _wait(self, ready, timeout_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]
@@ -100,4 +147,3 @@ class PrivateCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-

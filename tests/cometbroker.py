@@ -34,13 +34,27 @@ class CometBroker:
     def __enter__(self) -> CometBroker:
         self.events.mkdir(parents=True, exist_ok=True)
         (self.root / "db").mkdir(exist_ok=True)
-        args = ["--receive", "--receive-port", str(self.port), "--local-ivo", LOCAL_IVO,
-                "--eventdb", str(self.root / "db"), "--save-event",
-                "--save-event-directory", str(self.events)]
+        args = [
+            "--receive",
+            "--receive-port",
+            str(self.port),
+            "--local-ivo",
+            LOCAL_IVO,
+            "--eventdb",
+            str(self.root / "db"),
+            "--save-event",
+            "--save-event-directory",
+            str(self.events),
+        ]
         # cwd: the save-event plugin puts its lock files in the working directory.
-        self._proc = subprocess.Popen([sys.executable, __file__, *args], cwd=self.root,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self._proc = subprocess.Popen(
+            [sys.executable, __file__, *args],
+            cwd=self.root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         assert self._proc.stdout is not None
         for line in self._proc.stdout:
             if line.startswith("PORT "):

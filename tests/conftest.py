@@ -58,10 +58,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         left = {p.name: _size(p) for p in tmp.iterdir()}
         total = sum(left.values())
         if total > _LEAK_BYTES:
-            names = ", ".join(f"{n} ({b / 1e6:.1f} MB)" for n, b in sorted(left.items(), key=lambda kv: -kv[1])[:5])
+            names = ", ".join(
+                f"{n} ({b / 1e6:.1f} MB)"
+                for n, b in sorted(left.items(), key=lambda kv: -kv[1])[:5]
+            )
             print(f"\ntests left {total / 1e6:.1f} MB in the temp directory: {names}")
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+
 
 # Read once, before any fixture runs: some suites plant a fake credential in REDIS_URL.
 _GIVEN_REDIS_URL = os.environ.get("REDIS_URL")
@@ -116,7 +120,9 @@ def small_night(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def sample_night(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default sample night (10 visits x 1000 alerts, seed 0) with its truth sidecar."""
-    simulate = pytest.importorskip("engine.local.simulate", reason="engine.local.simulate is not in this tree yet")
+    simulate = pytest.importorskip(
+        "engine.local.simulate", reason="engine.local.simulate is not in this tree yet"
+    )
     path = tmp_path_factory.mktemp("sample-night") / "default.avro"
     simulate.simulate_night(path, visits=10, alerts_per_visit=1000, seed=0, progress=False)
     return path

@@ -125,12 +125,39 @@ def committed(bootstrap: str, topic: str, group: str, partitions: int) -> dict[i
         c.close()
 
 
-def serve_command(bootstrap: str, topic: str, group: str, filters, redis_url: str,  # type: ignore[no-untyped-def]
-                  *extra: str) -> list[str]:
+def serve_command(
+    bootstrap: str,
+    topic: str,
+    group: str,
+    filters,
+    redis_url: str,  # type: ignore[no-untyped-def]
+    *extra: str,
+) -> list[str]:
     """The ``minibroker serve`` command line the tests run as a subprocess."""
     import sys
 
-    return [sys.executable, "-m", "engine.cli", "serve", "--bootstrap", bootstrap, "--topic", topic,
-            "--group", group, "--filters", str(filters), "--redis-url", redis_url,
-            "--isolation", "inprocess", "--linger-s", "0.5",
-            "-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=300", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "engine.cli",
+        "serve",
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        topic,
+        "--group",
+        group,
+        "--filters",
+        str(filters),
+        "--redis-url",
+        redis_url,
+        "--isolation",
+        "inprocess",
+        "--linger-s",
+        "0.5",
+        "-X",
+        "session.timeout.ms=6000",
+        "-X",
+        "heartbeat.interval.ms=300",
+        *extra,
+    ]

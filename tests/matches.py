@@ -19,9 +19,15 @@ def filter(alerts):
 '''
 
 
-def publish_packets(client: redis.Redis, user: str, packets: Sequence[bytes], *,
-                    name: str = "everything", source: str = EVERYTHING,
-                    rows: Sequence[int] | None = None) -> list[tuple[str, dict[bytes, bytes]]]:
+def publish_packets(
+    client: redis.Redis,
+    user: str,
+    packets: Sequence[bytes],
+    *,
+    name: str = "everything",
+    source: str = EVERYTHING,
+    rows: Sequence[int] | None = None,
+) -> list[tuple[str, dict[bytes, bytes]]]:
     """Publish ``packets`` (one visit's real message bodies) as matches of filter ``name`` of
     ``user`` (all of them, or only ``rows``, with a cap that lets them all through) and return
     the match entries the stream gained, each with its stored packet put back as ``alert`` (as
@@ -34,7 +40,11 @@ def publish_packets(client: redis.Redis, user: str, packets: Sequence[bytes], *,
     config = load_config(env={}, max_matches_per_visit=max(1, len(visit)))
     Publisher(client, config).publish(visit, [active], [Outcome(active.key, mask, 0.0)])
     start = f"({before[0][0].decode()}" if before else "-"
-    entries = [(i.decode(), f) for i, f in client.xrange(stream_key(user), min=start) if f[b"kind"] == b"match"]
+    entries = [
+        (i.decode(), f)
+        for i, f in client.xrange(stream_key(user), min=start)
+        if f[b"kind"] == b"match"
+    ]
     for _, fields in entries:
         fields[b"alert"] = read_packet(client, fields) or b""
     return entries

@@ -23,7 +23,21 @@ def test_no_command_is_a_usage_error(capsys) -> None:
 def test_simulate_writes_a_night(tmp_path, capsys) -> None:
     """`simulate` writes the night file and reports what it wrote."""
     out = tmp_path / "n.avro"
-    assert main(["simulate", "--out", str(out), "--visits", "2", "--alerts-per-visit", "50", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--out",
+                str(out),
+                "--visits",
+                "2",
+                "--alerts-per-visit",
+                "50",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert out.exists() and "100 alerts in 2 visits" in capsys.readouterr().out
 
 
@@ -52,10 +66,39 @@ def test_run_and_subscribe(tmp_path, small_night, redis_url, unique_user, capsys
     d = tmp_path / "filters" / unique_user
     d.mkdir(parents=True)
     (d / "bright.py").write_text(FILTER)
-    assert main(["run", "--night", str(small_night), "--filters", str(tmp_path / "filters"),
-                 "--redis-url", redis_url, "--isolation", "inprocess", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--night",
+                str(small_night),
+                "--filters",
+                str(tmp_path / "filters"),
+                "--redis-url",
+                redis_url,
+                "--isolation",
+                "inprocess",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "entries published" in capsys.readouterr().out
-    assert main(["subscribe", "--user", unique_user, "--redis-url", redis_url, "--since", "0", "--exit-when-idle"]) == 0
+    assert (
+        main(
+            [
+                "subscribe",
+                "--user",
+                unique_user,
+                "--redis-url",
+                redis_url,
+                "--since",
+                "0",
+                "--exit-when-idle",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     entries = [json.loads(line) for line in lines]
     assert entries and all(e["filter"] == "bright" for e in entries if e["kind"] == "match")
@@ -66,14 +109,30 @@ def test_unreachable_redis_is_one_line_with_advice(tmp_path, small_night, capsys
     """A Redis that is not there gives exit 1 and a message saying what to do."""
     (tmp_path / "f").mkdir()
     (tmp_path / "f" / "bright.py").write_text(FILTER)
-    code = main(["run", "--night", str(small_night), "--filters", str(tmp_path / "f"),
-                 "--redis-url", "redis://127.0.0.1:1/0", "--no-progress"])
+    code = main(
+        [
+            "run",
+            "--night",
+            str(small_night),
+            "--filters",
+            str(tmp_path / "f"),
+            "--redis-url",
+            "redis://127.0.0.1:1/0",
+            "--no-progress",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("minibroker: cannot reach Redis") and "minibroker demo" in err and "\n" not in err
+    assert (
+        err.startswith("minibroker: cannot reach Redis")
+        and "minibroker demo" in err
+        and "\n" not in err
+    )
 
 
-@pytest.mark.parametrize("args", [["test", "x.py", "--night", "/nonexistent.avro", "--no-progress"]])
+@pytest.mark.parametrize(
+    "args", [["test", "x.py", "--night", "/nonexistent.avro", "--no-progress"]]
+)
 def test_missing_files_are_reported(args, tmp_path, capsys) -> None:
     """A missing night file is named with the command that makes one."""
     f = tmp_path / "x.py"
@@ -90,8 +149,21 @@ def test_subscribe_exits_cleanly_on_ctrl_c(redis_url, unique_user) -> None:
     import sys
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "subscribe", "--user", unique_user,
-                             "--redis-url", redis_url, "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "subscribe",
+            "--user",
+            unique_user,
+            "--redis-url",
+            redis_url,
+            "--wait",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     time.sleep(1.5)  # connected and blocked in XREAD
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=10)

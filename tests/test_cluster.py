@@ -74,8 +74,14 @@ def test_users_keys_spread_over_nodes_but_each_user_in_one_slot() -> None:
     """Hash tags put all of one user's keys in one slot; different users land on different slots."""
     from redis.crc import key_slot
 
-    user_keys = [keys.stream_key("alice"), keys.seen_key("alice", "f", "v"), keys.visit_key("alice", 1),
-                 keys.filter_key("alice", "f"), keys.inbox_key("alice"), keys.reply_key("alice")]
+    user_keys = [
+        keys.stream_key("alice"),
+        keys.seen_key("alice", "f", "v"),
+        keys.visit_key("alice", 1),
+        keys.filter_key("alice", "f"),
+        keys.inbox_key("alice"),
+        keys.reply_key("alice"),
+    ]
     assert len({key_slot(k.encode()) for k in user_keys}) == 1
     assert len({key_slot(keys.stream_key(f"user{i}").encode()) for i in range(20)}) > 10
 
@@ -83,7 +89,10 @@ def test_users_keys_spread_over_nodes_but_each_user_in_one_slot() -> None:
 def test_publish_caps_markers_and_replays(admin, users, visit) -> None:
     """Caps, withheld entries, markers, packets read back and replay idempotence on a cluster."""
     (a, b), _, (client_a, _) = users
-    filters = [ActiveFilter(a, compile_filter(ALL, "all.py")), ActiveFilter(b, compile_filter(ALL, "all.py"))]
+    filters = [
+        ActiveFilter(a, compile_filter(ALL, "all.py")),
+        ActiveFilter(b, compile_filter(ALL, "all.py")),
+    ]
     outcomes = [Outcome(f.key, np.ones(len(visit), bool), 0.0) for f in filters]
     publisher = Publisher(admin, load_config(env={}))
     report = publisher.publish(visit, filters, outcomes)
@@ -100,15 +109,17 @@ def test_acls_hold_on_every_node(users) -> None:
     """On a cluster, A is refused B's stream, B's registry, engine keys, scripts and admin commands."""
     (a, b), _, (client_a, _) = users
     client_a.xadd(keys.inbox_key(a), {"op": "noop"})
-    for attempt in (lambda: client_a.xrange(keys.stream_key(b)),
-                    lambda: client_a.xadd(keys.stream_key(b), {"x": "y"}),
-                    lambda: client_a.delete(keys.stream_key(b)),
-                    lambda: client_a.hgetall(keys.filter_key(b, "f")),
-                    lambda: client_a.get(keys.engine_key("secret")),
-                    lambda: client_a.eval("return 1", 0),
-                    lambda: client_a.config_get("*"),
-                    lambda: client_a.execute_command("ACL", "LIST"),
-                    lambda: client_a.flushall()):
+    for attempt in (
+        lambda: client_a.xrange(keys.stream_key(b)),
+        lambda: client_a.xadd(keys.stream_key(b), {"x": "y"}),
+        lambda: client_a.delete(keys.stream_key(b)),
+        lambda: client_a.hgetall(keys.filter_key(b, "f")),
+        lambda: client_a.get(keys.engine_key("secret")),
+        lambda: client_a.eval("return 1", 0),
+        lambda: client_a.config_get("*"),
+        lambda: client_a.execute_command("ACL", "LIST"),
+        lambda: client_a.flushall(),
+    ):
         with pytest.raises(redis.exceptions.NoPermissionError):
             attempt()
     for port in {n.port for n in client_a.get_nodes()}:  # the user exists on each node

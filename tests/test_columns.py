@@ -44,29 +44,39 @@ def _close(got: list, want: list) -> None:
 
 def hand_batch() -> pa.RecordBatch:
     """Four alerts: a null history, an empty one, one with a null point, one out of time order."""
-    point = pa.struct([("psfFlux", pa.float32()), ("midpointMjdTai", pa.float64()), ("band", pa.string())])
+    point = pa.struct(
+        [("psfFlux", pa.float32()), ("midpointMjdTai", pa.float64()), ("band", pa.string())]
+    )
     prv = pa.array(
         [
             None,
             [],
-            [{"psfFlux": 10.0, "midpointMjdTai": 1.0, "band": "g"},
-             {"psfFlux": None, "midpointMjdTai": 2.0, "band": "r"},
-             {"psfFlux": 30.0, "midpointMjdTai": 3.0, "band": "g"}],
-            [{"psfFlux": 5.0, "midpointMjdTai": 9.0, "band": "r"},
-             {"psfFlux": 7.0, "midpointMjdTai": 4.0, "band": "r"},
-             {"psfFlux": 6.0, "midpointMjdTai": 6.0, "band": "g"}],
+            [
+                {"psfFlux": 10.0, "midpointMjdTai": 1.0, "band": "g"},
+                {"psfFlux": None, "midpointMjdTai": 2.0, "band": "r"},
+                {"psfFlux": 30.0, "midpointMjdTai": 3.0, "band": "g"},
+            ],
+            [
+                {"psfFlux": 5.0, "midpointMjdTai": 9.0, "band": "r"},
+                {"psfFlux": 7.0, "midpointMjdTai": 4.0, "band": "r"},
+                {"psfFlux": 6.0, "midpointMjdTai": 6.0, "band": "g"},
+            ],
         ],
         type=pa.list_(point),
     )
     cur = pa.array(
-        [{"psfFlux": 1.0, "midpointMjdTai": 10.0, "band": "g"},
-         {"psfFlux": None, "midpointMjdTai": 10.0, "band": "r"},
-         {"psfFlux": 40.0, "midpointMjdTai": 10.0, "band": "g"},
-         {"psfFlux": 8.0, "midpointMjdTai": 10.0, "band": "r"}],
+        [
+            {"psfFlux": 1.0, "midpointMjdTai": 10.0, "band": "g"},
+            {"psfFlux": None, "midpointMjdTai": 10.0, "band": "r"},
+            {"psfFlux": 40.0, "midpointMjdTai": 10.0, "band": "g"},
+            {"psfFlux": 8.0, "midpointMjdTai": 10.0, "band": "r"},
+        ],
         type=point,
     )
     flag = pa.array([True, None, False, None], pa.bool_())
-    return pa.RecordBatch.from_arrays([cur, prv, flag], names=["diaSource", "prvDiaSources", "flag"])
+    return pa.RecordBatch.from_arrays(
+        [cur, prv, flag], names=["diaSource", "prvDiaSources", "flag"]
+    )
 
 
 @pytest.fixture()
@@ -101,7 +111,9 @@ def test_reductions_match_per_row_python(real, lst: str, name: str) -> None:
 def test_n_distinct_counts_bands(real, lst: str) -> None:
     """n_distinct on the band list is the number of distinct bands per alert."""
     view, rows = real
-    assert view[f"{lst}.band"].n_distinct().tolist() == [len(set(_points(r, lst, "band"))) for r in rows]
+    assert view[f"{lst}.band"].n_distinct().tolist() == [
+        len(set(_points(r, lst, "band"))) for r in rows
+    ]
 
 
 @pytest.mark.parametrize("lst", LISTS)
@@ -116,7 +128,10 @@ def test_first_and_last_follow_time(real, lst: str) -> None:
         last.append(max(pts, key=lambda p: p["midpointMjdTai"])["psfFlux"] if pts else None)
     _close(lc.first().tolist(), first)
     _close(lc.last().tolist(), last)
-    _close(lc.first_time().tolist(), [min((p["midpointMjdTai"] for p in (r[lst] or [])), default=None) for r in rows])
+    _close(
+        lc.first_time().tolist(),
+        [min((p["midpointMjdTai"] for p in (r[lst] or [])), default=None) for r in rows],
+    )
 
 
 def test_history_appends_the_current_source(real) -> None:
@@ -125,7 +140,10 @@ def test_history_appends_the_current_source(real) -> None:
     h = view.history("psfFlux")
     assert h.count().tolist() == [len(_points(r, "prvDiaSources", "psfFlux")) + 1 for r in rows]
     _close(h.last().tolist(), [r["diaSource"]["psfFlux"] for r in rows])
-    _close(h.sum().tolist(), [sum(_points(r, "prvDiaSources", "psfFlux")) + r["diaSource"]["psfFlux"] for r in rows])
+    _close(
+        h.sum().tolist(),
+        [sum(_points(r, "prvDiaSources", "psfFlux")) + r["diaSource"]["psfFlux"] for r in rows],
+    )
 
 
 def test_last_point_in_the_current_band(real) -> None:
@@ -145,8 +163,10 @@ def test_rate_and_slope_match_per_row_fits(real) -> None:
     h = view.history("psfFlux")
     rate, slope = h.rate().tolist(), h.slope().tolist()
     for i, r in enumerate(rows):
-        pts = sorted([(p["midpointMjdTai"], p["psfFlux"]) for p in (r["prvDiaSources"] or [])]
-                     + [(r["diaSource"]["midpointMjdTai"], r["diaSource"]["psfFlux"])])
+        pts = sorted(
+            [(p["midpointMjdTai"], p["psfFlux"]) for p in (r["prvDiaSources"] or [])]
+            + [(r["diaSource"]["midpointMjdTai"], r["diaSource"]["psfFlux"])]
+        )
         if len(pts) < 2:
             assert rate[i] is None and slope[i] is None
             continue
@@ -160,10 +180,15 @@ def test_band_field_picks_the_current_band(real) -> None:
     """band_field('psfFluxMean') is diaObject.<band>_psfFluxMean for each alert's band."""
     view, rows = real
     got = view.band_field("psfFluxMean").tolist()
-    want = [None if r["diaObject"] is None else r["diaObject"][f"{r['diaSource']['band']}_psfFluxMean"] for r in rows]
+    want = [
+        None if r["diaObject"] is None else r["diaObject"][f"{r['diaSource']['band']}_psfFluxMean"]
+        for r in rows
+    ]
     _close(got, want)
-    _close(view.band_field("psfFluxMean", "g").tolist(),
-           [None if r["diaObject"] is None else r["diaObject"]["g_psfFluxMean"] for r in rows])
+    _close(
+        view.band_field("psfFluxMean", "g").tolist(),
+        [None if r["diaObject"] is None else r["diaObject"]["g_psfFluxMean"] for r in rows],
+    )
 
 
 def test_integer_ids_are_exact(real) -> None:
@@ -227,7 +252,13 @@ def test_public_methods_exist_and_return_new_read_only_columns(real) -> None:
     for cls, obj in ((Column, view.diaSource.snr), (ListColumn, lc)):
         for name in cls._public:
             assert hasattr(obj, name), name
-    for col in (lc.max(), lc.median(), lc.first(), view.history("psfFlux").last(), view.band_field("psfFluxMean")):
+    for col in (
+        lc.max(),
+        lc.median(),
+        lc.first(),
+        view.history("psfFlux").last(),
+        view.band_field("psfFluxMean"),
+    ):
         assert not col._v.flags.writeable
 
 
@@ -282,6 +313,6 @@ def test_lightcurve_arithmetic_covers_every_column_operator() -> None:
         schema=pa.schema([("lc", pa.list_(pa.struct([("e", pa.float64())])))]),
     )
     lc = ColumnStore(batch).get("lc.e")
-    assert (lc ** 2).sum().tolist() == [13.0, 0.0, 25.0]
+    assert (lc**2).sum().tolist() == [13.0, 0.0, 25.0]
     assert (lc // 2).max().tolist() == [1.0, None, 2.0]
     assert (lc % 2).min().tolist() == [0.0, None, 1.0]

@@ -26,12 +26,16 @@ def test_a_good_filter_compiles_with_its_description_and_columns() -> None:
     assert f.name == "bright"
     assert f.description == "Bright, reliable detections."
     assert f.reads({"diaSource.snr", "diaSource.reliability", "diaObject.ra", "diaSource.ra"}) == {
-        "diaSource.snr", "diaSource.reliability"}
+        "diaSource.snr",
+        "diaSource.reliability",
+    }
 
 
 def test_all_problems_are_listed_at_once_with_lines() -> None:
     """One rejection lists every problem, each with file:line and a rule name."""
-    problems = _problems('import os\n\ndef filter(alerts):\n    global x\n    return alerts.__class__\n')
+    problems = _problems(
+        "import os\n\ndef filter(alerts):\n    global x\n    return alerts.__class__\n"
+    )
     rules = {(p.line, p.rule) for p in problems}
     assert (1, "docstring") in rules
     assert (1, "no-import") in rules
@@ -52,10 +56,15 @@ def test_syntax_errors_name_the_line() -> None:
     assert p.rule == "syntax" and p.line in (3, 4)
 
 
-@pytest.mark.parametrize("name", [
-    '"diaObject." + b + "_psfFluxMean"', 'f"diaObject.{b}_psfFluxMean"', '".".join(["diaObject", b])',
-    '"diaObject.%s_psfFluxMean" % b',
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        '"diaObject." + b + "_psfFluxMean"',
+        'f"diaObject.{b}_psfFluxMean"',
+        '".".join(["diaObject", b])',
+        '"diaObject.%s_psfFluxMean" % b',
+    ],
+)
 def test_computed_column_names_are_refused_at_compile_time(name: str) -> None:
     """A filter that builds a column name at run time is refused with its line and what to do
     (it would otherwise widen the columns decoded and shared for everyone)."""
@@ -63,14 +72,22 @@ def test_computed_column_names_are_refused_at_compile_time(name: str) -> None:
     with pytest.raises(FilterRejected) as info:
         compile_filter(src, "d.py")
     (p,) = info.value.problems
-    assert (p.rule, p.line) == ("dynamic-column", 4) and "write each column name out in full" in p.message
+    assert (p.rule, p.line) == (
+        "dynamic-column",
+        4,
+    ) and "write each column name out in full" in p.message
 
 
 def test_f_strings_elsewhere_compile_and_read_only_named_columns() -> None:
     """An f-string that names no column (a message) is fine; the columns stay known."""
-    f = compile_filter('"""Msg."""\ndef filter(alerts):\n    n = len(alerts)\n    if n < 0:\n'
-                       '        raise ValueError(f"odd {n}")\n    return alerts.diaSource.snr > 1\n', "m.py")
-    assert f.reads({"diaSource.snr", "diaSource.ra", "diaObject.g_psfFluxMean"}) == {"diaSource.snr"}
+    f = compile_filter(
+        '"""Msg."""\ndef filter(alerts):\n    n = len(alerts)\n    if n < 0:\n'
+        '        raise ValueError(f"odd {n}")\n    return alerts.diaSource.snr > 1\n',
+        "m.py",
+    )
+    assert f.reads({"diaSource.snr", "diaSource.ra", "diaObject.g_psfFluxMean"}) == {
+        "diaSource.snr"
+    }
 
 
 def test_unreadable_files_are_rejected_with_advice(tmp_path) -> None:

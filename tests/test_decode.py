@@ -21,7 +21,6 @@ def _fastavro(body: bytes) -> dict:
     return fastavro.schemaless_reader(io.BytesIO(datum), schema.avro, schema.avro)
 
 
-
 @pytest.mark.parametrize("path", packet_files(), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shared_packet_matches_fastavro(path) -> None:
     """Each real packet, of every schema version, decodes to exactly what fastavro reads."""
@@ -50,8 +49,15 @@ def test_projection_keeps_only_the_named_columns(v11_packets) -> None:
     for row, body in zip(visit.batch.to_pylist(), v11_packets, strict=True):
         ref = _fastavro(body)
         assert row["diaSource"] == {"snr": ref["diaSource"]["snr"]}
-        assert row["diaObject"] == (None if ref["diaObject"] is None else {"nDiaSources": ref["diaObject"]["nDiaSources"]})
-        assert_same(row["prvDiaSources"], None if ref["prvDiaSources"] is None else [{"psfFlux": p["psfFlux"]} for p in ref["prvDiaSources"]])
+        assert row["diaObject"] == (
+            None if ref["diaObject"] is None else {"nDiaSources": ref["diaObject"]["nDiaSources"]}
+        )
+        assert_same(
+            row["prvDiaSources"],
+            None
+            if ref["prvDiaSources"] is None
+            else [{"psfFlux": p["psfFlux"]} for p in ref["prvDiaSources"]],
+        )
 
 
 def test_generated_night_matches_fastavro(small_night) -> None:

@@ -80,6 +80,8 @@ def test_every_other_code_block_is_a_tested_original() -> None:
     for doc in (DOCS / "filters.md", DOCS / "filters-policy.md"):
         text = doc.read_text()
         porting = text.split("## Porting a filter from another broker", 1)
-        outside = porting[0] + (porting[1].split("\n## ", 1)[1] if len(porting) > 1 and "\n## " in porting[1] else "")
+        outside = porting[0] + (
+            porting[1].split("\n## ", 1)[1] if len(porting) > 1 and "\n## " in porting[1] else ""
+        )
         others = [lang for lang in re.findall(r"^```(\w+)\n", outside, re.M) if lang != "python"]
         assert others == [], f"{doc.name}: untested {others} blocks outside the porting section"

@@ -21,16 +21,35 @@ from engine.decode import decode_reference
 from engine.decode._fast import build
 from engine.errors import DecodeError
 
-pytestmark = pytest.mark.skipif(not fd.available(), reason=f"fast decoder: {fd.unavailable_reason()}")
+pytestmark = pytest.mark.skipif(
+    not fd.available(), reason=f"fast decoder: {fd.unavailable_reason()}"
+)
 
 PROJECTIONS = {
     "full": None,
-    "scalars": ["diaSource.snr", "diaSource.ra", "diaSource.psfFlux", "diaObject.nDiaSources",
-                "diaSourceId"],
-    "lightcurve+cutout": ["prvDiaSources.psfFlux", "prvDiaSources.band", "cutoutScience",
-                          "diaObject"],
-    "rest": ["ssSource", "mpc_orbits", "MPCORB", "observation_reason", "prvDiaForcedSources",
-             "alertId", "ssObject", "prvDiaNondetectionLimits"],
+    "scalars": [
+        "diaSource.snr",
+        "diaSource.ra",
+        "diaSource.psfFlux",
+        "diaObject.nDiaSources",
+        "diaSourceId",
+    ],
+    "lightcurve+cutout": [
+        "prvDiaSources.psfFlux",
+        "prvDiaSources.band",
+        "cutoutScience",
+        "diaObject",
+    ],
+    "rest": [
+        "ssSource",
+        "mpc_orbits",
+        "MPCORB",
+        "observation_reason",
+        "prvDiaForcedSources",
+        "alertId",
+        "ssObject",
+        "prvDiaNondetectionLimits",
+    ],
 }
 PROJECTED_IDS = (1101, 900, 704)
 
@@ -90,8 +109,9 @@ def test_shared_packets_equal_reference(shared: dict[int, list[bytes]], projecti
             continue  # every projected decoder is another compile; three versions suffice
         schema = load_schema(sid)
         cols = PROJECTIONS[projection]
-        assert_batches_equal(fd.decode_datums(datums, schema, cols),
-                             decode_reference(datums, schema, cols))
+        assert_batches_equal(
+            fd.decode_datums(datums, schema, cols), decode_reference(datums, schema, cols)
+        )
 
 
 def test_block_equals_reference_and_slices_datums(shared: dict[int, list[bytes]]) -> None:
@@ -111,8 +131,9 @@ def test_datums_decoded_where_they_lie(shared: dict[int, list[bytes]]) -> None:
     schema = load_schema(1101)
     framed = [b"\x00\x00\x00\x04\x4d" + d for d in datums]
     mixed = [datums[0], memoryview(framed[1])[5:], bytearray(datums[2]), *datums[3:]]
-    assert_batches_equal(fd.decode_datums(mixed, schema, None),
-                         decode_reference(datums, schema, None))
+    assert_batches_equal(
+        fd.decode_datums(mixed, schema, None), decode_reference(datums, schema, None)
+    )
 
 
 def test_every_schema_version_sample(shared: dict[int, list[bytes]]) -> None:
@@ -123,13 +144,21 @@ def test_every_schema_version_sample(shared: dict[int, list[bytes]]) -> None:
     tried = 0
     for version in available_versions():
         schema = load_schema(version)
-        path = root / str(schema.version[0]) / str(schema.version[1]) / "sample_data" / "fakeAlert.avro"
+        path = (
+            root
+            / str(schema.version[0])
+            / str(schema.version[1])
+            / "sample_data"
+            / "fakeAlert.avro"
+        )
         if not path.exists():
             continue
         with open(path, "rb") as fo:
             for blk in fastavro.block_reader(fo):
                 data = blk.bytes_.getvalue()
-                batch, raw = fd.decode_block(memoryview(data), blk.num_records, schema, None, "sample")
+                batch, raw = fd.decode_block(
+                    memoryview(data), blk.num_records, schema, None, "sample"
+                )
                 ref = decode_reference([bytes(r) for r in raw], schema, None)
                 assert_batches_equal(batch, ref)
                 tried += 1
@@ -138,19 +167,24 @@ def test_every_schema_version_sample(shared: dict[int, list[bytes]]) -> None:
 
 def test_generated_night() -> None:
     """A simulated night (engine.local.simulate) decodes visit by visit exactly like the reference."""
-    simulate = pytest.importorskip("engine.local.simulate", reason="engine.local.simulate is not written yet")
+    simulate = pytest.importorskip(
+        "engine.local.simulate", reason="engine.local.simulate is not written yet"
+    )
     import tempfile
 
     from engine.sources.night import read_night
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "night.avro"
-        simulate.simulate_night(out, visits=2, alerts_per_visit=40, seed=3,
-                                schema_version="11.1", progress=False)
+        simulate.simulate_night(
+            out, visits=2, alerts_per_visit=40, seed=3, schema_version="11.1", progress=False
+        )
         schema = load_schema("11.1")
         for block in read_night(out):
             for cols in (None, PROJECTIONS["scalars"]):
-                batch, raw = fd.decode_block(block.data, block.count, schema, cols, f"visit {block.visit}")
+                batch, raw = fd.decode_block(
+                    block.data, block.count, schema, cols, f"visit {block.visit}"
+                )
                 assert_batches_equal(batch, decode_reference(raw, schema, cols))
 
 
@@ -165,31 +199,56 @@ def test_long_lightcurves(shared: dict[int, list[bytes]]) -> None:
     fastavro.schemaless_writer(out, schema.avro, record)
     datums = [out.getvalue(), *shared[1101][:3]]
     for cols in (None, ["prvDiaSources.diaSourceId", "prvDiaForcedSources"]):
-        assert_batches_equal(fd.decode_datums(datums, schema, cols),
-                             decode_reference(datums, schema, cols))
+        assert_batches_equal(
+            fd.decode_datums(datums, schema, cols), decode_reference(datums, schema, cols)
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # property-based: edge values over a small schema that uses every construct, and the real one
 
 EDGE_AVRO = {
-    "type": "record", "name": "edge.alert", "fields": [
+    "type": "record",
+    "name": "edge.alert",
+    "fields": [
         {"name": "id", "type": "long"},
         {"name": "n", "type": ["null", "int"]},
         {"name": "flag", "type": ["boolean", "null"]},  # null second: the other union order
         {"name": "name", "type": ["null", "string"]},
         {"name": "blob", "type": ["null", "bytes"]},
         {"name": "when", "type": ["null", {"type": "long", "logicalType": "timestamp-micros"}]},
-        {"name": "src", "type": {"type": "record", "name": "edge.src", "fields": [
-            {"name": "x", "type": "double"},
-            {"name": "f", "type": ["null", "float"]},
-            {"name": "tags", "type": ["null", {"type": "array", "items": "string"}]},
-            {"name": "inner", "type": ["null", {"type": "record", "name": "edge.inner", "fields": [
-                {"name": "k", "type": "int"}, {"name": "b", "type": "boolean"}]}]},
-        ]}},
+        {
+            "name": "src",
+            "type": {
+                "type": "record",
+                "name": "edge.src",
+                "fields": [
+                    {"name": "x", "type": "double"},
+                    {"name": "f", "type": ["null", "float"]},
+                    {"name": "tags", "type": ["null", {"type": "array", "items": "string"}]},
+                    {
+                        "name": "inner",
+                        "type": [
+                            "null",
+                            {
+                                "type": "record",
+                                "name": "edge.inner",
+                                "fields": [
+                                    {"name": "k", "type": "int"},
+                                    {"name": "b", "type": "boolean"},
+                                ],
+                            },
+                        ],
+                    },
+                ],
+            },
+        },
         {"name": "obj", "type": ["null", "edge.src"]},
         {"name": "history", "type": ["null", {"type": "array", "items": "edge.src"}]},
-        {"name": "matrix", "type": {"type": "array", "items": {"type": "array", "items": "double"}}},
+        {
+            "name": "matrix",
+            "type": {"type": "array", "items": {"type": "array", "items": "double"}},
+        },
         {"name": "cut", "type": "bytes"},
     ],
 }
@@ -213,10 +272,12 @@ def strategy_for(avro: object, named: dict[str, object], depth: int = 0) -> st.S
         if kind == "record":
             named[avro["name"]] = avro
             return st.fixed_dictionaries(
-                {f["name"]: strategy_for(f["type"], named, depth + 1) for f in avro["fields"]})
+                {f["name"]: strategy_for(f["type"], named, depth + 1) for f in avro["fields"]}
+            )
         if kind == "array":
-            return st.lists(strategy_for(avro["items"], named, depth + 1),
-                            max_size=4 if depth < 2 else 2)
+            return st.lists(
+                strategy_for(avro["items"], named, depth + 1), max_size=4 if depth < 2 else 2
+            )
         if avro.get("logicalType") == "timestamp-micros":
             return st.integers(-62135596800 * 10**6, 253402300799 * 10**6)
         avro = kind
@@ -245,10 +306,16 @@ EDGE = edge_schema((990, 1))
 EDGE_RECORDS = st.lists(strategy_for(EDGE.avro, {}), min_size=0, max_size=6)
 V11 = load_schema("11.1")
 V11_RECORDS = st.lists(strategy_for(V11.avro, {}), min_size=1, max_size=3)
-EDGE_PROJECTIONS = [None, ["src.f", "history.tags", "matrix", "flag"], ["obj.inner", "when", "blob"]]
+EDGE_PROJECTIONS = [
+    None,
+    ["src.f", "history.tags", "matrix", "flag"],
+    ["obj.inner", "when", "blob"],
+]
 
 
-@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(records=EDGE_RECORDS, which=st.sampled_from(range(len(EDGE_PROJECTIONS))))
 def test_edge_values_equal_reference(records: list[dict], which: int) -> None:
     """Nulls vs empty lists, NaN/±inf, int64 extremes, unicode, empty bytes, nested lists."""
@@ -259,14 +326,20 @@ def test_edge_values_equal_reference(records: list[dict], which: int) -> None:
     assert_batches_equal(batch, decode_reference(datums, EDGE, cols))
 
 
-@settings(max_examples=15, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=15,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(records=V11_RECORDS)
 def test_generated_v11_alerts_equal_reference(records: list[dict]) -> None:
     """Random v11.1 alerts (every field nullable as the schema says) equal the reference."""
     datums = encode(V11, records)
     for cols in (None, PROJECTIONS["scalars"]):
-        assert_batches_equal(fd.decode_datums(datums, V11, cols), decode_reference(datums, V11, cols))
+        assert_batches_equal(
+            fd.decode_datums(datums, V11, cols), decode_reference(datums, V11, cols)
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,7 +361,9 @@ def test_truncated_block_names_visit_alert_and_offset(shared: dict[int, list[byt
     """A block missing its last bytes fails with the visit, the alert index and a byte offset."""
     datums = shared[1101][:3]
     block = b"".join(datums)
-    with pytest.raises(DecodeError, match=r"^visit 42: alert 2 \(starting at byte \d+ of the block\)"):
+    with pytest.raises(
+        DecodeError, match=r"^visit 42: alert 2 \(starting at byte \d+ of the block\)"
+    ):
         fd.decode_block(memoryview(block[:-7]), 3, load_schema(1101), None, "visit 42")
     with pytest.raises(DecodeError, match="trailing bytes"):
         fd.decode_block(memoryview(block + b"\x00"), 3, load_schema(1101), None, "visit 42")
@@ -296,7 +371,9 @@ def test_truncated_block_names_visit_alert_and_offset(shared: dict[int, list[byt
 
 @settings(max_examples=200, deadline=None, database=None)
 @given(data=st.data())
-def test_corrupted_bytes_never_give_a_wrong_row(data: st.DataObject, shared: dict[int, list[bytes]]) -> None:
+def test_corrupted_bytes_never_give_a_wrong_row(
+    data: st.DataObject, shared: dict[int, list[bytes]]
+) -> None:
     """Flipped bytes: DecodeError, or a batch equal to what the reference makes of them."""
     schema = load_schema(1101)
     datum = bytearray(data.draw(st.sampled_from(shared[1101][:8])))
@@ -320,7 +397,9 @@ def test_not_bytes_is_a_decode_error() -> None:
 # compiler cache and availability
 
 
-def test_cache_reuse_does_not_run_the_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_reuse_does_not_run_the_compiler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The second load of a decoder comes from the disk cache: gcc does not run again."""
     monkeypatch.setenv("MINIBROKER_CACHE", str(tmp_path))
     schema, cols = edge_schema((991, 7)), ["src.x"]

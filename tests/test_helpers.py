@@ -112,7 +112,11 @@ def test_separation_matches_astropy() -> None:
     ra, dec = _random_sky(500, 1)
     ra2, dec2 = _random_sky(500, 2)
     ours = h.separation(col(ra), col(dec), col(ra2), col(dec2)).tolist()
-    ref = coords.SkyCoord(ra * u.deg, dec * u.deg).separation(coords.SkyCoord(ra2 * u.deg, dec2 * u.deg)).deg
+    ref = (
+        coords.SkyCoord(ra * u.deg, dec * u.deg)
+        .separation(coords.SkyCoord(ra2 * u.deg, dec2 * u.deg))
+        .deg
+    )
     np.testing.assert_allclose(ours, ref, atol=1e-9)
     small = h.separation(col([10.0]), col([-30.0]), 10.0, -30.0 + 0.5 / 3600).tolist()[0]
     assert small * 3600 == pytest.approx(0.5, rel=1e-9)
@@ -127,13 +131,21 @@ def test_galactic_and_ecliptic_latitude_match_astropy() -> None:
     c = coords.SkyCoord(ra * u.deg, dec * u.deg, frame="icrs")
     g = c.galactic
     np.testing.assert_allclose(h.galactic_latitude(col(ra), col(dec)).tolist(), g.b.deg, atol=3e-5)
-    dlon = (np.asarray(h.galactic_longitude(col(ra), col(dec)).tolist()) - g.l.deg + 180) % 360 - 180
+    dlon = (
+        np.asarray(h.galactic_longitude(col(ra), col(dec)).tolist()) - g.l.deg + 180
+    ) % 360 - 180
     np.testing.assert_allclose(dlon, 0, atol=3e-5)
     e = c.transform_to(coords.BarycentricMeanEcliptic(equinox="J2000"))
-    np.testing.assert_allclose(h.ecliptic_latitude(col(ra), col(dec)).tolist(), e.lat.deg, atol=1e-4)
+    np.testing.assert_allclose(
+        h.ecliptic_latitude(col(ra), col(dec)).tolist(), e.lat.deg, atol=1e-4
+    )
     # Known points: the Galactic centre and the north Galactic pole.
-    assert h.galactic_latitude(col([266.40499]), col([-28.93617])).tolist()[0] == pytest.approx(0, abs=1e-3)
-    assert h.galactic_latitude(col([192.85948]), col([27.12825])).tolist()[0] == pytest.approx(90, abs=1e-4)
+    assert h.galactic_latitude(col([266.40499]), col([-28.93617])).tolist()[0] == pytest.approx(
+        0, abs=1e-3
+    )
+    assert h.galactic_latitude(col([192.85948]), col([27.12825])).tolist()[0] == pytest.approx(
+        90, abs=1e-4
+    )
 
 
 def test_cone_is_a_separation_cut() -> None:
@@ -162,9 +174,16 @@ def test_watchlist_and_nearest_match_brute_force(radius: float) -> None:
     rng = np.random.default_rng(5)
     pick = rng.integers(0, len(targets), 300)
     jitter = radius * rng.uniform(-0.8, 0.8, (300, 2))
-    ra = np.concatenate([(tra[pick] + jitter[:, 0] / np.maximum(np.cos(np.radians(tdec[pick])), 1e-3)) % 360,
-                         _random_sky(300, 6)[0], [0.00001, 89.0]])
-    dec = np.concatenate([np.clip(tdec[pick] + jitter[:, 1], -90, 90), _random_sky(300, 6)[1], [0.0, 89.99995]])
+    ra = np.concatenate(
+        [
+            (tra[pick] + jitter[:, 0] / np.maximum(np.cos(np.radians(tdec[pick])), 1e-3)) % 360,
+            _random_sky(300, 6)[0],
+            [0.00001, 89.0],
+        ]
+    )
+    dec = np.concatenate(
+        [np.clip(tdec[pick] + jitter[:, 1], -90, 90), _random_sky(300, 6)[1], [0.0, 89.99995]]
+    )
     want = _brute_nearest(ra, dec, targets, radius)
     got = h.nearest(col(ra), col(dec), targets, radius).tolist()
     assert got == want
@@ -202,13 +221,20 @@ def test_days_since_first_detection_on_real_alerts(real) -> None:
     view, rows, _ = real
     got = h.days_since_first_detection(view).tolist()
     for g, r in zip(got, rows, strict=True):
-        t = [p["midpointMjdTai"] for p in (r["prvDiaSources"] or [])] + [r["diaSource"]["midpointMjdTai"]]
+        t = [p["midpointMjdTai"] for p in (r["prvDiaSources"] or [])] + [
+            r["diaSource"]["midpointMjdTai"]
+        ]
         assert g == pytest.approx(r["diaSource"]["midpointMjdTai"] - min(t), abs=1e-9)
 
 
 def test_rate_between_is_null_for_equal_times() -> None:
     """rate_between gives change per day, null for zero time difference or nulls."""
-    out = h.rate_between(col([20.0, 19.0, 18.0]), col([10.0, 5.0, 7.0]), col([21.0, 20.0, 17.0], [False, False, True]), col([8.0, 5.0, 6.0]))
+    out = h.rate_between(
+        col([20.0, 19.0, 18.0]),
+        col([10.0, 5.0, 7.0]),
+        col([21.0, 20.0, 17.0], [False, False, True]),
+        col([8.0, 5.0, 6.0]),
+    )
     assert out.tolist() == [-0.5, None, None]
 
 
@@ -251,7 +277,9 @@ def test_per_alert_types_expose_only_their_public_methods(real) -> None:
     _, _, batch = real
     ok = '"""i"""\ndef filter(alerts):\n    return alerts.diaSource.snr > 0\ndef refine(alert):\n    img = alert["cutoutScience"]\n    return img.max() >= img.centre() and len(alert.keys()) > 3\n'
     bad = '"""b"""\ndef filter_alert(alert):\n    return alert["cutoutScience"].flags is None\n'
-    runner = InProcessRunner([("ok", compile_filter(ok, "ok.py")), ("bad", compile_filter(bad, "bad.py"))])
+    runner = InProcessRunner(
+        [("ok", compile_filter(ok, "ok.py")), ("bad", compile_filter(bad, "bad.py"))]
+    )
     good, refused = runner.run(batch)
     assert good.fault is None and good.passed == len(batch)
     assert refused.fault is not None and "not available in filters" in str(refused.fault)

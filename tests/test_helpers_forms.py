@@ -33,7 +33,11 @@ def col(values: list[Any]) -> Column:
     """A column from a list; None is a null."""
     nulls = np.array([v is None for v in values])
     kind = str if any(isinstance(v, str) for v in values) else None
-    fill = "" if kind is str else (False if all(isinstance(v, bool) or v is None for v in values) else 0.0)
+    fill = (
+        ""
+        if kind is str
+        else (False if all(isinstance(v, bool) or v is None for v in values) else 0.0)
+    )
     return Column(np.asarray([fill if v is None else v for v in values], dtype=kind), nulls)
 
 
@@ -100,8 +104,14 @@ CASES: list[tuple[str, Any, tuple[Any, ...], dict[str, Any]]] = [
     ("sky.ecliptic_longitude", h.ecliptic_longitude, ("ra", "dec"), {}),
 ]
 # Covered with real alerts below (they take the view, a record or a lightcurve).
-ON_REAL_ALERTS = {"days_since_first_detection", "thin", "cutout_centroid", "cutout_second_moments",
-                  "cutout_elongation", "cutout_median"}
+ON_REAL_ALERTS = {
+    "days_since_first_detection",
+    "thin",
+    "cutout_centroid",
+    "cutout_second_moments",
+    "cutout_elongation",
+    "cutout_median",
+}
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -142,7 +152,9 @@ def test_sky_helpers_take_numbers_in_filter_alert(real) -> None:
     _, _, batch = real
     col_src = '"""c"""\ndef filter(alerts):\n    ds = alerts.diaSource\n    return sky.galactic_latitude(ds.ra, ds.dec) > -40\n'
     one_src = '"""o"""\ndef filter_alert(alert):\n    ds = alert["diaSource"]\n    return sky.galactic_latitude(ds["ra"], ds["dec"]) > -40\n'
-    runner = InProcessRunner([("c", compile_filter(col_src, "c.py")), ("o", compile_filter(one_src, "o.py"))])
+    runner = InProcessRunner(
+        [("c", compile_filter(col_src, "c.py")), ("o", compile_filter(one_src, "o.py"))]
+    )
     a, b = runner.run(batch)
     assert a.fault is None and b.fault is None, (a.fault, b.fault)
     assert (a.mask == b.mask).all() and 0 < a.passed < len(batch)
@@ -170,8 +182,15 @@ def test_trigonometry_matches_math_and_keeps_nulls() -> None:
     """Each function equals Python's math on numbers; null stays null, NaN stays NaN, out of
     domain is NaN (not an error); atan2 and hypot mix columns, numbers and lightcurves."""
     x = col([0.25, -1.0, NAN, NULL])
-    for fn, ref in [(h.sin, math.sin), (h.cos, math.cos), (h.tan, math.tan), (h.asin, math.asin),
-                    (h.acos, math.acos), (h.radians, math.radians), (h.degrees, math.degrees)]:
+    for fn, ref in [
+        (h.sin, math.sin),
+        (h.cos, math.cos),
+        (h.tan, math.tan),
+        (h.asin, math.asin),
+        (h.acos, math.acos),
+        (h.radians, math.radians),
+        (h.degrees, math.degrees),
+    ]:
         out = fn(x).tolist()
         assert out[0] == pytest.approx(ref(0.25)) and math.isnan(out[2]) and out[3] is None
     assert math.isnan(h.asin(2.0)) and math.isnan(h.acos(-1.5)) and h.sin(None) is None
@@ -237,7 +256,9 @@ def test_days_since_first_detection_decodes_the_history(real, v11_packets) -> No
     compiled = compile_filter(src, "a.py")
     needed = columns_needed([ActiveFilter("u", compiled)], load_schema("11.1"))
     assert needed is not None and "prvDiaSources.midpointMjdTai" in needed
-    (outcome,) = InProcessRunner([("u/a", compiled)]).run(decode_messages(v11_packets, needed).batch)
+    (outcome,) = InProcessRunner([("u/a", compiled)]).run(
+        decode_messages(v11_packets, needed).batch
+    )
     assert outcome.fault is None and outcome.passed > 0
     assert outcome.mask.tolist() == [d > 1 for d in h.days_since_first_detection(real[0]).tolist()]
 
@@ -269,10 +290,14 @@ def test_thin_matches_the_obvious_loop_on_real_histories(real, gap: float) -> No
     for i, (r, rec) in enumerate(zip(rows, _records(store), strict=True)):
         pts = (r["prvDiaSources"] or []) + [r["diaSource"]]
         keep = _thin_reference([p["midpointMjdTai"] for p in pts], gap)
-        assert counts[i] == sum(k for k, p in zip(keep, pts, strict=True) if p["psfFlux"] is not None)
+        assert counts[i] == sum(
+            k for k, p in zip(keep, pts, strict=True) if p["psfFlux"] is not None
+        )
         per_alert = h.thin((rec["prvDiaSources"] or ()) + (rec["diaSource"],), gap)
         assert len(per_alert) == sum(keep)
-        assert [p["midpointMjdTai"] for p in per_alert] == [p["midpointMjdTai"] for p, k in zip(pts, keep, strict=True) if k]
+        assert [p["midpointMjdTai"] for p in per_alert] == [
+            p["midpointMjdTai"] for p, k in zip(pts, keep, strict=True) if k
+        ]
     assert max(kept_times.count().tolist()) >= (1 if gap > 1e5 else 2)
 
 
@@ -285,7 +310,10 @@ def test_thin_unsorted_lists_nan_and_equal_times() -> None:
     t[rng.random(len(t)) < 0.05] = np.nan
     for gap in (0.0, 0.3, 1.0):
         got = thin_mask(t, off, gap)
-        want = sum((_thin_reference(t[a:b].tolist(), gap) for a, b in zip(off[:-1], off[1:], strict=True)), [])
+        want = sum(
+            (_thin_reference(t[a:b].tolist(), gap) for a, b in zip(off[:-1], off[1:], strict=True)),
+            [],
+        )
         assert got.tolist() == want
     assert thin_mask(np.zeros(0), np.zeros(1, np.int64), 1.0).tolist() == []
 
@@ -297,7 +325,9 @@ def test_thin_nulls(real) -> None:
     prv = view.prvDiaSources.psfFlux
     out = h.thin(prv, 0.5)
     assert out.isnull().tolist() == prv.isnull().tolist()
-    assert [c for c, n in zip(out.count().tolist(), prv.isnull().tolist(), strict=True) if n] == [0] * sum(prv.isnull().tolist())
+    assert [c for c, n in zip(out.count().tolist(), prv.isnull().tolist(), strict=True) if n] == [
+        0
+    ] * sum(prv.isnull().tolist())
     assert h.thin(None, 1.0) is None and h.thin((), 1.0) == ()
     assert h.thin([3.0, None, NAN, 3.2, 4.5], 1.0) == (3.0, 4.5)
     for bad in (-1.0, NAN, "1", None):
@@ -311,9 +341,13 @@ def test_thin_through_a_filter(real) -> None:
     """thin in filter and in filter_alert select the same alerts."""
     _, _, batch = real
     vec = '"""v"""\ndef filter(alerts):\n    return thin(alerts.history("psfFlux"), 0.5).count() >= 2\n'
-    one = ('"""o"""\ndef filter_alert(alert):\n    pts = (alert["prvDiaSources"] or ()) + (alert["diaSource"],)\n'
-           '    return len(thin(pts, 0.5)) >= 2\n')
-    a, b = InProcessRunner([("v", compile_filter(vec, "v.py")), ("o", compile_filter(one, "o.py"))]).run(batch)
+    one = (
+        '"""o"""\ndef filter_alert(alert):\n    pts = (alert["prvDiaSources"] or ()) + (alert["diaSource"],)\n'
+        "    return len(thin(pts, 0.5)) >= 2\n"
+    )
+    a, b = InProcessRunner(
+        [("v", compile_filter(vec, "v.py")), ("o", compile_filter(one, "o.py"))]
+    ).run(batch)
     assert a.fault is None and b.fault is None, (a.fault, b.fault)
     assert (a.mask == b.mask).all() and 0 < a.passed < len(batch)
 
@@ -327,7 +361,12 @@ def test_rate_between_equal_times_null_or_infinite() -> None:
     now, then = col([20.0, 19.0, 18.0, 18.0]), col([21.0, 20.0, 17.0, 18.0])
     t1, t0 = col([10.0, 5.0, 5.0, 5.0]), col([8.0, 5.0, 5.0, 5.0])
     assert h.rate_between(now, t1, then, t0).tolist() == [-0.5, None, None, None]
-    assert h.rate_between(now, t1, then, t0, equal_times="inf").tolist() == [-0.5, -math.inf, math.inf, None]
+    assert h.rate_between(now, t1, then, t0, equal_times="inf").tolist() == [
+        -0.5,
+        -math.inf,
+        math.inf,
+        None,
+    ]
     assert h.rate_between(19.0, 5.0, 20.0, 5.0) is None
     assert h.rate_between(19.0, 5.0, 20.0, 5.0, equal_times="inf") == -math.inf
     with pytest.raises(ValueError):
@@ -337,7 +376,12 @@ def test_rate_between_equal_times_null_or_infinite() -> None:
 # --- cutouts ------------------------------------------------------------------------------------
 
 
-def _gaussian(sr: float, sc: float, shape: tuple[int, int] = (41, 41), centre: tuple[float, float] = (20.0, 22.0)) -> np.ndarray:
+def _gaussian(
+    sr: float,
+    sc: float,
+    shape: tuple[int, int] = (41, 41),
+    centre: tuple[float, float] = (20.0, 22.0),
+) -> np.ndarray:
     r, c = np.mgrid[: shape[0], : shape[1]].astype(float)
     return 100.0 * np.exp(-0.5 * (((r - centre[0]) / sr) ** 2 + ((c - centre[1]) / sc) ** 2))
 
@@ -348,7 +392,11 @@ def test_moments_of_known_images() -> None:
     round_ = Image(_gaussian(2.0, 2.0))
     assert round_.centroid() == (pytest.approx(20.0), pytest.approx(22.0))
     mrr, mcc, mrc = round_.second_moments()
-    assert (mrr, mcc, mrc) == (pytest.approx(4.0, rel=1e-3), pytest.approx(4.0, rel=1e-3), pytest.approx(0.0, abs=1e-9))
+    assert (mrr, mcc, mrc) == (
+        pytest.approx(4.0, rel=1e-3),
+        pytest.approx(4.0, rel=1e-3),
+        pytest.approx(0.0, abs=1e-9),
+    )
     assert round_.elongation() == pytest.approx(1.0, abs=1e-6)
     assert Image(_gaussian(1.5, 4.5)).elongation() == pytest.approx(3.0, rel=1e-3)
     line = np.zeros((9, 9))
@@ -384,7 +432,11 @@ def test_nan_pixels_ignore_zero_or_propagate() -> None:
     as 0; other choices are refused."""
     a = np.array([[1.0, 2.0, NAN], [4.0, 5.0, 6.0], [NAN, 8.0, 9.0]])
     img = Image(a)
-    assert img.median() == 5.0 and img.median(nan="zero") == 4.0 and math.isnan(img.median(nan="propagate"))
+    assert (
+        img.median() == 5.0
+        and img.median(nan="zero") == 4.0
+        and math.isnan(img.median(nan="propagate"))
+    )
     assert img.mean(nan="zero") == pytest.approx(35 / 9) and math.isnan(img.max(nan="propagate"))
     assert img.centroid() == img.centroid(nan="zero")
     assert all(math.isnan(v) for v in img.centroid(nan="propagate"))
@@ -392,7 +444,9 @@ def test_nan_pixels_ignore_zero_or_propagate() -> None:
     blank = Image(np.full((3, 3), NAN))
     for mode in images.NAN_MODES:
         assert math.isnan(blank.elongation(nan=mode))
-        assert blank.median(nan=mode) == 0.0 if mode == "zero" else math.isnan(blank.median(nan=mode))
+        assert (
+            blank.median(nan=mode) == 0.0 if mode == "zero" else math.isnan(blank.median(nan=mode))
+        )
     with pytest.raises(ValueError):
         img.median(nan="drop")
     with pytest.raises(TypeError):
@@ -420,10 +474,14 @@ def _with_missing_cutouts(batch: pa.RecordBatch) -> pa.RecordBatch:
     i = batch.schema.get_field_index("cutoutDifference")
     values = batch.column(i).to_pylist()
     values = [None if k % 5 == 0 else v for k, v in enumerate(values)]
-    return batch.set_column(i, batch.schema.field(i), pa.array(values, type=batch.schema.field(i).type))
+    return batch.set_column(
+        i, batch.schema.field(i), pa.array(values, type=batch.schema.field(i).type)
+    )
 
 
-@pytest.mark.parametrize("options", [{}, {"half": 7}, {"half": 3, "threshold": 50.0, "nan": "propagate"}])
+@pytest.mark.parametrize(
+    "options", [{}, {"half": 7}, {"half": 3, "threshold": 50.0, "nan": "propagate"}]
+)
 def test_cutout_helpers_equal_the_image_methods(real, options) -> None:
     """The column helpers measure every cutout of the visit at once (cutouts of several sizes)
     and give, alert by alert, the Image methods' values; the per-alert call gives them too;
@@ -447,7 +505,12 @@ def test_cutout_helpers_equal_the_image_methods(real, options) -> None:
             continue
         sizes.add(img.shape)
         img = img if half is None else img.box(half)
-        want = [*img.centroid(**kw), img.second_moments(**kw)[0], img.elongation(**kw), img.median(nan=kw.get("nan", "ignore"))]
+        want = [
+            *img.centroid(**kw),
+            img.second_moments(**kw)[0],
+            img.elongation(**kw),
+            img.median(nan=kw.get("nan", "ignore")),
+        ]
         got = [row[i], col_[i], mrr[i], elong[i], median[i]]
         assert all(_close(g, w) for g, w in zip(got, want, strict=True)), (i, got, want)
         assert _close(h.cutout_elongation(rec, half=half, **kw), want[3])
@@ -468,8 +531,10 @@ def test_cutout_helpers_in_a_filter(real, v11_packets) -> None:
     from engine.registry import ActiveFilter
 
     vec = '"""v"""\ndef filter(alerts):\n    return cutout_elongation(alerts, half=7) < 1.1\n'
-    ref = ('"""r"""\ndef filter(alerts):\n    return True\n\ndef refine(alert):\n'
-           '    return alert["cutoutDifference"].box(7).elongation() < 1.1\n')
+    ref = (
+        '"""r"""\ndef filter(alerts):\n    return True\n\ndef refine(alert):\n'
+        '    return alert["cutoutDifference"].box(7).elongation() < 1.1\n'
+    )
     compiled = compile_filter(vec, "v.py")
     needed = columns_needed([ActiveFilter("u", compiled)], load_schema("11.1"))
     assert needed is not None and "cutoutDifference" in needed

@@ -41,8 +41,11 @@ def test_a_dropped_batch_returns_its_buffers_without_the_cycle_collector(v11_pac
 def test_bad_headers_are_named_by_index(v11_packets) -> None:
     """The C header check names the message: magic byte, short body, another schema id."""
     good = v11_packets[0]
-    for bad, words in ((b"\x01" + good[1:], "magic byte is 1"), (good[:3], "3 bytes is too short"),
-                       (frame(good[5:], 1100), "schema id 1100 differs")):
+    for bad, words in (
+        (b"\x01" + good[1:], "magic byte is 1"),
+        (good[:3], "3 bytes is too short"),
+        (frame(good[5:], 1100), "schema id 1100 differs"),
+    ):
         with pytest.raises(DecodeError, match=f"message 2: {words}"):
             decode_messages([good, good, bad, good])
 
@@ -66,8 +69,14 @@ def test_peek_visit_matches_the_decoded_visit(version: str) -> None:
 
     schema = load_schema(version)
     with tempfile.TemporaryDirectory() as tmp:
-        night = simulate_night(Path(tmp) / "n.avro", visits=2, alerts_per_visit=3, seed=1,
-                               schema_version=version, progress=False).path
+        night = simulate_night(
+            Path(tmp) / "n.avro",
+            visits=2,
+            alerts_per_visit=3,
+            seed=1,
+            schema_version=version,
+            progress=False,
+        ).path
         for block in read_night(night):
             from engine.decode import decode_block
 

@@ -38,13 +38,15 @@ class _Engine:
     def start(self) -> None:
         self.mark = len(self.text()) if self.log.exists() else 0
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=out, env=serve_env())
+            self.proc = subprocess.Popen(
+                self.cmd, stdout=subprocess.DEVNULL, stderr=out, env=serve_env()
+            )
 
     def wait_for_visit(self, timeout_s: float) -> bool:
         """Wait until this run of the engine logs a processed visit; False after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if '"event": "visit"' in self.text()[self.mark:]:
+            if '"event": "visit"' in self.text()[self.mark :]:
                 return True
             time.sleep(0.05)
         return False
@@ -59,8 +61,11 @@ class _Engine:
         # SIGTERM drains once serve has its handler (it logs "serving" then); before that the
         # default action would end it with -15, which is not what this test is about.
         deadline = time.monotonic() + 30
-        while "serving" not in self.text()[self.mark:] and self.proc.poll() is None \
-                and time.monotonic() < deadline:
+        while (
+            "serving" not in self.text()[self.mark :]
+            and self.proc.poll() is None
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -82,17 +87,25 @@ def trees(tmp_path: Path, redis_client, unique_user: str, kafka_names):  # type:
     delete_keys(redis_client, live, ref, kafka_names.topic)
 
 
-def _wait_committed(bootstrap: str, names, want: dict[int, int], engines: list[_Engine],  # type: ignore[no-untyped-def]
-                    timeout_s: float) -> None:
+def _wait_committed(
+    bootstrap: str,
+    names,
+    want: dict[int, int],
+    engines: list[_Engine],  # type: ignore[no-untyped-def]
+    timeout_s: float,
+) -> None:
     deadline = time.monotonic() + timeout_s
     while committed(bootstrap, names.topic, names.group, PARTITIONS) != want:
-        assert time.monotonic() < deadline, "the engines did not commit every offset in time:\n" + \
-            "\n".join(e.text()[-2000:] for e in engines)
+        assert time.monotonic() < deadline, (
+            "the engines did not commit every offset in time:\n"
+            + "\n".join(e.text()[-2000:] for e in engines)
+        )
         time.sleep(0.5)
 
 
-def test_two_engines_in_one_group_split_the_partitions(kafka_bootstrap, kafka_names, redis_url,
-                                                       redis_client, trees, small_night, tmp_path) -> None:
+def test_two_engines_in_one_group_split_the_partitions(
+    kafka_bootstrap, kafka_names, redis_url, redis_client, trees, small_night, tmp_path
+) -> None:
     """Two engines in one group each take part of the partitions and process visits; together
     they deliver exactly what one offline run delivers."""
     live, ref, live_dir, ref_dir = trees
@@ -102,39 +115,63 @@ def test_two_engines_in_one_group_split_the_partitions(kafka_bootstrap, kafka_na
     try:
         deadline = time.monotonic() + 30
         while not all(e.text().count("assigned partitions") for e in engines) or any(
-                "assigned partitions [0, 1, 2, 3]" in e.text().splitlines()[-1] for e in engines):
+            "assigned partitions [0, 1, 2, 3]" in e.text().splitlines()[-1] for e in engines
+        ):
             assert time.monotonic() < deadline, "the engines did not both join the group"
             time.sleep(0.2)
-        produced = produce_night(small_night, kafka_bootstrap, kafka_names.topic, partitions=PARTITIONS,
-                                 progress=False)
+        produced = produce_night(
+            small_night, kafka_bootstrap, kafka_names.topic, partitions=PARTITIONS, progress=False
+        )
         _wait_committed(kafka_bootstrap, kafka_names, produced.per_partition, engines, 60)
     finally:
         codes = [e.stop() for e in engines]
     assert codes == [0, 0]
     assert all('"event": "visit"' in e.text() for e in engines), "one engine processed nothing"
-    assert stream_matches(redis_client, live) == reference_matches(redis_client, small_night, ref_dir, ref)
+    assert stream_matches(redis_client, live) == reference_matches(
+        redis_client, small_night, ref_dir, ref
+    )
 
 
-def test_kill_9_at_random_points_loses_and_duplicates_nothing(kafka_bootstrap, kafka_names, redis_url,
-                                                              redis_client, trees, tmp_path) -> None:
+def test_kill_9_at_random_points_loses_and_duplicates_nothing(
+    kafka_bootstrap, kafka_names, redis_url, redis_client, trees, tmp_path
+) -> None:
     """Two engines in one group, SIGKILLed and restarted at random moments (mid-visit,
     mid-publish, between publish and commit) while a night streams in: every user stream ends up
     with each match of a clean run exactly once."""
     from engine.local.simulate import simulate_night
 
     live, ref, live_dir, ref_dir = trees
-    night = simulate_night(tmp_path / "night.avro", visits=12, alerts_per_visit=60, seed=7,
-                           progress=False).path
+    night = simulate_night(
+        tmp_path / "night.avro", visits=12, alerts_per_visit=60, seed=7, progress=False
+    ).path
     ensure_topic(kafka_bootstrap, kafka_names.topic, PARTITIONS)
     seed = int(os.environ.get("MINIBROKER_FAULT_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
-    cmd = serve_command(kafka_bootstrap, kafka_names.topic, kafka_names.group, live_dir, redis_url,
-                        "-X", "session.timeout.ms=3000", "-X", "heartbeat.interval.ms=200")
+    cmd = serve_command(
+        kafka_bootstrap,
+        kafka_names.topic,
+        kafka_names.group,
+        live_dir,
+        redis_url,
+        "-X",
+        "session.timeout.ms=3000",
+        "-X",
+        "heartbeat.interval.ms=200",
+    )
     engines = [_Engine(cmd, tmp_path / f"engine{i}.log") for i in range(2)]
     produced: list[object] = []
-    producer = threading.Thread(target=lambda: produced.append(produce_night(
-        night, kafka_bootstrap, kafka_names.topic, partitions=PARTITIONS, visits_per_minute=60,
-        progress=False)))
+    producer = threading.Thread(
+        target=lambda: produced.append(
+            produce_night(
+                night,
+                kafka_bootstrap,
+                kafka_names.topic,
+                partitions=PARTITIONS,
+                visits_per_minute=60,
+                progress=False,
+            )
+        )
+    )
     kills = 0
     try:
         producer.start()
@@ -157,4 +194,6 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(kafka_bootstrap, k
     got = stream_matches(redis_client, live)
     assert sum(expected.values()) > 50
     assert kills >= 4
-    assert got == expected, f"seed {seed}: {kills} kills; missing {expected - got}, extra {got - expected}"
+    assert got == expected, (
+        f"seed {seed}: {kills} kills; missing {expected - got}, extra {got - expected}"
+    )

@@ -122,25 +122,41 @@ def test_engine_imports_only_lower_layers(module: str) -> None:
 
 def test_sandbox_imports_only_errors_and_constants() -> None:
     """The sandbox depends on no engine stage: only the error root and plain constants."""
-    bad = {m: sorted(t for t in targets if t.startswith("engine") and t != "engine" and t not in SANDBOX_MAY_IMPORT)
-           for m, targets in GRAPH.items() if m.startswith("sandbox")}
+    bad = {
+        m: sorted(
+            t
+            for t in targets
+            if t.startswith("engine") and t != "engine" and t not in SANDBOX_MAY_IMPORT
+        )
+        for m, targets in GRAPH.items()
+        if m.startswith("sandbox")
+    }
     assert not {m: t for m, t in bad.items() if t}
 
 
 def test_service_path_never_imports_local_tools() -> None:
     """Nothing below the CLI imports engine.local, so a service install needs no laptop tools."""
-    users = sorted(m for m, targets in GRAPH.items()
-                   if not m.startswith(("engine.local", "engine.cli"))
-                   and any(t.startswith("engine.local") for t in targets))
+    users = sorted(
+        m
+        for m, targets in GRAPH.items()
+        if not m.startswith(("engine.local", "engine.cli"))
+        and any(t.startswith("engine.local") for t in targets)
+    )
     assert not users
 
 
 def test_no_import_circles() -> None:
     """No module reaches itself through its imports (package __init__ re-exports aside)."""
+
     def edges(m: str) -> set[str]:
         # A package's __init__ re-exporting its own submodules is not a circle of concerns.
-        return {t for t in GRAPH[m] if not (MODULES[m].name == "__init__.py" and t.startswith(m + "."))
-                and not (MODULES.get(t) and MODULES[t].name == "__init__.py" and m.startswith(t + "."))}
+        return {
+            t
+            for t in GRAPH[m]
+            if not (MODULES[m].name == "__init__.py" and t.startswith(m + "."))
+            and not (MODULES.get(t) and MODULES[t].name == "__init__.py" and m.startswith(t + "."))
+        }
+
     state: dict[str, int] = {}
     cycles: list[list[str]] = []
 
@@ -148,7 +164,7 @@ def test_no_import_circles() -> None:
         state[m] = 1
         for t in sorted(edges(m)):
             if state.get(t) == 1:
-                cycles.append(stack[stack.index(t):] + [t] if t in stack else [m, t])
+                cycles.append(stack[stack.index(t) :] + [t] if t in stack else [m, t])
             elif t not in state:
                 visit(t, stack + [t])
         state[m] = 2
@@ -161,6 +177,8 @@ def test_no_import_circles() -> None:
 
 def test_every_package_ships_in_the_wheel() -> None:
     """pyproject lists every package directory, so an install is not missing one."""
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
     packages = {m for m, p in MODULES.items() if p.name == "__init__.py"}
     assert packages - listed == set()

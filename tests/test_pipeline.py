@@ -28,10 +28,10 @@ BROKEN = '''"""Fails on every visit."""
 def filter(alerts):
     return alerts.diaSource.snr / 0 > "x"
 '''
-REJECTED = '''import os
+REJECTED = """import os
 def filter(alerts):
     return True
-'''
+"""
 
 
 @pytest.fixture()
@@ -52,7 +52,9 @@ def _run(night, filters, client):
         return run_visits(read_night(night), schema, filters, ev, Publisher(client, config))
 
 
-def test_matches_reach_the_owner_stream_exactly_once(small_night, filter_dir, redis_client, unique_user) -> None:
+def test_matches_reach_the_owner_stream_exactly_once(
+    small_night, filter_dir, redis_client, unique_user
+) -> None:
     """Every passing alert appears once on its owner's stream, with headline and full packet;
     running the night again (a replay) adds nothing."""
     fs = discover(filter_dir)
@@ -79,7 +81,15 @@ def test_matches_reach_the_owner_stream_exactly_once(small_night, filter_dir, re
         assert int(fields[b"visit"]) == alert["diaSource"]["visit"]
         assert float(fields[b"snr"]) == pytest.approx(alert["diaSource"]["snr"], rel=1e-6)
         assert alert["diaSource"]["snr"] > 30 and alert["diaSource"]["reliability"] > 0.8
-        for key in (b"filter", b"filter_version", b"diaObjectId", b"ra", b"dec", b"band", b"midpointMjdTai"):
+        for key in (
+            b"filter",
+            b"filter_version",
+            b"diaObjectId",
+            b"ra",
+            b"dec",
+            b"band",
+            b"midpointMjdTai",
+        ):
             assert key in fields
 
     again = _run(small_night, fs.active, redis_client)
@@ -91,7 +101,10 @@ def test_subscriber_renders_json_lines(small_night, filter_dir, redis_client, un
     """`follow` + `render_json` give one JSON object per entry, ids as exact integers."""
     fs = discover(filter_dir)
     _run(small_night, fs.active, redis_client)
-    lines = [render_json(i, f) for i, f in follow(redis_client, unique_user, since="0", block_ms=100, stop_when_idle=True)]
+    lines = [
+        render_json(i, f)
+        for i, f in follow(redis_client, unique_user, since="0", block_ms=100, stop_when_idle=True)
+    ]
     assert lines
     first = json.loads(lines[0])
     kinds = {json.loads(line)["kind"] for line in lines}
@@ -114,7 +127,9 @@ def test_projection_covers_filters_and_delivery() -> None:
 
 def test_cap_limits_matches_per_visit(small_night, filter_dir, redis_client, unique_user) -> None:
     """A filter passing more than the cap publishes only the cap, and says how many it dropped."""
-    (filter_dir / unique_user / "all.py").write_text('"""Everything."""\ndef filter(alerts):\n    return True\n')
+    (filter_dir / unique_user / "all.py").write_text(
+        '"""Everything."""\ndef filter(alerts):\n    return True\n'
+    )
     fs = discover(filter_dir)
     config = load_config(env={}, isolation="inprocess", max_matches_per_visit=None)
     config = type(config)(**{**config.__dict__, "max_matches_per_visit": 5})
@@ -132,13 +147,17 @@ def test_cap_limits_matches_per_visit(small_night, filter_dir, redis_client, uni
     assert np.sum([o.passed for o in outcomes if o.key == key]) == block.count
 
 
-def test_worker_pool_delivers_what_in_process_does(small_night, filter_dir, redis_client, unique_user) -> None:
+def test_worker_pool_delivers_what_in_process_does(
+    small_night, filter_dir, redis_client, unique_user
+) -> None:
     """The service's isolated worker pool publishes exactly the in-process matches and faults."""
     fs = discover(filter_dir)
     schema, _ = night_info(small_night)
     config = load_config(env={}, isolation="pool")
     with Evaluator(fs.active, config) as ev:
-        report = run_visits(read_night(small_night), schema, fs.active, ev, Publisher(redis_client, config))
+        report = run_visits(
+            read_night(small_night), schema, fs.active, ev, Publisher(redis_client, config)
+        )
     reference = _run(small_night, fs.active, redis_client)  # replay in-process: all duplicates
     assert [v.passed for v in report.visits] == [v.passed for v in reference.visits]
     assert reference.published == 0
@@ -161,10 +180,22 @@ def test_a_corrupt_visit_is_skipped_and_named_the_rest_is_published(
     broken.write_bytes(bytes(data))
 
     def matches() -> list[dict]:
-        return [f for _, f in redis_client.xrange(stream_key(unique_user)) if f[b"kind"] == b"match"]
+        return [
+            f for _, f in redis_client.xrange(stream_key(unique_user)) if f[b"kind"] == b"match"
+        ]
 
-    args = ["run", "--night", str(broken), "--filters", str(filter_dir), "--redis-url", redis_url,
-            "--isolation", "inprocess", "--no-progress"]
+    args = [
+        "run",
+        "--night",
+        str(broken),
+        "--filters",
+        str(filter_dir),
+        "--redis-url",
+        redis_url,
+        "--isolation",
+        "inprocess",
+        "--no-progress",
+    ]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert f"visit {visits[1]} skipped" in err and "could not be decoded" in err

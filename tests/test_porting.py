@@ -60,12 +60,17 @@ def _python_class(code: str, rows: list[dict]) -> set[int]:
 
 def _pandas_udf(code: str, rows: list[dict]) -> set[int]:
     pd = pytest.importorskip("pandas")
-    ns: dict[str, Any] = {"pandas_udf": lambda _type: (lambda fn: fn), "BooleanType": lambda: None}
+    ns: dict[str, Any] = {"pandas_udf": lambda _type: lambda fn: fn, "BooleanType": lambda: None}
     exec(code, ns)
-    (fn,) = [v for k, v in ns.items() if inspect.isfunction(v) and k not in ("pandas_udf", "BooleanType")]
+    (fn,) = [
+        v for k, v in ns.items() if inspect.isfunction(v) and k not in ("pandas_udf", "BooleanType")
+    ]
     args = []
     for name in inspect.signature(fn).parameters:
-        values = [r["diaSource"][name] if name in r["diaSource"] else (r["diaObject"] or {}).get(name) for r in rows]
+        values = [
+            r["diaSource"][name] if name in r["diaSource"] else (r["diaObject"] or {}).get(name)
+            for r in rows
+        ]
         args.append(pd.Series(values))
     keep = fn(*args)
     return {r["diaSourceId"] for r, k in zip(rows, keep.tolist(), strict=True) if k}
@@ -79,8 +84,10 @@ def _sql(code: str, rows: list[dict]) -> set[int]:
         db.execute(f"CREATE TABLE alerts ({', '.join([*fields, 'nDiaSources'])})")
         for r in rows:
             obj = r["diaObject"]
-            db.execute(f"INSERT INTO alerts VALUES ({', '.join('?' * (len(fields) + 1))})",
-                       [*(r["diaSource"][f] for f in fields), None if obj is None else obj["nDiaSources"]])
+            db.execute(
+                f"INSERT INTO alerts VALUES ({', '.join('?' * (len(fields) + 1))})",
+                [*(r["diaSource"][f] for f in fields), None if obj is None else obj["nDiaSources"]],
+            )
         return {row[0] for row in db.execute(code)}
     finally:
         db.close()
@@ -113,7 +120,11 @@ def _expr(doc: dict, e: Any) -> Any:
 
 def _compare(op: str, v: Any, arg: Any) -> bool:
     if op == "$ne":
-        return v is not _MISSING and v != arg if arg is not None else v is not _MISSING and v is not None
+        return (
+            v is not _MISSING and v != arg
+            if arg is not None
+            else v is not _MISSING and v is not None
+        )
     if op == "$in":
         return v is not _MISSING and v in arg
     if v is _MISSING or v is None or isinstance(v, dict | list):  # no type bracketing across types
@@ -167,7 +178,11 @@ def test_port_selects_what_the_original_selects(title: str, batch: pa.RecordBatc
     lang, original, port = SECTIONS[title]
     rows = batch.to_pylist()
     if lang == "py":
-        reference = _pandas_udf(original, rows) if "pandas_udf" in original else _python_class(original, rows)
+        reference = (
+            _pandas_udf(original, rows)
+            if "pandas_udf" in original
+            else _python_class(original, rows)
+        )
     else:
         reference = ENGINES[lang](original, rows)
     ours = _ported(port, batch)
@@ -179,6 +194,8 @@ def test_sql_not_is_not_our_tilde(batch: pa.RecordBatch) -> None:
     """The trap the SQL example warns about is real: the naive `~(x > 0.8)` port passes alerts
     whose extendedness is null, which SQL's `NOT (x > 0.8)` excludes."""
     lang, original, port = SECTIONS["From SQL (Lasair)"]
-    naive = port.replace("notnull(ds.extendedness) & ~(ds.extendedness > 0.8)", "~(ds.extendedness > 0.8)")
+    naive = port.replace(
+        "notnull(ds.extendedness) & ~(ds.extendedness > 0.8)", "~(ds.extendedness > 0.8)"
+    )
     assert naive != port
     assert _ported(naive, batch) > _sql(original, batch.to_pylist())

@@ -29,7 +29,9 @@ def test_logs_get_a_line_per_tenth() -> None:
     bar = Progress(100, stream=out)
     for i in range(1, 101):
         bar.update(i)
-    assert "\r" not in out.getvalue() and len(out.getvalue().splitlines()) == 11  # start + 10 tenths
+    assert (
+        "\r" not in out.getvalue() and len(out.getvalue().splitlines()) == 11
+    )  # start + 10 tenths
 
 
 def test_disabled_bar_writes_nothing() -> None:

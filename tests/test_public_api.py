@@ -12,16 +12,47 @@ import sandbox
 import sandbox.errors
 
 MODULES = [
-    "sandbox", "sandbox.compile", "sandbox.errors", "sandbox.run", "sandbox.pool",
-    "engine.errors", "engine.config", "engine.alerts.schema", "engine.alerts.wire",
-    "engine.alerts.fields", "engine.sources.night", "engine.decode", "engine.evaluate",
-    "engine.sinks.streams", "engine.formats.json", "engine.subscribe", "engine.registry",
-    "engine.service.pipeline", "engine.cli", "engine.local.simulate", "engine.local.redis_server",
-    "engine.local.report", "engine.local.bench", "engine.formats.voevent", "engine.sinks.vtp",
-    "engine.registry.keys", "engine.registry.store", "engine.registry.users", "engine.registry.inbox",
-    "engine.service.submissions", "engine.service.control", "engine.formats", "engine.formats.avro",
-    "engine.sources.kafka", "engine.service.serve", "engine.service.produce", "engine.service.replay",
-    "engine.service.visitindex", "engine.service.metrics", "engine.local.kafka", "engine.local.livebench",
+    "sandbox",
+    "sandbox.compile",
+    "sandbox.errors",
+    "sandbox.run",
+    "sandbox.pool",
+    "engine.errors",
+    "engine.config",
+    "engine.alerts.schema",
+    "engine.alerts.wire",
+    "engine.alerts.fields",
+    "engine.sources.night",
+    "engine.decode",
+    "engine.evaluate",
+    "engine.sinks.streams",
+    "engine.formats.json",
+    "engine.subscribe",
+    "engine.registry",
+    "engine.service.pipeline",
+    "engine.cli",
+    "engine.local.simulate",
+    "engine.local.redis_server",
+    "engine.local.report",
+    "engine.local.bench",
+    "engine.formats.voevent",
+    "engine.sinks.vtp",
+    "engine.registry.keys",
+    "engine.registry.store",
+    "engine.registry.users",
+    "engine.registry.inbox",
+    "engine.service.submissions",
+    "engine.service.control",
+    "engine.formats",
+    "engine.formats.avro",
+    "engine.sources.kafka",
+    "engine.service.serve",
+    "engine.service.produce",
+    "engine.service.replay",
+    "engine.service.visitindex",
+    "engine.service.metrics",
+    "engine.local.kafka",
+    "engine.local.livebench",
 ]
 
 
@@ -39,7 +70,10 @@ def test_every_exported_name_exists_and_is_documented(name: str) -> None:
 def test_every_error_shares_the_root() -> None:
     """Catching MinibrokerError catches every error either package raises on purpose."""
     errors = [getattr(engine.errors, n) for n in engine.errors.__all__] + [
-        getattr(sandbox.errors, n) for n in sandbox.errors.__all__ if n not in ("Problem", "FaultReason")]
+        getattr(sandbox.errors, n)
+        for n in sandbox.errors.__all__
+        if n not in ("Problem", "FaultReason")
+    ]
     for cls in errors:
         if issubclass(cls, Warning):  # MinibrokerWarning: a warning, not an error
             continue

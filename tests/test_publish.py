@@ -44,12 +44,15 @@ def _config(**changes):
     return dataclasses.replace(load_config(env={}), **changes)
 
 
-def test_cap_delivers_the_most_reliable_and_says_what_it_withheld(visit, redis_client, unique_user) -> None:
+def test_cap_delivers_the_most_reliable_and_says_what_it_withheld(
+    visit, redis_client, unique_user
+) -> None:
     """Over the cap, the K most reliable alerts are delivered, then one withheld entry with
     the count, then the visit marker with passed/delivered/withheld per filter."""
     f = _filter(unique_user)
     report = Publisher(redis_client, _config(max_matches_per_visit=5)).publish(
-        visit, [f], [_outcome(f, np.ones(len(visit), bool))])
+        visit, [f], [_outcome(f, np.ones(len(visit), bool))]
+    )
     assert report.delivered[f.key] == 5 and report.withheld[f.key] == len(visit) - 5
     assert report.capped == report.withheld
     entries = _entries(redis_client, unique_user)
@@ -60,23 +63,31 @@ def test_cap_delivers_the_most_reliable_and_says_what_it_withheld(visit, redis_c
     assert int(entries[5][b"count"]) == len(visit) - 5
     marker = entries[6]
     assert int(marker[b"alerts"]) == len(visit) and int(marker[b"visit"]) == visit.visit
-    assert json.loads(marker[b"filters"]) == {"all": {"passed": len(visit), "delivered": 5,
-                                                      "withheld": len(visit) - 5, "faults": 0}}
+    assert json.loads(marker[b"filters"]) == {
+        "all": {"passed": len(visit), "delivered": 5, "withheld": len(visit) - 5, "faults": 0}
+    }
 
 
 def test_a_visit_with_no_match_still_gets_its_marker(visit, redis_client, unique_user) -> None:
     """Silence means nothing passed: the marker says the visit ran."""
     f = _filter(unique_user)
-    Publisher(redis_client, _config()).publish(visit, [f], [_outcome(f, np.zeros(len(visit), bool))])
+    Publisher(redis_client, _config()).publish(
+        visit, [f], [_outcome(f, np.zeros(len(visit), bool))]
+    )
     (marker,) = _entries(redis_client, unique_user)
     assert marker[b"kind"] == b"visit"
     assert json.loads(marker[b"filters"])["all"]["passed"] == 0
 
 
-def test_replays_and_partial_publishes_write_each_match_once(visit, redis_client, unique_user) -> None:
+def test_replays_and_partial_publishes_write_each_match_once(
+    visit, redis_client, unique_user
+) -> None:
     """A visit published twice adds nothing; a crash half-way (one filter published) then the
     whole visit again gives each match exactly once per filter, withheld counted once."""
-    one, two = _filter(unique_user, "one"), _filter(unique_user, "two", ALL.replace("True", "True "))
+    one, two = (
+        _filter(unique_user, "one"),
+        _filter(unique_user, "two", ALL.replace("True", "True ")),
+    )
     mask = np.zeros(len(visit), bool)
     mask[:30] = True
     outcomes = [_outcome(one, mask), _outcome(two, mask)]
@@ -89,9 +100,13 @@ def test_replays_and_partial_publishes_write_each_match_once(visit, redis_client
     assert replay.total == 0 and redis_client.xlen(keys.stream_key(unique_user)) == before
     entries = _entries(redis_client, unique_user)
     for name in (b"one", b"two"):
-        ids = [e[b"diaSourceId"] for e in entries if e[b"kind"] == b"match" and e[b"filter"] == name]
+        ids = [
+            e[b"diaSourceId"] for e in entries if e[b"kind"] == b"match" and e[b"filter"] == name
+        ]
         assert len(ids) == len(set(ids)) == 20
-        assert [int(e[b"count"]) for e in entries if e[b"kind"] == b"withheld" and e[b"filter"] == name] == [10]
+        assert [
+            int(e[b"count"]) for e in entries if e[b"kind"] == b"withheld" and e[b"filter"] == name
+        ] == [10]
     last = json.loads([e for e in entries if e[b"kind"] == b"visit"][-1][b"filters"])
     assert last["one"]["delivered"] == last["two"]["delivered"] == 20
 
@@ -101,18 +116,28 @@ def test_engines_sharing_a_visit_share_the_cap(visit, redis_client, unique_user)
     whole visit replayed afterwards (cut differently) adds nothing, withheld counts included."""
     f = _filter(unique_user)
     half = len(visit) // 2
-    parts = [VisitBatch(visit.visit, visit.schema, visit.batch.slice(a, b - a), visit.raw[a:b])
-             for a, b in ((0, half), (half, len(visit)))]
+    parts = [
+        VisitBatch(visit.visit, visit.schema, visit.batch.slice(a, b - a), visit.raw[a:b])
+        for a, b in ((0, half), (half, len(visit)))
+    ]
     config = _config()
-    delivered = sum(Publisher(redis_client, config).publish(p, [f], [_outcome(f, np.ones(len(p), bool))]).total
-                    for p in parts)
+    delivered = sum(
+        Publisher(redis_client, config).publish(p, [f], [_outcome(f, np.ones(len(p), bool))]).total
+        for p in parts
+    )
     assert delivered == 20
     markers = [e for e in _entries(redis_client, unique_user) if e[b"kind"] == b"visit"]
     assert int(markers[-1][b"alerts"]) == len(visit)
-    assert json.loads(markers[-1][b"filters"])["all"] == {"passed": len(visit), "delivered": 20,
-                                                           "withheld": len(visit) - 20, "faults": 0}
+    assert json.loads(markers[-1][b"filters"])["all"] == {
+        "passed": len(visit),
+        "delivered": 20,
+        "withheld": len(visit) - 20,
+        "faults": 0,
+    }
     before = redis_client.xlen(keys.stream_key(unique_user))
-    again = Publisher(redis_client, config).publish(visit, [f], [_outcome(f, np.ones(len(visit), bool))])
+    again = Publisher(redis_client, config).publish(
+        visit, [f], [_outcome(f, np.ones(len(visit), bool))]
+    )
     assert again.total == 0 and again.withheld[f.key] == 0
     assert redis_client.xlen(keys.stream_key(unique_user)) == before
 
@@ -121,7 +146,11 @@ def test_each_packet_is_stored_once_and_read_back(visit, redis_client, unique_us
     """Three filters of two users matching the same alerts store each packet once; the
     subscriber gets the full packet back with every entry."""
     other = unique_user + "x"
-    filters = [_filter(unique_user, "a"), _filter(unique_user, "b", ALL + "\n"), _filter(other, "c")]
+    filters = [
+        _filter(unique_user, "a"),
+        _filter(unique_user, "b", ALL + "\n"),
+        _filter(other, "c"),
+    ]
     mask = np.zeros(len(visit), bool)
     mask[[3, 7, 11]] = True
     publisher = Publisher(redis_client, _config(retention_s=600))
@@ -129,8 +158,11 @@ def test_each_packet_is_stored_once_and_read_back(visit, redis_client, unique_us
     publisher.publish(visit, filters, [_outcome(f, mask) for f in filters])
     after = len(list(redis_client.scan_iter(match=keys.PACKET_PATTERN, count=1000)))
     assert after - before <= 3
-    got = [f for _, f in follow(redis_client, unique_user, since="0", block_ms=50, stop_when_idle=True)
-           if f[b"kind"] == b"match"]
+    got = [
+        f
+        for _, f in follow(redis_client, unique_user, since="0", block_ms=50, stop_when_idle=True)
+        if f[b"kind"] == b"match"
+    ]
     assert len(got) == 6
     wires = {visit.wire(r) for r in (3, 7, 11)}
     assert {f[b"alert"] for f in got} == wires
@@ -149,17 +181,26 @@ def test_registry_statistics_and_suspension(visit, redis_client, unique_user) ->
     publisher = Publisher(redis_client, config)
     publisher.publish(visit, [f], [_outcome(f, np.ones(len(visit), bool))])
     stats = registry.get(unique_user, "flaky").stats
-    assert (stats["visits"], stats["passed"], stats["delivered"], stats["withheld"]) == (1, 300, 3, 297)
+    assert (stats["visits"], stats["passed"], stats["delivered"], stats["withheld"]) == (
+        1,
+        300,
+        3,
+        297,
+    )
 
     def fault_on(v: int) -> None:
         other = dataclasses.replace(visit, visit=v)
-        publisher.publish(other, [f], [Outcome(f.key, None, 0.5, FilterFault("flaky.py:3: ZeroDivisionError"))])
+        publisher.publish(
+            other, [f], [Outcome(f.key, None, 0.5, FilterFault("flaky.py:3: ZeroDivisionError"))]
+        )
 
     fault_on(visit.visit + 1)
     assert registry.get(unique_user, "flaky").status is FilterStatus.ACTIVE
     fault_on(visit.visit + 2)
     record = registry.get(unique_user, "flaky")
-    assert record.status is FilterStatus.SUSPENDED and "2 faults in its last 3 visits" in record.reason
+    assert (
+        record.status is FilterStatus.SUSPENDED and "2 faults in its last 3 visits" in record.reason
+    )
     assert record.stats["faults"] == 2
     kinds = [e[b"kind"] for e in _entries(redis_client, unique_user)]
     assert kinds.count(b"fault") == 2 and kinds.count(b"suspended") == 1
@@ -188,7 +229,9 @@ def test_suspension_counts_faults_in_a_window(visit, redis_client, unique_user) 
     fault = FilterFault("alternating.py:3: ZeroDivisionError")
     for i, faulted in enumerate([True, False, True, False, True]):
         other = dataclasses.replace(visit, visit=visit.visit + 100 + i)
-        outcome = Outcome(f.key, None, 0.1, fault) if faulted else _outcome(f, np.zeros(len(visit), bool))
+        outcome = (
+            Outcome(f.key, None, 0.1, fault) if faulted else _outcome(f, np.zeros(len(visit), bool))
+        )
         publisher.publish(other, [f], [outcome])
         status = registry.get(unique_user, "alternating").status
         assert status is (FilterStatus.SUSPENDED if i == 4 else FilterStatus.ACTIVE), i

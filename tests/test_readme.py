@@ -26,5 +26,7 @@ def test_readme_commands_exist() -> None:
     """Every `minibroker VERB` the README shows is a real command."""
     from engine.cli import _VERBS
 
-    verbs = set(re.findall(r"^minibroker (\w+)", README, re.M)) | set(re.findall(r"&& minibroker (\w+)", README))
-    assert verbs and verbs <= {m.__name__.rpartition('.')[2] for m in _VERBS}
+    verbs = set(re.findall(r"^minibroker (\w+)", README, re.M)) | set(
+        re.findall(r"&& minibroker (\w+)", README)
+    )
+    assert verbs and verbs <= {m.__name__.rpartition(".")[2] for m in _VERBS}

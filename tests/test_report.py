@@ -43,11 +43,15 @@ def run(tmp_path: Path, night: Path, source: str, name: str = "f") -> localtest.
     """Run ``source`` as a filter over ``night``, quietly, collecting null counts."""
     path = tmp_path / f"{name}.py"
     path.write_text(source)
-    return localtest.test_filter(path, night, CONFIG, out=io.StringIO(), progress=False, report=NullCounts())
+    return localtest.test_filter(
+        path, night, CONFIG, out=io.StringIO(), progress=False, report=NullCounts()
+    )
 
 
 @pytest.fixture(scope="module")
-def bright(tmp_path_factory: pytest.TempPathFactory, small_night: Path) -> tuple[localtest.TestResult, Path, str]:
+def bright(
+    tmp_path_factory: pytest.TempPathFactory, small_night: Path
+) -> tuple[localtest.TestResult, Path, str]:
     """The S/N > 20 filter's result over the small night, and its written report."""
     tmp = tmp_path_factory.mktemp("report")
     result = run(tmp, small_night, BRIGHT, "bright")
@@ -60,9 +64,9 @@ def decode_png(data: bytes) -> np.ndarray:
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "PNG signature"
     pos, chunks = 8, []
     while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
         assert crc == zlib.crc32(kind + body), f"bad CRC in {kind!r}"
         chunks.append((kind, body))
         pos += 12 + length
@@ -112,13 +116,19 @@ def test_one_lightcurve_per_shown_match(bright) -> None:
 def test_cutouts_are_pngs_of_the_cutout_shape(bright) -> None:
     """Three cutouts per match, each a PNG data URI of the FITS image's shape, in order."""
     result, _, page = bright
-    imgs = re.findall(r'<img class="cutout" data-kind="(\w+)" data-rows="(\d+)" data-cols="(\d+)" '
-                      r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    imgs = re.findall(
+        r'<img class="cutout" data-kind="(\w+)" data-rows="(\d+)" data-cols="(\d+)" '
+        r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"',
+        page,
+    )
     assert len(imgs) == 3 * len(result.matches)
     for k, body in enumerate(result.packets):
         alert = alert_of(body)
-        for (kind, rows, cols, b64), key in zip(imgs[3 * k:3 * k + 3],
-                                                ("cutoutScience", "cutoutTemplate", "cutoutDifference"), strict=True):
+        for (kind, rows, cols, b64), key in zip(
+            imgs[3 * k : 3 * k + 3],
+            ("cutoutScience", "cutoutTemplate", "cutoutDifference"),
+            strict=True,
+        ):
             shape = parse_fits_image(alert[key]).shape
             pixels = decode_png(base64.b64decode(b64))
             assert pixels.shape == shape == (int(rows), int(cols)), (k, kind)
@@ -131,7 +141,10 @@ def test_page_is_self_contained(bright) -> None:
     text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
     urls = re.findall(r"(?:https?:)?//[^\s\"'<>)]+", text)
     assert set(urls) <= {"http://www.w3.org/2000/svg"}, urls
-    assert all(v.startswith(("data:image/png;base64,", "#")) for v in re.findall(r'(?:src|href)="([^"]*)"', page))
+    assert all(
+        v.startswith(("data:image/png;base64,", "#"))
+        for v in re.findall(r'(?:src|href)="([^"]*)"', page)
+    )
     assert "url(" not in page and "@import" not in page
     assert "<script" not in page.lower()
 
@@ -146,7 +159,9 @@ def test_warnings_fire_on_a_filter_that_passes_everything(tmp_path, small_night)
     """Passing every alert trips the design-rate warning, and the cap warning when over the cap."""
     result = run(tmp_path, small_night, EVERYTHING)  # 300 alerts per visit
     assert {f.kind for f in findings(result, Config(max_matches_per_visit=1000))} == {"matches"}
-    page = write_report(tmp_path / "r.html", result, config=Config(max_matches_per_visit=200)).read_text()
+    page = write_report(
+        tmp_path / "r.html", result, config=Config(max_matches_per_visit=200)
+    ).read_text()
     assert "Too many matches" in page and "Over the match cap" in page
     assert "3 visits passed more than the cap of 200 matches per visit" in page
 
@@ -172,16 +187,23 @@ def test_first_visit_warm_up_alone_is_not_slow(bright) -> None:
     assert "slow" in {f.kind for f in findings(alone, CONFIG)}
 
 
-@pytest.mark.parametrize(("cut", "column"), [
-    ("alerts.diaSource.dipoleMeanFlux > 0", "diaSource.dipoleMeanFlux"),
-    ("alerts.prvDiaSources.psfFlux.max() > 0", "prvDiaSources.psfFlux"),
-])
+@pytest.mark.parametrize(
+    ("cut", "column"),
+    [
+        ("alerts.diaSource.dipoleMeanFlux > 0", "diaSource.dipoleMeanFlux"),
+        ("alerts.prvDiaSources.psfFlux.max() > 0", "prvDiaSources.psfFlux"),
+    ],
+)
 def test_warns_on_a_mostly_null_column(tmp_path, small_night, cut, column) -> None:
     """A filter that reads a mostly-null column is told that the nulls swallow alerts."""
-    result = run(tmp_path, small_night, f'"""Null-prone."""\ndef filter(alerts):\n    return {cut}\n')
+    result = run(
+        tmp_path, small_night, f'"""Null-prone."""\ndef filter(alerts):\n    return {cut}\n'
+    )
     (nulls,) = [f for f in findings(result, CONFIG) if f.kind == "nulls"]
     head, leaf = column.split(".")
-    assert re.match(rf"{head}\.({leaf}|\{{[^}}]*\b{leaf}\b[^}}]*\}}) (is|are) missing", nulls.message), nulls.message
+    assert re.match(
+        rf"{head}\.({leaf}|\{{[^}}]*\b{leaf}\b[^}}]*\}}) (is|are) missing", nulls.message
+    ), nulls.message
     assert "snr" not in nulls.message
     page = write_report(tmp_path / "r.html", result).read_text()
     assert "Nulls that swallow alerts" in page and f'<tr class="flag"><td>{column}</td>' in page
@@ -189,8 +211,10 @@ def test_warns_on_a_mostly_null_column(tmp_path, small_night, cut, column) -> No
 
 def test_null_counts_match_a_direct_count(tmp_path, small_night) -> None:
     """NullCounts agrees with counting the fully decoded night by hand (struct, list, NaN)."""
-    source = ('"""Reads three kinds of column."""\ndef filter(alerts):\n    ds = alerts.diaSource\n'
-              "    return (ds.snr > 5) & (ds.dipoleMeanFlux > 0) & (alerts.prvDiaSources.psfFlux.count() > 1)\n")
+    source = (
+        '"""Reads three kinds of column."""\ndef filter(alerts):\n    ds = alerts.diaSource\n'
+        "    return (ds.snr > 5) & (ds.dipoleMeanFlux > 0) & (alerts.prvDiaSources.psfFlux.count() > 1)\n"
+    )
     result = run(tmp_path, small_night, source)
     schema, _ = night_info(small_night)
     expected = {"diaSource.snr": 0, "diaSource.dipoleMeanFlux": 0, "prvDiaSources.psfFlux": 0}
@@ -199,7 +223,9 @@ def test_null_counts_match_a_direct_count(tmp_path, small_night) -> None:
             ds = alert["diaSource"]
             for name in ("snr", "dipoleMeanFlux"):
                 expected[f"diaSource.{name}"] += ds[name] is None or ds[name] != ds[name]
-            fluxes = [p["psfFlux"] for p in alert["prvDiaSources"] or () if p["psfFlux"] is not None]
+            fluxes = [
+                p["psfFlux"] for p in alert["prvDiaSources"] or () if p["psfFlux"] is not None
+            ]
             expected["prvDiaSources.psfFlux"] += not fluxes
     assert result.nulls is not None and result.nulls.alerts == 900
     assert {k: result.nulls.missing[k] for k in expected} == expected
@@ -210,7 +236,10 @@ def test_cli_writes_the_report_and_keeps_the_table(tmp_path, small_night, capsys
     f = tmp_path / "bright.py"
     f.write_text(BRIGHT)
     out = tmp_path / "reports" / "bright.html"
-    assert main(["test", str(f), "--night", str(small_night), "--no-progress", "--report", str(out)]) == 0
+    assert (
+        main(["test", str(f), "--night", str(small_night), "--no-progress", "--report", str(out)])
+        == 0
+    )
     text = capsys.readouterr().out
     assert "filter bright: 900 alerts in 3 visits" in text and "diaSourceId" in text
     assert text.rstrip().endswith(f"report written to {out}")
@@ -229,9 +258,19 @@ def _chromium() -> str:
 
 
 def _headless(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", *args]
+    cmd = [
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -259,11 +298,19 @@ def test_chromium_renders_the_page(bright, tmp_path) -> None:
     n = len(result.matches)
 
     shot = tmp_path / "shot.png"
-    done = _headless(binary, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,2400",
-                     page_path.resolve().as_uri())
+    done = _headless(
+        binary,
+        tmp_path / "profile",
+        f"--screenshot={shot}",
+        "--window-size=1280,2400",
+        page_path.resolve().as_uri(),
+    )
     assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
     width, height = struct.unpack(">II", shot.read_bytes()[16:24])
-    assert (width, height) == (1280, 2400) and shot.stat().st_size > 50_000  # a blank page is a few kB
+    assert (width, height) == (
+        1280,
+        2400,
+    ) and shot.stat().st_size > 50_000  # a blank page is a few kB
 
     dom = _headless(binary, tmp_path / "profile", "--dump-dom", page_path.resolve().as_uri()).stdout
     assert '<h1 id="filter-name">bright</h1>' in dom and "Too many matches" in dom
@@ -274,5 +321,7 @@ def test_chromium_renders_the_page(bright, tmp_path) -> None:
     csp = re.compile(r'<meta http-equiv="Content-Security-Policy"[^>]*>')
     probe_page.write_text(csp.sub("", page).replace("</body>", _PROBE + "</body>"))
     dom = _headless(binary, tmp_path / "profile", "--dump-dom", probe_page.as_uri()).stdout
-    probe = dict(re.findall(r'data-(\w+)="([^"]*)"', re.search(r'<p id="probe"[^>]*>', dom).group(0)))
+    probe = dict(
+        re.findall(r'data-(\w+)="([^"]*)"', re.search(r'<p id="probe"[^>]*>', dom).group(0))
+    )
     assert probe == {"decoded": str(3 * n), "shapes": "true", "drawn": str(n), "warnings": "1"}

@@ -10,15 +10,34 @@ from sandbox import InProcessRunner, compile_filter
 
 BATCH = pa.RecordBatch.from_pylist(
     [
-        {"diaSourceId": 2**62 + 1, "diaSource": {"snr": 50.0, "band": "g", "pixelFlags_cr": None}, "diaObject": {"nDiaSources": 3}},
-        {"diaSourceId": 2**62 + 2, "diaSource": {"snr": None, "band": "r", "pixelFlags_cr": True}, "diaObject": None},
-        {"diaSourceId": 2**62 + 113, "diaSource": {"snr": 4.0, "band": None, "pixelFlags_cr": False}, "diaObject": {"nDiaSources": None}},
+        {
+            "diaSourceId": 2**62 + 1,
+            "diaSource": {"snr": 50.0, "band": "g", "pixelFlags_cr": None},
+            "diaObject": {"nDiaSources": 3},
+        },
+        {
+            "diaSourceId": 2**62 + 2,
+            "diaSource": {"snr": None, "band": "r", "pixelFlags_cr": True},
+            "diaObject": None,
+        },
+        {
+            "diaSourceId": 2**62 + 113,
+            "diaSource": {"snr": 4.0, "band": None, "pixelFlags_cr": False},
+            "diaObject": {"nDiaSources": None},
+        },
     ],
-    schema=pa.schema([
-        ("diaSourceId", pa.int64()),
-        ("diaSource", pa.struct([("snr", pa.float32()), ("band", pa.string()), ("pixelFlags_cr", pa.bool_())])),
-        ("diaObject", pa.struct([("nDiaSources", pa.int32())])),
-    ]),
+    schema=pa.schema(
+        [
+            ("diaSourceId", pa.int64()),
+            (
+                "diaSource",
+                pa.struct(
+                    [("snr", pa.float32()), ("band", pa.string()), ("pixelFlags_cr", pa.bool_())]
+                ),
+            ),
+            ("diaObject", pa.struct([("nDiaSources", pa.int32())])),
+        ]
+    ),
 )
 
 
@@ -62,7 +81,11 @@ def test_null_rules_and_operators(expr: str, expected: list[bool]) -> None:
         ("alerts.diaSource.snr", "bad-result", "float32"),
         ("[True, False, True]", "bad-result", "list"),
         ("alerts.diaSource.nope > 1", "error", "no column 'diaSource.nope'"),
-        ("alerts.diaSource.snr > 1 and alerts.diaSource.snr < 2", "error", "combine conditions with & | ~"),
+        (
+            "alerts.diaSource.snr > 1 and alerts.diaSource.snr < 2",
+            "error",
+            "combine conditions with & | ~",
+        ),
         ("1 / 0", "error", "ZeroDivisionError"),
     ],
 )
@@ -79,7 +102,9 @@ def test_faults_name_the_line_and_what_to_do(expr: str, reason: str, message: st
 
 def test_one_failing_filter_does_not_disturb_others() -> None:
     """Filters before and after a failing one still deliver their masks."""
-    ok = compile_filter('"""Ok."""\ndef filter(alerts):\n    return alerts.diaSource.snr > 5\n', "ok.py")
+    ok = compile_filter(
+        '"""Ok."""\ndef filter(alerts):\n    return alerts.diaSource.snr > 5\n', "ok.py"
+    )
     bad = compile_filter('"""Bad."""\ndef filter(alerts):\n    return 1 / 0\n', "bad.py")
     outcomes = InProcessRunner([("a/ok", ok), ("b/bad", bad), ("c/ok", ok)]).run(BATCH)
     assert [o.passed for o in outcomes] == [1, 0, 1]
@@ -88,7 +113,12 @@ def test_one_failing_filter_does_not_disturb_others() -> None:
 
 def test_columns_are_read_only_for_filters() -> None:
     """A filter cannot change column data another filter sees."""
-    mutate = compile_filter('"""Mutate."""\ndef filter(alerts):\n    c = alerts.diaSource.snr\n    c.fill(0)\n    return c > 5\n', "m.py")
-    ok = compile_filter('"""Ok."""\ndef filter(alerts):\n    return alerts.diaSource.snr > 5\n', "ok.py")
+    mutate = compile_filter(
+        '"""Mutate."""\ndef filter(alerts):\n    c = alerts.diaSource.snr\n    c.fill(0)\n    return c > 5\n',
+        "m.py",
+    )
+    ok = compile_filter(
+        '"""Ok."""\ndef filter(alerts):\n    return alerts.diaSource.snr > 5\n', "ok.py"
+    )
     outcomes = InProcessRunner([("a/m", mutate), ("b/ok", ok)]).run(BATCH)
     assert outcomes[1].mask.tolist() == [True, False, False]

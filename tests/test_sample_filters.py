@@ -77,7 +77,9 @@ def test_science_filter_finds_its_population(night, name: str) -> None:
     mask = _masks(load_filter(FILTERS / f"{name}.py"), batches)
     complete = (mask & target).sum() / target.sum()
     pure = (mask & right).sum() / max(mask.sum(), 1)
-    assert complete >= min_complete, f"{name}: finds {complete:.0%} of {wanted} (passes {mask.sum()})"
+    assert complete >= min_complete, (
+        f"{name}: finds {complete:.0%} of {wanted} (passes {mask.sum()})"
+    )
     assert pure >= min_pure, f"{name}: {pure:.0%} of its {mask.sum()} passes are {wanted}"
 
 
@@ -116,7 +118,9 @@ def test_watchlist_finds_listed_objects_among_thousands_of_decoys(night) -> None
     ra, dec = _column(batches, "diaSource", "ra"), _column(batches, "diaSource", "dec")
     listed = pops == "periodic"
     rng = np.random.default_rng(0)
-    decoys = np.column_stack([rng.uniform(0, 360, 1500), np.degrees(np.arcsin(rng.uniform(-1, 1, 1500)))])
+    decoys = np.column_stack(
+        [rng.uniform(0, 360, 1500), np.degrees(np.arcsin(rng.uniform(-1, 1, 1500)))]
+    )
     targets = np.round(np.vstack([np.column_stack([ra[listed], dec[listed]]), decoys]), 6).tolist()
     source = (FILTERS / "watchlist.py").read_text()
     start = source.index("TARGETS = [")

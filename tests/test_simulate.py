@@ -62,7 +62,9 @@ def test_first_visits_do_not_depend_on_night_length(tmp_path: Path) -> None:
 def test_every_record_validates_and_round_trips(tmp_path: Path, version: str) -> None:
     """Every alert of a night in each schema version validates and re-encodes to the same bytes."""
     path = tmp_path / "v.avro"
-    s = simulate_night(path, visits=1, alerts_per_visit=110, seed=1, schema_version=version, progress=False)
+    s = simulate_night(
+        path, visits=1, alerts_per_visit=110, seed=1, schema_version=version, progress=False
+    )
     schema = load_schema(version)
     records = _read(path)
     assert len(records) == s.alerts == 110 and s.schema_version == version
@@ -91,7 +93,9 @@ def test_visits_are_blocks_in_time_order(night) -> None:
         assert {s["visit"] for s in src} == {b.visit}
         assert len({s["band"] for s in src}) == 1 and src[0]["band"] in BANDS
         assert len({s["midpointMjdTai"] for s in src}) == 1
-        assert all(0 <= s["detector"] <= 188 and 0 <= s["x"] <= 4072 and 0 <= s["y"] <= 4000 for s in src)
+        assert all(
+            0 <= s["detector"] <= 188 and 0 <= s["x"] <= 4072 and 0 <= s["y"] <= 4000 for s in src
+        )
         assert all(0 < (s["timeProcessedMjdTai"] - s["midpointMjdTai"]) * 86400 < 300 for s in src)
         ra = np.radians([s["ra"] for s in src])
         dec = np.radians([s["dec"] for s in src])
@@ -118,7 +122,11 @@ def test_readme_facts_hold(night) -> None:
     assert sso
     for r in sso:
         d = r["diaSource"]
-        assert r["diaObject"] is None and r["prvDiaForcedSources"] is None and r["prvDiaSources"] is None
+        assert (
+            r["diaObject"] is None
+            and r["prvDiaForcedSources"] is None
+            and r["prvDiaSources"] is None
+        )
         assert d["diaObjectId"] in (None, 0) and d["ssObjectId"] > 0
         assert r["ssSource"]["diaSourceId"] == d["diaSourceId"] == r["diaSourceId"]
         assert r["ssSource"]["ssObjectId"] == d["ssObjectId"]
@@ -138,7 +146,9 @@ def test_readme_facts_hold(night) -> None:
     assert all(s["reliability"] is not None and 0 <= s["reliability"] <= 1 for s in src)
     assert all(5.0 <= s["snr"] <= 450 for s in src)
     assert all(s["timeWithdrawnMjdTai"] is None for s in src)
-    assert all(math.isclose(s["snr"], abs(s["psfFlux"]) / s["psfFluxErr"], rel_tol=1e-5) for s in src)
+    assert all(
+        math.isclose(s["snr"], abs(s["psfFlux"]) / s["psfFluxErr"], rel_tol=1e-5) for s in src
+    )
     assert all(s["isNegative"] == (s["psfFlux"] < 0) for s in src)
 
 
@@ -207,18 +217,30 @@ def test_object_statistics_agree_with_the_lightcurve(night) -> None:
                 assert obj[f"{band}_psfFluxMean"] is None and obj[f"{band}_psfFluxMax"] is None
                 continue
             mean, err = _weighted(f, e)
-            smean, _ = _weighted([p["scienceFlux"] for p in pts], [p["scienceFluxErr"] for p in pts])
-            assert close(obj[f"{band}_psfFluxMean"], mean) and close(obj[f"{band}_psfFluxMeanErr"], err)
+            smean, _ = _weighted(
+                [p["scienceFlux"] for p in pts], [p["scienceFluxErr"] for p in pts]
+            )
+            assert close(obj[f"{band}_psfFluxMean"], mean) and close(
+                obj[f"{band}_psfFluxMeanErr"], err
+            )
             assert close(obj[f"{band}_scienceFluxMean"], smean)
-            assert close(obj[f"{band}_psfFluxMin"], min(f)) and close(obj[f"{band}_psfFluxMax"], max(f))
+            assert close(obj[f"{band}_psfFluxMin"], min(f)) and close(
+                obj[f"{band}_psfFluxMax"], max(f)
+            )
             assert close(obj[f"{band}_psfFluxErrMean"], float(np.mean(e)))
             sigma = float(np.std(f, ddof=1)) if len(f) > 1 else None
             assert close(obj[f"{band}_psfFluxSigma"], sigma)
-            slopes = [(f[i + 1] - f[i]) / (pts[i + 1]["midpointMjdTai"] - pts[i]["midpointMjdTai"])
-                      for i in range(len(f) - 1)]
+            slopes = [
+                (f[i + 1] - f[i]) / (pts[i + 1]["midpointMjdTai"] - pts[i]["midpointMjdTai"])
+                for i in range(len(f) - 1)
+            ]
             assert close(obj[f"{band}_psfFluxMaxSlope"], max(slopes) if slopes else None)
             fp = forced.get(band)
-            fp_mean = _weighted([x["psfFlux"] for x in fp], [x["psfFluxErr"] for x in fp])[0] if fp else None
+            fp_mean = (
+                _weighted([x["psfFlux"] for x in fp], [x["psfFluxErr"] for x in fp])[0]
+                if fp
+                else None
+            )
             assert close(obj[f"{band}_fpFluxMean"], fp_mean)
             checked += 1
     assert checked > 300
@@ -277,7 +299,11 @@ def test_populations_carry_their_signatures(night) -> None:
         now = r["diaSource"]
         assert now["midpointMjdTai"] - r["prvDiaSources"][0]["midpointMjdTai"] < 6  # a young source
         prev = [p for p in r["prvDiaSources"] if p["band"] == now["band"]][-1]
-        rise = 2.5 * math.log10(now["psfFlux"] / prev["psfFlux"]) / (now["midpointMjdTai"] - prev["midpointMjdTai"])
+        rise = (
+            2.5
+            * math.log10(now["psfFlux"] / prev["psfFlux"])
+            / (now["midpointMjdTai"] - prev["midpointMjdTai"])
+        )
         assert rise > 0.3
     for r in by["flare"]:
         assert r["diaSource"]["extendedness"] < 0.1 and r["prvDiaSources"]
@@ -298,9 +324,14 @@ def test_populations_carry_their_signatures(night) -> None:
 def test_bad_arguments_raise_clear_errors(tmp_path: Path) -> None:
     """Out-of-range arguments raise ConfigError naming the argument; unknown schemas SchemaError."""
     out = tmp_path / "x.avro"
-    for kwargs, word in (({"visits": 0}, "visits"), ({"alerts_per_visit": 0}, "alerts_per_visit"),
-                         ({"visits": 2.5}, "visits"), ({"seed": -1}, "seed"),
-                         ({"start_mjd": 100.0}, "start_mjd"), ({"schema_version": "6.0"}, "7.0")):
+    for kwargs, word in (
+        ({"visits": 0}, "visits"),
+        ({"alerts_per_visit": 0}, "alerts_per_visit"),
+        ({"visits": 2.5}, "visits"),
+        ({"seed": -1}, "seed"),
+        ({"start_mjd": 100.0}, "start_mjd"),
+        ({"schema_version": "6.0"}, "7.0"),
+    ):
         with pytest.raises(ConfigError, match=word):
             simulate_night(out, progress=False, **kwargs)
     with pytest.raises(SchemaError, match="available"):
@@ -331,7 +362,9 @@ def test_every_cutout_is_valid_fits_for_astropy(night) -> None:
                 with fits.open(io.BytesIO(r[k])) as h:
                     h.verify("exception")
                     assert h[0].data.shape == (30, 30)
-                    assert math.isclose(h[0].header["MJD-OBS"], r["diaSource"]["midpointMjdTai"], abs_tol=1e-8)
+                    assert math.isclose(
+                        h[0].header["MJD-OBS"], r["diaSource"]["midpointMjdTai"], abs_tol=1e-8
+                    )
 
 
 def test_timestamps_are_unix_time_from_tai() -> None:

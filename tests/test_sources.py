@@ -48,8 +48,10 @@ def _read(path: Path, **kw) -> tuple[object, dict[int, list[int]]]:
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         night = open_night(path, **kw)
-        got = {b.visit: decode_block(b, night.schema).batch.column("diaSourceId").to_pylist()
-               for b in night.blocks()}
+        got = {
+            b.visit: decode_block(b, night.schema).batch.column("diaSourceId").to_pylist()
+            for b in night.blocks()
+        }
     slow = [w for w in seen if issubclass(w.category, MinibrokerWarning)]
     assert len(slow) == 1 and "slower" in str(slow[0].message), [str(w.message) for w in seen]
     assert str(path) in str(slow[0].message)
@@ -88,7 +90,13 @@ def test_container_any_codec(tmp_path: Path, codec: str) -> None:
     records = _records()[1][::4]  # 16 alerts of 7 visits: xz and bzip2 are slow on cutouts
     path = tmp_path / f"alerts-{codec}.avro"
     with open(path, "wb") as fo:
-        fastavro.writer(fo, fastavro.parse_schema(_schema_as("name")), records, codec=codec, sync_interval=50_000)
+        fastavro.writer(
+            fo,
+            fastavro.parse_schema(_schema_as("name")),
+            records,
+            codec=codec,
+            sync_interval=50_000,
+        )
     _, got = _read(path)
     assert got == _expected(records)
 
@@ -98,7 +106,9 @@ def test_container_of_an_older_version(tmp_path: Path) -> None:
     _, records = _records("lsstcam/v10_0")
     path = tmp_path / "v10.avro"
     with open(path, "wb") as fo:
-        fastavro.writer(fo, fastavro.parse_schema(_schema_as("namespace", "10.0")), records, codec="deflate")
+        fastavro.writer(
+            fo, fastavro.parse_schema(_schema_as("namespace", "10.0")), records, codec="deflate"
+        )
     night, got = _read(path)
     assert night.schema.name == "10.0" and got == _expected(records)
 
@@ -141,7 +151,9 @@ def test_directory_mixing_versions_is_refused(tmp_path: Path) -> None:
     for folder in ("lsstcam/v10_0", V11):
         f = packet_files(folder)[0]
         (tmp_path / f"{folder[-5:]}-{f.name}").write_bytes(f.read_bytes())
-    with pytest.raises(SourceError, match=r"different schema versions: 10\.0 \(1 file, .*11\.1 \(1 file, .*own"):
+    with pytest.raises(
+        SourceError, match=r"different schema versions: 10\.0 \(1 file, .*11\.1 \(1 file, .*own"
+    ):
         open_night(tmp_path)
 
 
@@ -188,7 +200,9 @@ def test_truncated_container_says_where_it_ends(tmp_path: Path) -> None:
         fastavro.writer(fo, fastavro.parse_schema(_schema_as("name")), records, codec="deflate")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(SourceError, match=rf"{path}: truncated: the file ends at byte {len(data) // 2}"):
+    with pytest.raises(
+        SourceError, match=rf"{path}: truncated: the file ends at byte {len(data) // 2}"
+    ):
         open_night(path)
 
 
@@ -212,7 +226,9 @@ def test_container_of_other_records_is_refused(tmp_path: Path) -> None:
     schema = {"type": "record", "name": "thing", "fields": [{"name": "x", "type": "long"}]}
     with open(path, "wb") as fo:
         fastavro.writer(fo, schema, [{"x": 1}])
-    with pytest.raises(SourceError, match=rf"{path}: its schema \(name 'thing'\) matches none of the LSST"):
+    with pytest.raises(
+        SourceError, match=rf"{path}: its schema \(name 'thing'\) matches none of the LSST"
+    ):
         open_night(path)
 
 
@@ -222,7 +238,11 @@ def test_minibroker_night_reads_in_place_without_a_warning(small_night: Path) ->
         warnings.simplefilter("error")
         night = open_night(small_night)
         counts = Counter(b.visit for b in night.blocks())
-    assert night.form is NightForm.MINIBROKER and list(counts) == night.visits and set(counts.values()) == {1}
+    assert (
+        night.form is NightForm.MINIBROKER
+        and list(counts) == night.visits
+        and set(counts.values()) == {1}
+    )
 
 
 def test_a_walked_night_is_walked_once_for_its_visits_then_its_blocks(tmp_path: Path) -> None:

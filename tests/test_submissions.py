@@ -78,7 +78,9 @@ def engine(redis_client, reference):
         thread.join(10)
 
 
-def test_submit_accepts_versions_and_the_engine_picks_them_up(user, engine, redis_client, tmp_path) -> None:
+def test_submit_accepts_versions_and_the_engine_picks_them_up(
+    user, engine, redis_client, tmp_path
+) -> None:
     """An accepted file becomes version 1, a changed one version 2; the active set follows
     submit, disable, enable and delete without a restart."""
     name, _, client = user
@@ -150,7 +152,9 @@ def test_a_filter_failing_its_dry_run_is_refused(user, engine, tmp_path) -> None
     assert reply.problems[0][2] == "dry-run-error" and "crash.py:3" in reply.problems[0][3]
 
 
-def test_submit_and_filters_commands(user, engine, tmp_path, capsys, small_night, redis_url) -> None:
+def test_submit_and_filters_commands(
+    user, engine, tmp_path, capsys, small_night, redis_url
+) -> None:
     """`submit` exits 0 when accepted and 1 with every problem when rejected; `filters`
     lists, shows and changes the user's filters; `run` without --filters runs the registry."""
     name, url, _ = user
@@ -164,8 +168,21 @@ def test_submit_and_filters_commands(user, engine, tmp_path, capsys, small_night
     err = capsys.readouterr().err
     assert "bad.py:2:" in err and "bad.py:5:" in err
 
-    assert main(["run", "--night", str(small_night), "--redis-url", redis_url, "--isolation", "inprocess",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--night",
+                str(small_night),
+                "--redis-url",
+                redis_url,
+                "--isolation",
+                "inprocess",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"{name}/bright: delivered " in out and "withheld" in out
 
@@ -186,7 +203,8 @@ def test_submit_and_filters_commands(user, engine, tmp_path, capsys, small_night
 
 
 def test_submit_without_an_engine_says_so_and_process_submissions_answers(
-        user, tmp_path, capsys, redis_url, small_night) -> None:
+    user, tmp_path, capsys, redis_url, small_night
+) -> None:
     """With no engine answering, submit gives up after --wait and says what to do; the request
     stays in the inbox and `admin process-submissions --wait` answers it."""
     name, url, client = user
@@ -194,8 +212,21 @@ def test_submit_without_an_engine_says_so_and_process_submissions_answers(
     path.write_text(GOOD)
     assert main(["submit", str(path), "--redis-url", url, "--wait", "0.3"]) == 1
     assert "process-submissions" in capsys.readouterr().err
-    assert main(["admin", "process-submissions", "--wait", "0.2", "--reference", str(small_night),
-                 "--redis-url", redis_url]) == 0
+    assert (
+        main(
+            [
+                "admin",
+                "process-submissions",
+                "--wait",
+                "0.2",
+                "--reference",
+                str(small_night),
+                "--redis-url",
+                redis_url,
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.startswith("1 request(s) answered")
     assert Registry(client).get(name, "bright").version == 1
 
@@ -208,8 +239,10 @@ def test_control_plane_between_visits(user, redis_client, reference) -> None:
     name, _, client = user
     control = ControlPlane(redis_client, load_config(env={}, isolation="inprocess"), reference)
     control.between_visits()
-    client.xadd(keys.inbox_key(name), {"request": "r1", "op": "submit", "name": "bright",
-                                       "filename": "bright.py", "code": GOOD})
+    client.xadd(
+        keys.inbox_key(name),
+        {"request": "r1", "op": "submit", "name": "bright", "filename": "bright.py", "code": GOOD},
+    )
     assert control.between_visits()
     assert f"{name}/bright" in {f.key for f in control.filters} and control.answered >= 1
     assert not control.between_visits()

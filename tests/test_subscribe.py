@@ -36,11 +36,20 @@ def published(small_night, redis_url):
     url = add_user(admin, redis_url, user)
     schema, _ = night_info(small_night)
     visit = decode_block(next(iter(read_night(small_night))), schema)
-    filters = [ActiveFilter(user, compile_filter(ALL, "a.py")), ActiveFilter(user, compile_filter(ALL, "b.py"))]
+    filters = [
+        ActiveFilter(user, compile_filter(ALL, "a.py")),
+        ActiveFilter(user, compile_filter(ALL, "b.py")),
+    ]
     mask_b = np.zeros(len(visit), bool)
     mask_b[:5] = True
     Publisher(admin, load_config(env={})).publish(
-        visit, filters, [Outcome(filters[0].key, np.ones(len(visit), bool), 0.0), Outcome(filters[1].key, mask_b, 0.0)])
+        visit,
+        filters,
+        [
+            Outcome(filters[0].key, np.ones(len(visit), bool), 0.0),
+            Outcome(filters[1].key, mask_b, 0.0),
+        ],
+    )
     yield user, url
     remove_user(admin, user)
     admin.close()
@@ -60,7 +69,9 @@ def test_a_restarted_subscriber_continues_where_it_stopped(published) -> None:
     rest = [i for i, _ in follow(client, user, group=group, block_ms=50, stop_when_idle=True)]
     everything = [i.decode() for i, _ in client.xrange(keys.stream_key(user))]
     assert rest[0] == first[-1] and first[:-1] + rest == everything
-    again = [i for i, _ in follow(client, user, group=group, since="0", block_ms=50, stop_when_idle=True)]
+    again = [
+        i for i, _ in follow(client, user, group=group, since="0", block_ms=50, stop_when_idle=True)
+    ]
     assert again == everything
 
 
@@ -68,16 +79,47 @@ def test_filter_option_and_files(published, tmp_path, capsys) -> None:
     """--filter keeps one filter's entries; --out writes one JSON or Avro file per match with
     the full alert read back from its stored packet."""
     user, url = published
-    assert main(["subscribe", "--redis-url", url, "--no-group", "--from", "0", "--filter", "b",
-                 "--exit-when-idle"]) == 0
+    assert (
+        main(
+            [
+                "subscribe",
+                "--redis-url",
+                url,
+                "--no-group",
+                "--from",
+                "0",
+                "--filter",
+                "b",
+                "--exit-when-idle",
+            ]
+        )
+        == 0
+    )
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [e["kind"] for e in lines] == ["match"] * 5 + ["visit"]
     assert all(e["filter"] == "b" for e in lines[:5])
 
     for fmt in ("json", "avro", "voevent"):
         out = tmp_path / fmt
-        assert main(["subscribe", "--redis-url", url, "--group", fmt, "--filter", "b", "--format", fmt,
-                     "--out", str(out), "--exit-when-idle"]) == 0
+        assert (
+            main(
+                [
+                    "subscribe",
+                    "--redis-url",
+                    url,
+                    "--group",
+                    fmt,
+                    "--filter",
+                    "b",
+                    "--format",
+                    fmt,
+                    "--out",
+                    str(out),
+                    "--exit-when-idle",
+                ]
+            )
+            == 0
+        )
         files = sorted(out.iterdir())
         suffix = ".xml" if fmt == "voevent" else f".{fmt}"
         assert len(files) == 5 and all(f.suffix == suffix for f in files)
@@ -99,8 +141,24 @@ def test_voevent_on_standard_output(published, capsys) -> None:
     from lxml import etree
 
     user, url = published
-    assert main(["subscribe", "--redis-url", url, "--no-group", "--from", "0", "--filter", "b",
-                 "--format", "voevent", "--exit-when-idle"]) == 0
+    assert (
+        main(
+            [
+                "subscribe",
+                "--redis-url",
+                url,
+                "--no-group",
+                "--from",
+                "0",
+                "--filter",
+                "b",
+                "--format",
+                "voevent",
+                "--exit-when-idle",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     packets = [p for p in captured.out.split("<?xml") if p.strip()]
     assert len(packets) == 5
@@ -121,7 +179,20 @@ def test_clear_messages_for_no_stream_and_no_permission(published, redis_url, ca
     try:
         assert main(["subscribe", "--redis-url", new_url]) == 1
         assert "has no stream yet" in capsys.readouterr().err
-        assert main(["subscribe", "--redis-url", new_url, "--user", user, "--no-group", "--exit-when-idle"]) == 1
+        assert (
+            main(
+                [
+                    "subscribe",
+                    "--redis-url",
+                    new_url,
+                    "--user",
+                    user,
+                    "--no-group",
+                    "--exit-when-idle",
+                ]
+            )
+            == 1
+        )
         err = capsys.readouterr().err
         assert "refused" in err and keys.stream_key(user) in err and "Traceback" not in err
     finally:
@@ -132,9 +203,13 @@ def test_clear_messages_for_no_stream_and_no_permission(published, redis_url, ca
 def test_a_closed_pipe_ends_quietly(published) -> None:
     """`subscribe | head -1` prints one line and subscribe exits 0 without a traceback."""
     user, url = published
-    cmd = (f"set -o pipefail; {sys.executable} -m engine.cli subscribe --redis-url '{url}' "
-           "--no-group --from 0 --wait | head -1")
-    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=60, env=dict(os.environ))
+    cmd = (
+        f"set -o pipefail; {sys.executable} -m engine.cli subscribe --redis-url '{url}' "
+        "--no-group --from 0 --wait | head -1"
+    )
+    proc = subprocess.run(
+        ["bash", "-c", cmd], capture_output=True, text=True, timeout=60, env=dict(os.environ)
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["kind"] == "match"
     assert proc.stderr == ""

@@ -42,7 +42,7 @@ def test_user_reads_and_acknowledges_own_stream(two_users, redis_client) -> None
     assert len(client_a.xrange(keys.stream_key(a))) == 1
     assert client_a.xread({keys.stream_key(a): "0"}, count=1)
     client_a.xgroup_create(keys.stream_key(a), "g", id="0")
-    (_, entries), = client_a.xreadgroup("g", "c", {keys.stream_key(a): ">"})
+    ((_, entries),) = client_a.xreadgroup("g", "c", {keys.stream_key(a): ">"})
     assert client_a.xack(keys.stream_key(a), "g", entries[0][0]) == 1
     assert client_a.xinfo_stream(keys.stream_key(a))["length"] == 1
     assert client_a.xadd(keys.inbox_key(a), {"op": "submit"})

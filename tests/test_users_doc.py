@@ -73,7 +73,9 @@ def test_readme_walk_through_is_the_tested_one() -> None:
     """Every command of the README's "own stream" section is a step of docs/users.md, which the
     walk-through above runs."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## From filter file to alerts on your own stream", 1)[1].split("\n## ", 1)[0]
+    section = readme.split("## From filter file to alerts on your own stream", 1)[1].split(
+        "\n## ", 1
+    )[0]
     (block,) = re.findall(r"```console\n(.*?)```", section, re.S)
     commands = [line[2:] for line in block.splitlines() if line.startswith("$ ")]
     tested = {line for _, line in _steps()}

@@ -50,8 +50,10 @@ def _valid(packet: bytes) -> etree._Element:
 
 
 def _groups(root: etree._Element) -> dict[str, dict[str, str]]:
-    return {g.get("name"): {p.get("name"): p.get("value") for p in g.iter("Param")}
-            for g in root.iter("Group")}
+    return {
+        g.get("name"): {p.get("name"): p.get("value") for p in g.iter("Param")}
+        for g in root.iter("Group")
+    }
 
 
 @pytest.fixture()
@@ -69,14 +71,22 @@ def test_real_alerts_render_valid_packets_that_read_back(real_matches) -> None:
     assert len(entries) == 64
     kinds = set()
     for entry_id, fields in entries:
-        packet = render_entry(entry_id, fields, user=user, settings=SETTINGS,
-                              description="Every alert: a test filter that passes all it sees.")
+        packet = render_entry(
+            entry_id,
+            fields,
+            user=user,
+            settings=SETTINGS,
+            description="Every alert: a test filter that passes all it sees.",
+        )
         root = _valid(packet)
         alert = decode_packet(entry_packet(fields))
         source = alert["diaSource"]
 
         event = voeventparse.loads(packet)
-        assert event.attrib["ivorn"] == f"ivo://minibroker.test/{user}/everything#{alert['diaSourceId']}"
+        assert (
+            event.attrib["ivorn"]
+            == f"ivo://minibroker.test/{user}/everything#{alert['diaSourceId']}"
+        )
         assert event.attrib["role"] == "observation"
         pos = voeventparse.get_event_position(event)
         assert (pos.ra, pos.dec) == (source["ra"], source["dec"])
@@ -89,40 +99,67 @@ def test_real_alerts_render_valid_packets_that_read_back(real_matches) -> None:
         groups = _groups(root)
         dia = groups["diaSource"]
         assert int(dia["diaSourceId"]) == alert["diaSourceId"]
-        assert float(dia["psfFlux"]) == source["psfFlux"] and float(dia["psfFluxErr"]) == source["psfFluxErr"]
+        assert (
+            float(dia["psfFlux"]) == source["psfFlux"]
+            and float(dia["psfFluxErr"]) == source["psfFluxErr"]
+        )
         assert dia["band"] == source["band"]
-        assert float(dia["snr"]) == source["snr"] and float(dia["reliability"]) == source["reliability"]
-        assert groups["filter"] == {"owner": user, "name": "everything",
-                                    "version": fields[b"filter_version"].decode()}
+        assert (
+            float(dia["snr"]) == source["snr"]
+            and float(dia["reliability"]) == source["reliability"]
+        )
+        assert groups["filter"] == {
+            "owner": user,
+            "name": "everything",
+            "version": fields[b"filter_version"].decode(),
+        }
         if alert["ssSource"]:
             assert int(groups["ssSource"]["ssObjectId"]) == alert["ssSource"]["ssObjectId"]
             assert "diaObject" not in groups
             kinds.add("ss")
         else:
             # Three real alerts have a diaObjectId but a null diaObject record.
-            assert int(groups["diaObject"]["diaObjectId"]) == (alert["diaObject"] or source)["diaObjectId"]
+            assert (
+                int(groups["diaObject"]["diaObjectId"])
+                == (alert["diaObject"] or source)["diaObjectId"]
+            )
             assert "ssSource" not in groups
             kinds.add("dia")
-        assert root.findtext("Why/Description") == "Every alert: a test filter that passes all it sees."
-        assert root.find("Reference").get("uri") == f"ivo://minibroker.test/alerts#{alert['diaSourceId']}"
+        assert (
+            root.findtext("Why/Description")
+            == "Every alert: a test filter that passes all it sees."
+        )
+        assert (
+            root.find("Reference").get("uri")
+            == f"ivo://minibroker.test/alerts#{alert['diaSourceId']}"
+        )
         assert f"band {source['band']}" in root.findtext("How/Description")
     assert kinds == {"ss", "dia"}
 
 
-def test_sample_night_matches_render_valid_unique_packets(small_night, redis_client, unique_user) -> None:
+def test_sample_night_matches_render_valid_unique_packets(
+    small_night, redis_client, unique_user
+) -> None:
     """Matches of two filters over a generated night all validate; IVORNs are unique per
     (filter, alert) even where both filters pass the same alert; rendering is repeatable."""
     bright = '"""Bright."""\ndef filter(alerts):\n    return alerts.diaSource.snr > 20\n'
     brighter = '"""Brighter."""\ndef filter(alerts):\n    return alerts.diaSource.snr > 40\n'
-    filters = [ActiveFilter(unique_user, compile_filter(bright, "bright.py")),
-               ActiveFilter(unique_user, compile_filter(brighter, "brighter.py"))]
+    filters = [
+        ActiveFilter(unique_user, compile_filter(bright, "bright.py")),
+        ActiveFilter(unique_user, compile_filter(brighter, "brighter.py")),
+    ]
     config = load_config(env={}, isolation="inprocess")
     schema, _ = night_info(small_night)
     try:
         with Evaluator(filters, config) as ev:
-            run_visits(read_night(small_night), schema, filters, ev, Publisher(redis_client, config))
-        entries = [(i.decode(), f) for i, f in redis_client.xrange(stream_key(unique_user))
-                   if f[b"kind"] == b"match"]  # not the withheld counts and visit markers
+            run_visits(
+                read_night(small_night), schema, filters, ev, Publisher(redis_client, config)
+            )
+        entries = [
+            (i.decode(), f)
+            for i, f in redis_client.xrange(stream_key(unique_user))
+            if f[b"kind"] == b"match"
+        ]  # not the withheld counts and visit markers
         ivorns, alerts = set(), {}
         for entry_id, fields in entries:
             packet = render_entry(entry_id, fields, user=unique_user, settings=SETTINGS)
@@ -159,8 +196,13 @@ def test_out_dir_file_names_are_unique_and_safe(real_matches, tmp_path) -> None:
     user, entries = real_matches
     render_one = renderer(user, SETTINGS, describe=lambda u, f, v: f"{u}'s {f} at {v}")
     for entry_id, fields in entries:
-        packet = render_entry(entry_id, fields, user=user, settings=SETTINGS,
-                              description=f"{user}'s everything at {fields[b'filter_version'].decode()}")
+        packet = render_entry(
+            entry_id,
+            fields,
+            user=user,
+            settings=SETTINGS,
+            description=f"{user}'s everything at {fields[b'filter_version'].decode()}",
+        )
         assert render_one(entry_id, fields) == packet
         name = packet_filename(etree.fromstring(packet).get("ivorn"))
         assert re.fullmatch(r"[\w.-]+\.xml", name) and name.startswith(f"{user}.everything.")
@@ -171,11 +213,23 @@ def test_out_dir_file_names_are_unique_and_safe(real_matches, tmp_path) -> None:
 def test_authority_and_packet_url_come_from_the_configuration() -> None:
     """MINIBROKER_VO_AUTHORITY and MINIBROKER_VO_PACKET_URL name the packets; unusable values
     are refused with a message saying what to give."""
-    config = load_config(env={"MINIBROKER_VO_AUTHORITY": "vo.example.org",
-                              "MINIBROKER_VO_PACKET_URL": "https://alerts.example.org/{diaSourceId}.avro"})
+    config = load_config(
+        env={
+            "MINIBROKER_VO_AUTHORITY": "vo.example.org",
+            "MINIBROKER_VO_PACKET_URL": "https://alerts.example.org/{diaSourceId}.avro",
+        }
+    )
     settings = VOEventSettings.from_config(config)
-    match = Match(user="u", filter="f", filter_version="1", visit=1, diaSourceId=7, ra=1.0, dec=2.0,
-                  midpointMjdTai=61000.0)
+    match = Match(
+        user="u",
+        filter="f",
+        filter_version="1",
+        visit=1,
+        diaSourceId=7,
+        ra=1.0,
+        dec=2.0,
+        midpointMjdTai=61000.0,
+    )
     root = _valid(render(match, settings))
     assert root.get("ivorn") == "ivo://vo.example.org/u/f#7"
     assert root.findtext("Who/AuthorIVORN") == "ivo://vo.example.org/minibroker"
@@ -196,7 +250,11 @@ def test_units_agree_with_the_rubin_apdb_schema() -> None:
     for table in tables:
         if table["name"] in ("DiaSource", "DiaObject", "SSSource"):
             for column in table["columns"]:
-                name = column["name"].split("_", 1)[1] if column["name"].startswith("i_") else column["name"]
+                name = (
+                    column["name"].split("_", 1)[1]
+                    if column["name"].startswith("i_")
+                    else column["name"]
+                )
                 units.setdefault(name, column.get("ivoa:unit") or column.get("fits:tunit"))
     checked = 0
     for name, spec in voevent._FIELDS.items():
@@ -209,12 +267,21 @@ def test_units_agree_with_the_rubin_apdb_schema() -> None:
 def _doc_example(v11_packets: list[bytes]) -> bytes:
     alert = decode_packet(v11_packets[0])
     source = alert["diaSource"]
-    match = Match(user="alice", filter="young_transients", filter_version="3f2a9c41d0b7",
-                  visit=source["visit"], diaSourceId=alert["diaSourceId"], ra=source["ra"],
-                  dec=source["dec"], midpointMjdTai=source["midpointMjdTai"], band=source["band"],
-                  schema_id=1101, alert=alert,
-                  filter_description="New, reliable, point-like transients seen fewer than three times.",
-                  published=dt.datetime(2026, 1, 1, 5, 20, 3, tzinfo=dt.UTC))
+    match = Match(
+        user="alice",
+        filter="young_transients",
+        filter_version="3f2a9c41d0b7",
+        visit=source["visit"],
+        diaSourceId=alert["diaSourceId"],
+        ra=source["ra"],
+        dec=source["dec"],
+        midpointMjdTai=source["midpointMjdTai"],
+        band=source["band"],
+        schema_id=1101,
+        alert=alert,
+        filter_description="New, reliable, point-like transients seen fewer than three times.",
+        published=dt.datetime(2026, 1, 1, 5, 20, 3, tzinfo=dt.UTC),
+    )
     return render(match, VOEventSettings(authority="sfs.example.org"))
 
 
@@ -224,7 +291,9 @@ def test_the_documented_example_is_what_the_code_renders(v11_packets) -> None:
     packet = _doc_example(v11_packets)
     _valid(packet)
     text = DOC.read_text()
-    shown = re.search(r"<!-- example: begin -->\n```xml\n(.*?)```\n<!-- example: end -->", text, re.S)
+    shown = re.search(
+        r"<!-- example: begin -->\n```xml\n(.*?)```\n<!-- example: end -->", text, re.S
+    )
     assert shown, "docs/vo-output.md lost its example markers"
     assert shown.group(1) == packet.decode(), "regenerate the example: python tests/test_voevent.py"
 

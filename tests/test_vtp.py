@@ -71,8 +71,14 @@ def test_comet_receives_exactly_the_users_matches(redis_client, two_users, comet
     user, mine, other, theirs = two_users
     receiver = vtp.Receiver("127.0.0.1", comet.port)
     vtp.add_receiver(redis_client, user, receiver, since="0")
-    vtp.forward(redis_client, SETTINGS, users=[user, other], until_idle=True, refresh_s=0.1,
-                allow_private=True)
+    vtp.forward(
+        redis_client,
+        SETTINGS,
+        users=[user, other],
+        until_idle=True,
+        refresh_s=0.1,
+        allow_private=True,
+    )
 
     received = _received(comet)
     assert len(received) == len(set(received)) == len(mine) == 64
@@ -82,7 +88,9 @@ def test_comet_receives_exactly_the_users_matches(redis_client, two_users, comet
     assert (status.acked, status.nakked, status.position) == (64, 0, _last(redis_client, user))
 
 
-def test_a_restarted_forwarder_neither_loses_nor_duplicates(redis_client, two_users, comet, v11_packets) -> None:
+def test_a_restarted_forwarder_neither_loses_nor_duplicates(
+    redis_client, two_users, comet, v11_packets
+) -> None:
     """A forwarder stopped part-way resumes from its position in Redis; replaying from an older
     position (a crash between send and save) makes Comet NAK the repeats, so the broker still
     holds each match once; matches arriving later are forwarded too."""
@@ -93,7 +101,9 @@ def test_a_restarted_forwarder_neither_loses_nor_duplicates(redis_client, two_us
     assert first.step(block_ms=0, count=20) == 20
     assert first.position() == mine[19][0]
 
-    second = vtp.Forwarder(redis_client, user, receiver, SETTINGS, allow_private=True)  # "restarted"
+    second = vtp.Forwarder(
+        redis_client, user, receiver, SETTINGS, allow_private=True
+    )  # "restarted"
     while second.step(block_ms=0):
         pass
     assert sorted(_received(comet)) == sorted(_ivorns(user, mine))
@@ -113,7 +123,9 @@ def test_a_restarted_forwarder_neither_loses_nor_duplicates(redis_client, two_us
     assert set(received) == _ivorns(user, mine) | _ivorns(user, later, "later")
 
 
-def test_an_unreachable_broker_is_retried_until_it_answers(redis_client, two_users, tmp_path) -> None:
+def test_an_unreachable_broker_is_retried_until_it_answers(
+    redis_client, two_users, tmp_path
+) -> None:
     """While nothing listens at the receiver the position stays put; once Comet starts there,
     every pending match arrives."""
     user, mine, _, _ = two_users
@@ -121,9 +133,18 @@ def test_an_unreachable_broker_is_retried_until_it_answers(redis_client, two_use
     receiver = vtp.Receiver("127.0.0.1", port)
     vtp.add_receiver(redis_client, user, receiver, since="0")
     stop = threading.Event()
-    worker = threading.Thread(target=vtp.forward, args=(redis_client, SETTINGS),
-                              kwargs={"users": [user], "stop": stop, "refresh_s": 0.1,
-                                      "max_backoff_s": 0.2, "timeout_s": 5, "allow_private": True})
+    worker = threading.Thread(
+        target=vtp.forward,
+        args=(redis_client, SETTINGS),
+        kwargs={
+            "users": [user],
+            "stop": stop,
+            "refresh_s": 0.1,
+            "max_backoff_s": 0.2,
+            "timeout_s": 5,
+            "allow_private": True,
+        },
+    )
     worker.start()
     try:
         stop.wait(0.8)
@@ -167,20 +188,32 @@ def test_iamalive_is_answered_and_a_nak_reason_is_returned() -> None:
     from comet.protocol.messages import ack, iamalive, nak
 
     packet_ivorn = "ivo://minibroker.test/u/f#1"
-    for final, expected in ((ack(LOCAL_IVO, packet_ivorn), vtp.Reply(vtp.Verdict.ACK)),
-                            (nak(LOCAL_IVO, packet_ivorn, "Event rejected: test"),
-                             vtp.Reply(vtp.Verdict.NAK, "Event rejected: test"))):
+    for final, expected in (
+        (ack(LOCAL_IVO, packet_ivorn), vtp.Reply(vtp.Verdict.ACK)),
+        (
+            nak(LOCAL_IVO, packet_ivorn, "Event rejected: test"),
+            vtp.Reply(vtp.Verdict.NAK, "Event rejected: test"),
+        ),
+    ):
         seen: list[bytes] = []
         port, thread = _scripted_broker([iamalive(LOCAL_IVO).raw_bytes, final.raw_bytes], seen)
-        reply = vtp.send_packet(vtp.Receiver("127.0.0.1", port), b"<VOEvent/>",
-                                author_ivorn=SETTINGS.author_ivorn, timeout_s=5, allow_private=True)
+        reply = vtp.send_packet(
+            vtp.Receiver("127.0.0.1", port),
+            b"<VOEvent/>",
+            author_ivorn=SETTINGS.author_ivorn,
+            timeout_s=5,
+            allow_private=True,
+        )
         thread.join(timeout=5)
         assert reply == expected
         assert seen[0] == b"<VOEvent/>"
         response = etree.fromstring(seen[1])
         assert TRANSPORT.validate(response), TRANSPORT.error_log
-        assert (response.get("role"), response.findtext("Origin"), response.findtext("Response")) == (
-            "iamalive", LOCAL_IVO, SETTINGS.author_ivorn)
+        assert (
+            response.get("role"),
+            response.findtext("Origin"),
+            response.findtext("Response"),
+        ) == ("iamalive", LOCAL_IVO, SETTINGS.author_ivorn)
 
 
 def test_a_peer_that_is_not_vtp_is_reported() -> None:
@@ -196,13 +229,21 @@ def test_a_peer_that_is_not_vtp_is_reported() -> None:
             conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
 
     threading.Thread(target=serve, daemon=True).start()
-    with pytest.raises(DeliveryError, match=f"VTP broker 127.0.0.1:{port}: .*is this port a VTP broker"):
-        vtp.send_packet(vtp.Receiver("127.0.0.1", port), b"<VOEvent/>", author_ivorn="ivo://x/y",
-                        timeout_s=5, allow_private=True)
+    with pytest.raises(
+        DeliveryError, match=f"VTP broker 127.0.0.1:{port}: .*is this port a VTP broker"
+    ):
+        vtp.send_packet(
+            vtp.Receiver("127.0.0.1", port),
+            b"<VOEvent/>",
+            author_ivorn="ivo://x/y",
+            timeout_s=5,
+            allow_private=True,
+        )
 
 
-def test_cli_adds_lists_forwards_and_removes(redis_url, redis_client, two_users, comet, capsys,
-                                             tmp_path) -> None:
+def test_cli_adds_lists_forwards_and_removes(
+    redis_url, redis_client, two_users, comet, capsys, tmp_path
+) -> None:
     """``minibroker vtp add|list|forward|remove`` do what they say, naming packets with the
     configured authority; a bad receiver is a one-line error with exit 1."""
     user, mine, _, _ = two_users
@@ -219,7 +260,10 @@ def test_cli_adds_lists_forwards_and_removes(redis_url, redis_client, two_users,
     assert main(["vtp", "forward", "--exit-when-idle", *common]) == 0
     assert set(_received(comet)) == _ivorns(user, mine)
     assert main(["vtp", "list", *common]) == 0
-    assert f"{where}  position {_last(redis_client, user)}  acked 64  nakked 0" in capsys.readouterr().out
+    assert (
+        f"{where}  position {_last(redis_client, user)}  acked 64  nakked 0"
+        in capsys.readouterr().out
+    )
     assert main(["vtp", "remove", where, *common]) == 0
     assert vtp.list_receivers(redis_client, user) == []
     assert main(["vtp", "remove", where, *common]) == 1

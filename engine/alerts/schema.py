@@ -228,7 +228,6 @@ def _parse(avro: Any, named: dict[str, AvroType], ns: str) -> tuple[AvroType, in
     raise SchemaError(f"Avro type {kind!r} is not supported")
 
 
-
 def arrow_schema(avro: dict[str, Any]) -> pa.Schema:
     """Map a parsed Avro alert record to the Arrow schema of a visit batch (see module doc)."""
     return pa.schema([_arrow_field(name, typ, null) for name, typ, null in parse_avro(avro).fields])

@@ -34,7 +34,21 @@ from engine.decode import configure as configure_decoder
 from engine.errors import MinibrokerError
 
 # One module per verb, in the order `--help` lists them.
-_VERBS = (simulate, test, run, serve, produce, replay, submit, filters, subscribe, vtp, admin, bench, demo)
+_VERBS = (
+    simulate,
+    test,
+    run,
+    serve,
+    produce,
+    replay,
+    submit,
+    filters,
+    subscribe,
+    vtp,
+    admin,
+    bench,
+    demo,
+)
 
 __all__ = ["main"]
 
@@ -67,8 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
 
 
-def _one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-              file: TextIO | None = None, line: str | None = None) -> None:
+def _one_line(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
     """Print a warning as ``minibroker: warning: <message>``: no source line, no location (on a
     terminal, over a progress bar being drawn, which redraws itself below)."""
     clear = "\r\x1b[K" if sys.stderr.isatty() else ""

@@ -28,8 +28,10 @@ def whoami(args: argparse.Namespace, config: Config) -> str:
 
     user = getattr(args, "user", None) or url_user(config.redis_url or DEFAULT_REDIS_URL)
     if not user:
-        raise ConfigError("which user? Put the REDIS_URL printed by `minibroker admin add-user NAME` "
-                          "in the environment, or pass --user NAME")
+        raise ConfigError(
+            "which user? Put the REDIS_URL printed by `minibroker admin add-user NAME` "
+            "in the environment, or pass --user NAME"
+        )
     return validate_name(user)
 
 
@@ -38,12 +40,21 @@ def add_common_options(parent: Any, children: Any, *, user: bool, wait: bool) ->
     ``filters list --user a``); the action's copies default to "not given"."""
     for p in (parent, *children.choices.values()):
         default = None if p is parent else argparse.SUPPRESS
-        p.add_argument("--redis-url", default=default, help="default: $REDIS_URL or redis://localhost:6379/0")
+        p.add_argument(
+            "--redis-url", default=default, help="default: $REDIS_URL or redis://localhost:6379/0"
+        )
         if user:
-            p.add_argument("--user", default=default, help="whose filters (default: the user in REDIS_URL)")
+            p.add_argument(
+                "--user", default=default, help="whose filters (default: the user in REDIS_URL)"
+            )
         if wait:
-            p.add_argument("--wait", type=float, default=60.0 if p is parent else argparse.SUPPRESS,
-                           metavar="SECONDS", help="how long to wait for the engine's answer")
+            p.add_argument(
+                "--wait",
+                type=float,
+                default=60.0 if p is parent else argparse.SUPPRESS,
+                metavar="SECONDS",
+                help="how long to wait for the engine's answer",
+            )
 
 
 def reference_visit(night: Path | None, config: Config) -> Any:

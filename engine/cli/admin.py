@@ -22,10 +22,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     x.add_argument("name")
     asub.add_parser("list-users", help="users, their filters and stream lengths")
     x = asub.add_parser("process-submissions", help="answer pending submissions and requests")
-    x.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                   help="keep answering until nothing has arrived for SECONDS (default: answer once)")
-    x.add_argument("--reference", type=Path, metavar="NIGHT",
-                   help="night whose first visit is the dry-run reference (default: the sample night)")
+    x.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep answering until nothing has arrived for SECONDS (default: answer once)",
+    )
+    x.add_argument(
+        "--reference",
+        type=Path,
+        metavar="NIGHT",
+        help="night whose first visit is the dry-run reference (default: the sample night)",
+    )
     x = asub.add_parser("set-cap", help="matches per visit one filter may deliver (up to 100)")
     x.add_argument("user")
     x.add_argument("name")
@@ -46,13 +55,17 @@ def run(args: argparse.Namespace, config: Config) -> int:
         return 0
     if args.admin_command == "remove-user":
         if not users.remove_user(client, args.name):
-            raise ConfigError(f"no user named {args.name!r}; `minibroker admin list-users` shows them")
+            raise ConfigError(
+                f"no user named {args.name!r}; `minibroker admin list-users` shows them"
+            )
         print(f"removed {args.name}")
         return 0
     if args.admin_command == "list-users":
         for info in users.list_users(client):
             acl = "" if info.acl else "  (no ACL user on the server!)"
-            print(f"{info.name:<24} {info.filters} filter(s)  {info.stream_entries} stream entries{acl}")
+            print(
+                f"{info.name:<24} {info.filters} filter(s)  {info.stream_entries} stream entries{acl}"
+            )
         return 0
     if args.admin_command == "set-cap":
         from engine.registry.store import Registry

@@ -12,12 +12,18 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``bench`` verb to the command's sub-parsers."""
-    b = sub.add_parser("bench", help="measure decode, evaluate and whole-visit speed on this machine")
+    b = sub.add_parser(
+        "bench", help="measure decode, evaluate and whole-visit speed on this machine"
+    )
     b.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     b.add_argument("--rounds", type=int, default=5, help="repetitions per figure (more = steadier)")
     b.add_argument("--isolation", choices=("pool", "inprocess"))
-    b.add_argument("--live-visits", type=int, default=4,
-                   help="10,000-alert visits for the live figures through Kafka and Redis (0: skip them)")
+    b.add_argument(
+        "--live-visits",
+        type=int,
+        default=4,
+        help="10,000-alert visits for the live figures through Kafka and Redis (0: skip them)",
+    )
     b.set_defaults(run=run)
 
 
@@ -37,8 +43,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
         from engine.local.livebench import measure_live
 
-        figures.update(measure_live(config, visits=args.live_visits,
-                                    say=lambda text: print(text, file=sys.stderr, flush=True)))
+        figures.update(
+            measure_live(
+                config,
+                visits=args.live_visits,
+                say=lambda text: print(text, file=sys.stderr, flush=True),
+            )
+        )
     if args.json:
         print(json.dumps(figures))
     else:

@@ -18,7 +18,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     """Add the ``run`` verb to the command's sub-parsers."""
     r = sub.add_parser("run", help="evaluate every filter over a night and publish to Redis")
     r.add_argument("--night", required=True, type=Path)
-    r.add_argument("--filters", type=Path, help="DIR with DIR/<user>/<name>.py (default: the registry's active filters)")
+    r.add_argument(
+        "--filters",
+        type=Path,
+        help="DIR with DIR/<user>/<name>.py (default: the registry's active filters)",
+    )
     r.add_argument("--owner", default="demo", help="user owning filter files directly in DIR")
     r.add_argument("--redis-url", help="default: $REDIS_URL or redis://localhost:6379/0")
     r.add_argument("--isolation", choices=("pool", "inprocess"))
@@ -37,24 +41,34 @@ def run(args: argparse.Namespace, config: Config) -> int:
     report = run_night(args.night, active, config, publisher, progress=not args.no_progress)
     for visit, why in report.skipped.items():
         print(f"minibroker: visit {visit} skipped: {why}", file=sys.stderr)
-    print(f"{report.alerts} alerts, {len(report.visits)} visits, {len(active)} filters: "
-          f"{report.published} entries published")
+    print(
+        f"{report.alerts} alerts, {len(report.visits)} visits, {len(active)} filters: "
+        f"{report.published} entries published"
+    )
     totals = publisher.totals
     for f in active:
-        print(f"  {f.key}: delivered {totals.delivered.get(f.key, 0)}, withheld {totals.withheld.get(f.key, 0)}"
-              + (", suspended" if f.key in totals.suspended else ""))
+        print(
+            f"  {f.key}: delivered {totals.delivered.get(f.key, 0)}, withheld {totals.withheld.get(f.key, 0)}"
+            + (", suspended" if f.key in totals.suspended else "")
+        )
     faults: dict[tuple[str, str], list[int]] = {}
     for v in report.visits:
         for key, message in v.faults.items():
             faults.setdefault((key, message), []).append(v.visit)
     for (key, message), visits in sorted(faults.items()):
-        shown = ", ".join(map(str, visits[:5])) + (f" and {len(visits) - 5} more" if len(visits) > 5 else "")
-        print(f"  {key}: faulted on {len(visits)} of {len(report.visits)} visits ({shown}); its owner's "
-              f"stream says why: {message}")
+        shown = ", ".join(map(str, visits[:5])) + (
+            f" and {len(visits) - 5} more" if len(visits) > 5 else ""
+        )
+        print(
+            f"  {key}: faulted on {len(visits)} of {len(report.visits)} visits ({shown}); its owner's "
+            f"stream says why: {message}"
+        )
     if report.skipped:
-        raise SourceError(f"{len(report.skipped)} visit(s) of {args.night} could not be decoded (listed above); "
-                          "the others were published. Regenerate or re-fetch the night and run it again: "
-                          "entries already published are not duplicated")
+        raise SourceError(
+            f"{len(report.skipped)} visit(s) of {args.night} could not be decoded (listed above); "
+            "the others were published. Regenerate or re-fetch the night and run it again: "
+            "entries already published are not duplicated"
+        )
     return 0
 
 
@@ -74,6 +88,8 @@ def _filters(args: argparse.Namespace, config: Config) -> tuple[list[Any], dict[
     active = ActiveFilters(connect_redis(config.redis_url))
     active.refresh()
     if not active.filters:
-        raise ConfigError("the registry has no active filter: submit one (`minibroker submit FILE`) "
-                          "or give --filters DIR")
+        raise ConfigError(
+            "the registry has no active filter: submit one (`minibroker submit FILE`) "
+            "or give --filters DIR"
+        )
     return active.filters, active.caps

@@ -18,7 +18,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     s = sub.add_parser("submit", help="submit a filter file; waits for the engine's verdict")
     s.add_argument("file", type=Path)
     s.add_argument("--name", help="filter name (default: the file's name without .py)")
-    s.add_argument("--wait", type=float, default=60.0, metavar="SECONDS", help="how long to wait for the answer")
+    s.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for the answer",
+    )
     s.add_argument("--user", help="whose filter (default: the user in REDIS_URL)")
     s.add_argument("--redis-url")
 
@@ -29,7 +35,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
     """``minibroker submit FILE``: exit 0 when accepted, 1 when rejected (every problem listed)."""
     from engine.registry.inbox import submit_file
 
-    reply = submit_file(connect_redis(config.redis_url), whoami(args, config), args.file, args.name, wait_s=args.wait)
+    reply = submit_file(
+        connect_redis(config.redis_url),
+        whoami(args, config),
+        args.file,
+        args.name,
+        wait_s=args.wait,
+    )
     if reply.ok:
         print(reply.message)
         return 0

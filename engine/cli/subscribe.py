@@ -22,19 +22,39 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     u = sub.add_parser("subscribe", help="print your matches as they arrive (Ctrl-C to stop)")
     u.add_argument("--user", help="whose stream (default: the user in REDIS_URL)")
     u.add_argument("--redis-url")
-    u.add_argument("--from", "--since", dest="since", metavar="TIME",
-                   help="replay from TIME (ISO UTC, a stream id, or 0 for everything kept)")
+    u.add_argument(
+        "--from",
+        "--since",
+        dest="since",
+        metavar="TIME",
+        help="replay from TIME (ISO UTC, a stream id, or 0 for everything kept)",
+    )
     u.add_argument("--filter", dest="filter_name", help="only this filter's entries")
-    u.add_argument("--format", choices=sorted({*FILE_RENDERERS, "voevent"}), default="json",
-                   help="json lines (default); voevent prints one packet per match; with --out, one file per match")
+    u.add_argument(
+        "--format",
+        choices=sorted({*FILE_RENDERERS, "voevent"}),
+        default="json",
+        help="json lines (default); voevent prints one packet per match; with --out, one file per match",
+    )
     u.add_argument("--out", type=Path, metavar="DIR", help="write one file per match into DIR")
-    u.add_argument("--group", help="consumer group keeping your position (default: 'default', "
-                                     "or 'filter.NAME' with --filter, so a filtered reader skips nothing for the others)")
-    u.add_argument("--no-group", action="store_true", help="read without a consumer group (nothing remembered)")
+    u.add_argument(
+        "--group",
+        help="consumer group keeping your position (default: 'default', "
+        "or 'filter.NAME' with --filter, so a filtered reader skips nothing for the others)",
+    )
+    u.add_argument(
+        "--no-group", action="store_true", help="read without a consumer group (nothing remembered)"
+    )
     u.add_argument("--consumer", default="main", help="consumer name within the group")
-    u.add_argument("--full", action="store_true", help="include the decoded alert in JSON (cutouts as sizes)")
-    u.add_argument("--wait", action="store_true", help="wait for the stream if it does not exist yet")
-    u.add_argument("--exit-when-idle", action="store_true", help="stop when no entry arrives for a second")
+    u.add_argument(
+        "--full", action="store_true", help="include the decoded alert in JSON (cutouts as sizes)"
+    )
+    u.add_argument(
+        "--wait", action="store_true", help="wait for the stream if it does not exist yet"
+    )
+    u.add_argument(
+        "--exit-when-idle", action="store_true", help="stop when no entry arrives for a second"
+    )
     u.set_defaults(run=run)
 
 
@@ -50,9 +70,17 @@ def run(args: argparse.Namespace, config: Config) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
     suffix, render = _renderer(args.format, user, client, config)
     group = args.group or (f"filter.{args.filter_name}" if args.filter_name else "default")
-    entries = follow(client, user, since=args.since, group=None if args.no_group else group,
-                     consumer=args.consumer, filter_name=args.filter_name,
-                     stop_when_idle=args.exit_when_idle, wait=args.wait, alive=_stdout_open)
+    entries = follow(
+        client,
+        user,
+        since=args.since,
+        group=None if args.no_group else group,
+        consumer=args.consumer,
+        filter_name=args.filter_name,
+        stop_when_idle=args.exit_when_idle,
+        wait=args.wait,
+        alive=_stdout_open,
+    )
     try:
         for entry_id, fields in entries:
             is_match = fields.get(b"kind") == b"match"

@@ -38,6 +38,7 @@ __all__ = [
     "decode_reference",
 ]
 
+
 @dataclass(frozen=True)
 class VisitBatch:
     """One visit's alerts, decoded.
@@ -77,9 +78,7 @@ def decode_reference(
     target = project_schema(schema.arrow, columns)
     if target == schema.arrow:
         return full
-    return pa.RecordBatch.from_pylist(
-        full.select(target.names).to_pylist(), schema=target
-    )
+    return pa.RecordBatch.from_pylist(full.select(target.names).to_pylist(), schema=target)
 
 
 def _split_block(block: NightBlock, schema: AlertSchema) -> list[memoryview]:
@@ -105,7 +104,9 @@ def decode_block(
     """Decode one night block (one visit) into a :class:`VisitBatch`."""
     fast = _fast_decoder()
     if fast is not None:
-        batch, raw = fast.decode_block(block.data, block.count, schema, columns, where=f"visit {block.visit}")
+        batch, raw = fast.decode_block(
+            block.data, block.count, schema, columns, where=f"visit {block.visit}"
+        )
         return VisitBatch(block.visit, schema, batch, raw)
     raw = _split_block(block, schema)
     return VisitBatch(block.visit, schema, decode_reference(raw, schema, columns), raw)
@@ -127,7 +128,9 @@ def decode_messages(
     try:
         schema = load_schema(schema_id)
     except Exception as exc:
-        raise DecodeError(f"message 0: schema id {schema_id} is not a known LSST alert schema: {exc}") from exc
+        raise DecodeError(
+            f"message 0: schema id {schema_id} is not a known LSST alert schema: {exc}"
+        ) from exc
     fast = _fast_decoder()
     raw: Sequence[memoryview]
     if fast is not None:
@@ -138,12 +141,16 @@ def decode_messages(
         for i, body in enumerate(bodies):
             sid, datum = unframe(body, where=f"message {i}")
             if sid != schema_id:
-                raise DecodeError(f"message {i}: schema id {sid} differs from the visit's {schema_id}")
+                raise DecodeError(
+                    f"message {i}: schema id {sid} differs from the visit's {schema_id}"
+                )
             datums.append(datum)
         try:
             batch = decode_reference(datums, schema, columns)
         except Exception as exc:
-            raise DecodeError(f"visit {visit}: a message is corrupt ({type(exc).__name__}: {exc})") from exc
+            raise DecodeError(
+                f"visit {visit}: a message is corrupt ({type(exc).__name__}: {exc})"
+            ) from exc
         raw = datums
     if visit is None:
         visit = _visit_of(batch)
@@ -187,12 +194,18 @@ def _fast_decoder() -> ModuleType | None:
     if _fast.available():
         return _fast
     if _fast.settings().decoder == "fast":
-        raise ConfigError(f"the decoder setting asks for the fast decoder, but {_fast.unavailable_reason()}; "
-                          "install gcc, or set MINIBROKER_DECODER=auto to fall back to fastavro")
+        raise ConfigError(
+            f"the decoder setting asks for the fast decoder, but {_fast.unavailable_reason()}; "
+            "install gcc, or set MINIBROKER_DECODER=auto to fall back to fastavro"
+        )
     global _said_slow
     if not _said_slow and _fast.settings().decoder != "reference":
         _said_slow = True  # once per process: every visit would say it again
-        warnings.warn(MinibrokerWarning(
-            f"fast decoding is off ({_fast.unavailable_reason()}): alerts are decoded with fastavro, "
-            "about 100 times slower; results are the same"), stacklevel=3)
+        warnings.warn(
+            MinibrokerWarning(
+                f"fast decoding is off ({_fast.unavailable_reason()}): alerts are decoded with fastavro, "
+                "about 100 times slower; results are the same"
+            ),
+            stacklevel=3,
+        )
     return None

@@ -17,7 +17,9 @@ def render_avro(entry_id: str, fields: dict[bytes, bytes]) -> bytes:
     """One record (the alert as Rubin sent it) with its schema embedded."""
     body = fields.get(b"alert")
     if not body:
-        raise ConfigError(f"entry {entry_id} has no stored packet (it expired after the retention period)")
+        raise ConfigError(
+            f"entry {entry_id} has no stored packet (it expired after the retention period)"
+        )
     schema_id, datum = unframe(body)
     schema = load_schema(schema_id)
     record = fastavro.schemaless_reader(io.BytesIO(datum), schema.avro, schema.avro)

@@ -13,7 +13,16 @@ from engine.alerts.wire import unframe
 
 __all__ = ["render_json", "render_json_file"]
 
-_NUMERIC = {"visit", "diaSourceId", "diaObjectId", "ssObjectId", "schema_id", "alerts", "count", "cap"}
+_NUMERIC = {
+    "visit",
+    "diaSourceId",
+    "diaObjectId",
+    "ssObjectId",
+    "schema_id",
+    "alerts",
+    "count",
+    "cap",
+}
 _FLOAT = {"ra", "dec", "midpointMjdTai", "snr", "reliability"}
 
 

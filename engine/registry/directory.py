@@ -45,7 +45,8 @@ class FilterSet:
     def problems(self) -> list[str]:
         """Every problem, one message each: skipped directories, then rejected filters."""
         return [f"{path} left out: {why}" for path, why in self.skipped.items()] + [
-            f"{key} left out: {rejection}" for key, rejection in self.rejected.items()]
+            f"{key} left out: {rejection}" for key, rejection in self.rejected.items()
+        ]
 
 
 def _user_ok(name: str) -> bool:
@@ -56,13 +57,19 @@ def discover(directory: str | os.PathLike[str], owner: str = "demo") -> FilterSe
     """Compile every filter under ``directory`` (see module doc for the layout)."""
     root = Path(directory)
     if not root.is_dir():
-        raise ConfigError(f"{root}: no such filter directory; give --filters DIR with DIR/<user>/<name>.py files")
+        raise ConfigError(
+            f"{root}: no such filter directory; give --filters DIR with DIR/<user>/<name>.py files"
+        )
     found: list[tuple[str, Path]] = [(owner, p) for p in sorted(root.glob("*.py"))]
     skipped: dict[str, str] = {}
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+    for sub in sorted(
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
+    ):
         if not _user_ok(sub.name):
-            skipped[str(sub)] = (f"{sub.name!r} cannot be a user name (use letters, digits, '-', '_' and "
-                                 "'.'); rename the directory")
+            skipped[str(sub)] = (
+                f"{sub.name!r} cannot be a user name (use letters, digits, '-', '_' and "
+                "'.'); rename the directory"
+            )
             continue
         found.extend((sub.name, p) for p in sorted(sub.glob("*.py")))
     active, rejected = [], {}

@@ -67,8 +67,12 @@ class Reply:
 
     def fields(self) -> dict[str, str]:
         """As stream entry fields."""
-        out = {"request": self.request, "status": self.status.value, "message": self.message,
-               "problems": json.dumps(self.problems)}
+        out = {
+            "request": self.request,
+            "status": self.status.value,
+            "message": self.message,
+            "problems": json.dumps(self.problems),
+        }
         for name in ("version", "passed", "alerts"):
             value = getattr(self, name)
             if value is not None:
@@ -80,7 +84,9 @@ class Reply:
         """From stream entry fields."""
         f = {k.decode(): v.decode() for k, v in raw.items()}
         return cls(
-            request=f["request"], status=Status(f["status"]), message=f.get("message", ""),
+            request=f["request"],
+            status=Status(f["status"]),
+            message=f.get("message", ""),
             version=int(f["version"]) if "version" in f else None,
             passed=int(f["passed"]) if "passed" in f else None,
             alerts=int(f["alerts"]) if "alerts" in f else None,
@@ -88,20 +94,27 @@ class Reply:
         )
 
 
-def request(client: Any, user: str, op: Op, name: str, *, wait_s: float = 60.0,
-            **extra: str) -> Reply:
+def request(
+    client: Any, user: str, op: Op, name: str, *, wait_s: float = 60.0, **extra: str
+) -> Reply:
     """Send one request to ``user``'s inbox and wait up to ``wait_s`` for the engine's answer."""
     keys.validate_name(name, "filter name")
     request_id = secrets.token_hex(8)
     try:
-        sent = client.xadd(keys.inbox_key(user), {"request": request_id, "op": op.value, "name": name, **extra})
+        sent = client.xadd(
+            keys.inbox_key(user), {"request": request_id, "op": op.value, "name": name, **extra}
+        )
     except redis.exceptions.NoPermissionError as exc:
-        raise ConfigError(f"the server refused to let these credentials write {keys.inbox_key(user)} "
-                          f"({exc}); use the REDIS_URL `minibroker admin add-user {user}` printed") from None
+        raise ConfigError(
+            f"the server refused to let these credentials write {keys.inbox_key(user)} "
+            f"({exc}); use the REDIS_URL `minibroker admin add-user {user}` printed"
+        ) from None
     last = sent.decode() if isinstance(sent, bytes) else str(sent)  # answers come after the request
     deadline = time.monotonic() + wait_s
     while (left := deadline - time.monotonic()) > 0:
-        batch = client.xread({keys.reply_key(user): last}, block=max(1, int(min(left, 1.0) * 1000)), count=100)
+        batch = client.xread(
+            {keys.reply_key(user): last}, block=max(1, int(min(left, 1.0) * 1000)), count=100
+        )
         for entry_id, fields in batch[0][1] if batch else []:
             last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
             if fields.get(b"request") == request_id.encode():
@@ -113,10 +126,12 @@ def request(client: Any, user: str, op: Op, name: str, *, wait_s: float = 60.0,
     )
 
 
-def submit_file(client: Any, user: str, path: str | Path, name: str | None = None,
-                *, wait_s: float = 60.0) -> Reply:
+def submit_file(
+    client: Any, user: str, path: str | Path, name: str | None = None, *, wait_s: float = 60.0
+) -> Reply:
     """Submit a filter file (named after the file unless ``name``) and wait for the verdict."""
     path = Path(path)
     source = read_filter_source(path)
-    return request(client, user, Op.SUBMIT, name or path.stem, wait_s=wait_s,
-                   filename=path.name, code=source)
+    return request(
+        client, user, Op.SUBMIT, name or path.stem, wait_s=wait_s, filename=path.name, code=source
+    )

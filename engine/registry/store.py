@@ -102,7 +102,9 @@ class Registry:
         """Grows with every change to the registry."""
         return int(self.client.get(keys.engine_key("epoch")) or 0)
 
-    def add_version(self, user: str, name: str, source: str, filename: str, code_hash: str) -> FilterVersion:
+    def add_version(
+        self, user: str, name: str, source: str, filename: str, code_hash: str
+    ) -> FilterVersion:
         """Record a new version (active); resubmitting the current code returns it unchanged."""
         keys.validate_name(user)
         keys.validate_name(name, "filter name")
@@ -117,18 +119,31 @@ class Registry:
         fkey = keys.filter_key(user, name)
         pipe = self.client.pipeline(transaction=False)
         pipe.rpush(keys.versions_key(user, name), json.dumps(dataclasses.asdict(version)))
-        pipe.hset(fkey, mapping={"status": FilterStatus.ACTIVE.value, "reason": "", "version": number,
-                                 "hash": code_hash, "updated": when, "recent": ""})
+        pipe.hset(
+            fkey,
+            mapping={
+                "status": FilterStatus.ACTIVE.value,
+                "reason": "",
+                "version": number,
+                "hash": code_hash,
+                "updated": when,
+                "recent": "",
+            },
+        )
         pipe.hsetnx(fkey, "created", when)
         pipe.sadd(keys.filters_key(user), name)
         pipe.execute()
         self._changed(user)
         return version
 
-    def set_status(self, user: str, name: str, status: FilterStatus, reason: str = "") -> FilterRecord:
+    def set_status(
+        self, user: str, name: str, status: FilterStatus, reason: str = ""
+    ) -> FilterRecord:
         """Enable, disable or suspend a filter; raise :class:`ConfigError` if it does not exist."""
         if self.get(user, name) is None:
-            raise ConfigError(f"{user} has no filter named {name!r}; `minibroker filters list` shows them")
+            raise ConfigError(
+                f"{user} has no filter named {name!r}; `minibroker filters list` shows them"
+            )
         fields: dict[str, Any] = {"status": status.value, "reason": reason, "updated": _now()}
         if status is FilterStatus.ACTIVE:
             fields["recent"] = ""  # a fresh start: old faults no longer count
@@ -153,7 +168,9 @@ class Registry:
     def delete(self, user: str, name: str) -> None:
         """Remove a filter and its history (entries already delivered stay on the stream)."""
         if self.get(user, name) is None:
-            raise ConfigError(f"{user} has no filter named {name!r}; `minibroker filters list` shows them")
+            raise ConfigError(
+                f"{user} has no filter named {name!r}; `minibroker filters list` shows them"
+            )
         self.client.delete(keys.filter_key(user, name), keys.versions_key(user, name))
         self.client.srem(keys.filters_key(user), name)
         self._changed(user)
@@ -171,14 +188,21 @@ class Registry:
 
     def get(self, user: str, name: str) -> FilterRecord | None:
         """One filter, or None."""
-        raw = {_text(k): _text(v) for k, v in self.client.hgetall(keys.filter_key(user, name)).items()}
+        raw = {
+            _text(k): _text(v) for k, v in self.client.hgetall(keys.filter_key(user, name)).items()
+        }
         if "status" not in raw:
             return None
         return FilterRecord(
-            user=user, name=name, status=FilterStatus(raw["status"]), reason=raw.get("reason", ""),
-            version=int(raw.get("version", 0)), hash=raw.get("hash", ""),
+            user=user,
+            name=name,
+            status=FilterStatus(raw["status"]),
+            reason=raw.get("reason", ""),
+            version=int(raw.get("version", 0)),
+            hash=raw.get("hash", ""),
             cap=int(raw["cap"]) if raw.get("cap") else None,
-            created=raw.get("created", ""), updated=raw.get("updated", ""),
+            created=raw.get("created", ""),
+            updated=raw.get("updated", ""),
             stats={s: int(raw.get(s, 0)) for s in _STATS},
         )
 
@@ -188,7 +212,10 @@ class Registry:
 
     def history(self, user: str, name: str) -> list[FilterVersion]:
         """Every version of one filter, oldest first."""
-        return [FilterVersion(**json.loads(v)) for v in self.client.lrange(keys.versions_key(user, name), 0, -1)]
+        return [
+            FilterVersion(**json.loads(v))
+            for v in self.client.lrange(keys.versions_key(user, name), 0, -1)
+        ]
 
     def describe(self, user: str, name: str, code_hash: str) -> str:
         """The docstring of the version of ``name`` whose hash is ``code_hash`` ("" if unknown):
@@ -244,8 +271,12 @@ class ActiveFilters:
                     try:
                         compiled = self._compile(version.code, version.filename)
                     except FilterRejected as exc:
-                        self.registry.set_status(user, record.name, FilterStatus.SUSPENDED,
-                                                 f"version {version.version} no longer compiles: {exc}")
+                        self.registry.set_status(
+                            user,
+                            record.name,
+                            FilterStatus.SUSPENDED,
+                            f"version {version.version} no longer compiles: {exc}",
+                        )
                         continue
                     compiled = dataclasses.replace(compiled, name=record.name)
                     self._compiled[ident] = compiled
@@ -253,7 +284,8 @@ class ActiveFilters:
                 if record.cap is not None:
                     caps[record.key] = record.cap
         self._compiled = {k: v for k, v in self._compiled.items() if k in seen}
-        changed = ([(f.key, f.compiled.version) for f in active] != [(f.key, f.compiled.version) for f in self.filters]
-                   or caps != self.caps)
+        changed = [(f.key, f.compiled.version) for f in active] != [
+            (f.key, f.compiled.version) for f in self.filters
+        ] or caps != self.caps
         self.filters, self.caps = active, caps
         return changed

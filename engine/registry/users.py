@@ -43,17 +43,68 @@ from engine.errors import ConfigError
 from engine.registry import keys
 from engine.registry.store import Registry
 
-__all__ = ["UserInfo", "acl_rules", "add_user", "connect", "is_cluster", "list_users", "remove_user",
-           "url_user"]
+__all__ = [
+    "UserInfo",
+    "acl_rules",
+    "add_user",
+    "connect",
+    "is_cluster",
+    "list_users",
+    "remove_user",
+    "url_user",
+]
 
-_HOUSEKEEPING = ("+ping", "+hello", "+auth", "+client|setname", "+client|setinfo", "+client|id",
-                 "+command", "+command|docs", "+command|info", "+command|count", "+cluster|slots",
-                 "+cluster|shards", "+cluster|info", "+cluster|nodes", "+cluster|myid", "+readonly")
-_STREAM_READ = ("+xread", "+xrange", "+xrevrange", "+xlen", "+xinfo|stream", "+xinfo|groups",
-                "+xinfo|consumers", "+exists", "+type")
-_GROUP = ("+xreadgroup", "+xack", "+xpending", "+xclaim", "+xautoclaim", "+xgroup|create",
-          "+xgroup|createconsumer", "+xgroup|delconsumer", "+xgroup|setid", "+xgroup|destroy")
-_REGISTRY_READ = ("+smembers", "+scard", "+sismember", "+hgetall", "+hget", "+hmget", "+lrange", "+llen")
+_HOUSEKEEPING = (
+    "+ping",
+    "+hello",
+    "+auth",
+    "+client|setname",
+    "+client|setinfo",
+    "+client|id",
+    "+command",
+    "+command|docs",
+    "+command|info",
+    "+command|count",
+    "+cluster|slots",
+    "+cluster|shards",
+    "+cluster|info",
+    "+cluster|nodes",
+    "+cluster|myid",
+    "+readonly",
+)
+_STREAM_READ = (
+    "+xread",
+    "+xrange",
+    "+xrevrange",
+    "+xlen",
+    "+xinfo|stream",
+    "+xinfo|groups",
+    "+xinfo|consumers",
+    "+exists",
+    "+type",
+)
+_GROUP = (
+    "+xreadgroup",
+    "+xack",
+    "+xpending",
+    "+xclaim",
+    "+xautoclaim",
+    "+xgroup|create",
+    "+xgroup|createconsumer",
+    "+xgroup|delconsumer",
+    "+xgroup|setid",
+    "+xgroup|destroy",
+)
+_REGISTRY_READ = (
+    "+smembers",
+    "+scard",
+    "+sismember",
+    "+hgetall",
+    "+hget",
+    "+hmget",
+    "+lrange",
+    "+llen",
+)
 
 
 def acl_rules(user: str, password: str) -> list[str]:
@@ -61,7 +112,12 @@ def acl_rules(user: str, password: str) -> list[str]:
     keys.validate_name(user)
     stream, inbox, reply = keys.stream_key(user), keys.inbox_key(user), keys.reply_key(user)
     return [
-        "reset", "on", f">{password}", "resetchannels", "-@all", *_HOUSEKEEPING,
+        "reset",
+        "on",
+        f">{password}",
+        "resetchannels",
+        "-@all",
+        *_HOUSEKEEPING,
         f"(~{stream} {' '.join(_STREAM_READ + _GROUP)})",
         f"(~{inbox} +xadd)",
         f"(%R~{reply} %R~{keys.filters_key(user)} %R~{keys.filter_key(user, '*')} "
@@ -112,7 +168,9 @@ def connect(url: str, *, timeout_s: float = 3.0) -> Any:
         client.ping()
         return client
     except redis.AuthenticationError as exc:
-        raise ConfigError(f"Redis at {_safe(url)} refused the credentials ({exc}); check REDIS_URL") from None
+        raise ConfigError(
+            f"Redis at {_safe(url)} refused the credentials ({exc}); check REDIS_URL"
+        ) from None
     except (redis.RedisError, ValueError, IndexError) as exc:
         raise ConfigError(
             f"cannot reach Redis at {_safe(url)} ({exc}); start one, set REDIS_URL, or try `minibroker demo`"
@@ -136,7 +194,9 @@ def _safe(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (
+        f":{parts.port}" if parts.port else ""
+    )
     return urlunsplit(parts._replace(netloc=netloc))
 
 
@@ -205,6 +265,14 @@ def list_users(client: Any) -> list[UserInfo]:
     acl = {v.decode() if isinstance(v, bytes) else str(v) for v in _acl(client, "USERS")}
     out = []
     for name in names:
-        out.append(UserInfo(name, name in acl, int(client.scard(keys.filters_key(name))),
-                            int(client.xlen(keys.stream_key(name))) if client.exists(keys.stream_key(name)) else 0))
+        out.append(
+            UserInfo(
+                name,
+                name in acl,
+                int(client.scard(keys.filters_key(name))),
+                int(client.xlen(keys.stream_key(name)))
+                if client.exists(keys.stream_key(name))
+                else 0,
+            )
+        )
     return out

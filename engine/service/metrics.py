@@ -34,27 +34,51 @@ class ServeMetrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.latency = Histogram("minibroker_visit_latency_seconds",
-                                 "First alert of a visit received to its last match in Redis",
-                                 buckets=_LATENCY_BUCKETS, registry=r)
-        self.own_latency = Histogram("minibroker_visit_own_latency_seconds",
-                                     "Last alert of a visit received to its last match in Redis",
-                                     buckets=_LATENCY_BUCKETS, registry=r)
+        self.latency = Histogram(
+            "minibroker_visit_latency_seconds",
+            "First alert of a visit received to its last match in Redis",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.own_latency = Histogram(
+            "minibroker_visit_own_latency_seconds",
+            "Last alert of a visit received to its last match in Redis",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.visits = Counter("minibroker_visits", "Visit batches processed", registry=r)
         self.alerts = Counter("minibroker_alerts", "Alerts evaluated", registry=r)
-        self.filter_seconds = Histogram("minibroker_filter_seconds", "Evaluation time per filter per visit",
-                                        ["filter"], registry=r)
-        self.passed = Counter("minibroker_filter_passed", "Alerts passed per filter", ["filter"], registry=r)
-        self.faults = Counter("minibroker_filter_faults", "Faults per filter", ["filter"], registry=r)
-        self.published = Counter("minibroker_published", "Entries written to user streams", registry=r)
-        self.dead = Counter("minibroker_dead_letters", "Messages dead-lettered", ["reason"], registry=r)
+        self.filter_seconds = Histogram(
+            "minibroker_filter_seconds",
+            "Evaluation time per filter per visit",
+            ["filter"],
+            registry=r,
+        )
+        self.passed = Counter(
+            "minibroker_filter_passed", "Alerts passed per filter", ["filter"], registry=r
+        )
+        self.faults = Counter(
+            "minibroker_filter_faults", "Faults per filter", ["filter"], registry=r
+        )
+        self.published = Counter(
+            "minibroker_published", "Entries written to user streams", registry=r
+        )
+        self.dead = Counter(
+            "minibroker_dead_letters", "Messages dead-lettered", ["reason"], registry=r
+        )
         self.retries = Counter("minibroker_redis_retries", "Redis writes retried", registry=r)
-        self.lag = Gauge("minibroker_consumer_lag_messages", "High watermark minus position",
-                         ["partition"], registry=r)
+        self.lag = Gauge(
+            "minibroker_consumer_lag_messages",
+            "High watermark minus position",
+            ["partition"],
+            registry=r,
+        )
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Expose the metrics over HTTP on ``port`` (a background thread) until :meth:`close`."""
-        self._http: tuple[Any, Any] | None = start_http_server(port, addr=addr, registry=self.registry)
+        self._http: tuple[Any, Any] | None = start_http_server(
+            port, addr=addr, registry=self.registry
+        )
 
     def close(self) -> None:
         """Stop the HTTP server, if any."""

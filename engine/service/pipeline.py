@@ -42,8 +42,10 @@ class VisitReport:
 
     def summary(self) -> str:
         """One line for progress output."""
-        return (f"visit {self.visit}: {self.alerts} alerts, {sum(self.passed.values())} passed, "
-                f"{self.total_s * 1000:.0f} ms")
+        return (
+            f"visit {self.visit}: {self.alerts} alerts, {sum(self.passed.values())} passed, "
+            f"{self.total_s * 1000:.0f} ms"
+        )
 
 
 @dataclass
@@ -121,6 +123,7 @@ def run_visits(
     evaluator.warm(project_schema(schema.arrow, columns))  # workers ready before the first visit
     report = NightReport()
     for block in blocks:
+
         def decode(b: NightBlock = block) -> VisitBatch:
             return decode_block(b, schema, columns)
 
@@ -148,7 +151,11 @@ def run_night(
     the runner ``config`` chooses, showing progress per visit (pass a :class:`Progress` to
     share its line with other output); ``on_visit`` sees each visit after it is published."""
     opened = open_night(night)
-    bar = progress if isinstance(progress, Progress) else Progress(len(opened.visits) or None, enabled=progress)
+    bar = (
+        progress
+        if isinstance(progress, Progress)
+        else Progress(len(opened.visits) or None, enabled=progress)
+    )
     done = 0
 
     def each(vr: VisitReport, visit: VisitBatch, outcomes: list[Outcome]) -> None:
@@ -160,6 +167,8 @@ def run_night(
 
     try:
         with Evaluator(filters, config) as evaluator:
-            return run_visits(opened.blocks(), opened.schema, filters, evaluator, publisher, on_visit=each)
+            return run_visits(
+                opened.blocks(), opened.schema, filters, evaluator, publisher, on_visit=each
+            )
     finally:
         bar.close()

@@ -45,8 +45,10 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int, timeout_s: float =
         # (Tansu), with their default partition count instead of ours.
         meta = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
-        raise SourceError(f"cannot reach the Kafka broker at {bootstrap} ({exc}); start one or "
-                          "check --bootstrap (`minibroker demo` starts its own)") from None
+        raise SourceError(
+            f"cannot reach the Kafka broker at {bootstrap} ({exc}); start one or "
+            "check --bootstrap (`minibroker demo` starts its own)"
+        ) from None
     found = meta.topics.get(topic)
     if found is not None and found.error is None and found.partitions:
         return len(found.partitions)
@@ -82,14 +84,16 @@ def produce_night(
         raise ConfigError(f"--visits-per-minute {visits_per_minute}: give a positive rate")
     schema, visit_ids = night_info(night)
     nparts = ensure_topic(bootstrap, topic, partitions)
-    producer = Producer({
-        "bootstrap.servers": bootstrap,
-        "linger.ms": 5,
-        "batch.size": 1_000_000,
-        "queue.buffering.max.kbytes": 512 * 1024,
-        "message.max.bytes": 8 * 1024 * 1024,
-        "log_level": 3,  # errors only: librdkafka's notices would garble the progress line
-    })
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.kbytes": 512 * 1024,
+            "message.max.bytes": 8 * 1024 * 1024,
+            "log_level": 3,  # errors only: librdkafka's notices would garble the progress line
+        }
+    )
     errors: list[str] = []
 
     def delivered(err: object, msg: object) -> None:
@@ -133,8 +137,10 @@ def produce_night(
     finally:
         bar.close()
     if left or errors:
-        raise SourceError(f"{left + len(errors)} of {report.alerts} messages to {topic!r} were not "
-                          f"acknowledged ({errors[0] if errors else 'timed out'}); check the broker "
-                          "and produce again (serve delivers each match once)")
+        raise SourceError(
+            f"{left + len(errors)} of {report.alerts} messages to {topic!r} were not "
+            f"acknowledged ({errors[0] if errors else 'timed out'}); check the broker "
+            "and produce again (serve delivers each match once)"
+        )
     report.seconds = time.monotonic() - t0
     return report

@@ -42,8 +42,9 @@ class ReplayReport:
     skipped: int = 0  # messages that could not be read (they went to the dead letters when served)
 
 
-def _user_filters(filters: str | os.PathLike[str], owner: str, user: str,
-                  filter_name: str | None) -> list[ActiveFilter]:
+def _user_filters(
+    filters: str | os.PathLike[str], owner: str, user: str, filter_name: str | None
+) -> list[ActiveFilter]:
     fs = discover(filters, owner=owner)
     chosen = [f for f in fs.active if f.user == user and filter_name in (None, f.compiled.name)]
     if not chosen:
@@ -52,7 +53,9 @@ def _user_filters(filters: str | os.PathLike[str], owner: str, user: str,
     return chosen
 
 
-def _read_span(consumer: Any, topic: str, span: VisitSpan, timeout_s: float) -> tuple[dict[int, list[bytes]], int]:
+def _read_span(
+    consumer: Any, topic: str, span: VisitSpan, timeout_s: float
+) -> tuple[dict[int, list[bytes]], int]:
     """The bodies of one indexed visit, by schema id, and how many messages were unreadable."""
     from confluent_kafka import TopicPartition
 
@@ -63,9 +66,11 @@ def _read_span(consumer: Any, topic: str, span: VisitSpan, timeout_s: float) -> 
     deadline = time.monotonic() + timeout_s
     while left:
         if time.monotonic() > deadline:
-            raise SourceError(f"visit {span.visit}: partitions {sorted(left)} of {topic} did not deliver "
-                              f"their indexed offsets within {timeout_s:.0f} s; is the broker up, and "
-                              "are the messages still retained?")
+            raise SourceError(
+                f"visit {span.visit}: partitions {sorted(left)} of {topic} did not deliver "
+                f"their indexed offsets within {timeout_s:.0f} s; is the broker up, and "
+                "are the messages still retained?"
+            )
         for msg in consumer.consume(1000, 0.5):
             if msg.error() is not None:
                 continue
@@ -108,9 +113,11 @@ def replay(
     chosen = _user_filters(filters, owner, user, filter_name)
     spans = lookup(client, topic, since, until)
     if not spans:
-        raise SourceError(f"no visit of {topic} was served between {since:.0f} and "
-                          f"{'now' if until is None else f'{until:.0f}'} (Unix seconds) according "
-                          "to the visit index; check the topic and the window")
+        raise SourceError(
+            f"no visit of {topic} was served between {since:.0f} and "
+            f"{'now' if until is None else f'{until:.0f}'} (Unix seconds) according "
+            "to the visit index; check the topic and the window"
+        )
     from confluent_kafka import Consumer
 
     # assign() reads without joining the group; the id only has to be unique.
@@ -128,8 +135,12 @@ def replay(
                         from engine.alerts.schema import load_schema
 
                         columns[schema_id] = columns_needed(chosen, load_schema(schema_id))
-                    def decode(b: list[bytes] = bodies, c: set[str] | None = columns[schema_id],
-                               v: int = span.visit) -> VisitBatch:
+
+                    def decode(
+                        b: list[bytes] = bodies,
+                        c: set[str] | None = columns[schema_id],
+                        v: int = span.visit,
+                    ) -> VisitBatch:
                         return decode_messages(b, c, visit=v)
 
                     try:

@@ -106,7 +106,9 @@ class _FilterDir:
             return False
         fs = discover(self.root, owner=self.owner)
         for key, rejection in fs.rejected.items():
-            log.warning(json.dumps({"event": "filter_rejected", "filter": key, "why": str(rejection)}))
+            log.warning(
+                json.dumps({"event": "filter_rejected", "filter": key, "why": str(rejection)})
+            )
         self.active = [f for f in fs.active if self.keep(f)]
         self.stamp = stamp
         return True
@@ -164,20 +166,32 @@ def shard_of(user: str, shards: int) -> int:
 class _RetryingPublisher(Publisher):
     """Publish, retrying with backoff while Redis is unavailable (publishing is idempotent)."""
 
-    def __init__(self, client: redis.Redis, config: Config, retry: Callable[[Callable[[], Any], str], Any]):
+    def __init__(
+        self, client: redis.Redis, config: Config, retry: Callable[[Callable[[], Any], str], Any]
+    ):
         super().__init__(client, config)
         self._with_retry = retry
 
-    def publish(self, visit: VisitBatch, filters: Sequence[ActiveFilter], outcomes: Sequence[Any]) -> Any:
-        return self._with_retry(lambda: super(_RetryingPublisher, self).publish(visit, filters, outcomes),
-                                f"visit {visit.visit}")
+    def publish(
+        self, visit: VisitBatch, filters: Sequence[ActiveFilter], outcomes: Sequence[Any]
+    ) -> Any:
+        return self._with_retry(
+            lambda: super(_RetryingPublisher, self).publish(visit, filters, outcomes),
+            f"visit {visit.visit}",
+        )
 
 
 class Service:
     """The serve loop's state: source, filters, evaluator, publisher. See the module docstring."""
 
-    def __init__(self, settings: ServeSettings, config: Config, client: redis.Redis, *,
-                 filters: Sequence[ActiveFilter] | None = None):
+    def __init__(
+        self,
+        settings: ServeSettings,
+        config: Config,
+        client: redis.Redis,
+        *,
+        filters: Sequence[ActiveFilter] | None = None,
+    ):
         """``filters`` fixes the filter set (benchmarks); by default it is read from
         ``settings.filters`` and re-read when a file there changes."""
         self.settings = settings
@@ -185,7 +199,10 @@ class Service:
         self.client = client
         shard = settings.shard
         keep: Callable[[ActiveFilter], bool] = (
-            (lambda f: True) if shard is None else (lambda f: shard_of(f.user, shard[1]) == shard[0]))
+            (lambda f: True)
+            if shard is None
+            else (lambda f: shard_of(f.user, shard[1]) == shard[0])
+        )
         self._filters: _FilterDir | _RegistryFilters
         if filters is not None or settings.filters is not None:
             self._filters = _FilterDir(settings.filters or Path("."), settings.owner, keep)
@@ -204,7 +221,9 @@ class Service:
         self.stopping = threading.Event()
         self.visits_done = 0
         # The publisher writes to Redis when it starts (its secret): wait for Redis like a visit does.
-        self._publisher = self._retry(lambda: _RetryingPublisher(client, config, self._retry), "start")
+        self._publisher = self._retry(
+            lambda: _RetryingPublisher(client, config, self._retry), "start"
+        )
         self._dead_once = client.register_script(_DEAD_ONCE)
         self.source = KafkaSource(settings.kafka, self._store_dead_letter)
 
@@ -212,15 +231,39 @@ class Service:
     def _store_dead_letter(self, letter: DeadLetter) -> None:
         member = f"{letter.topic}/{letter.partition}/{letter.offset}"
         fields: list[Any] = [
-            "reason", letter.reason.value, "detail", letter.detail, "topic", letter.topic,
-            "partition", letter.partition, "offset", letter.offset, "body", letter.body]
-        self._retry(lambda: self._dead_once(
-            keys=[DEADLETTER_STREAM, _DEADLETTER_SEEN],
-            args=[member, 14 * 24 * 3600, _DEADLETTER_MAXLEN, *fields]), f"dead letter {member}")
+            "reason",
+            letter.reason.value,
+            "detail",
+            letter.detail,
+            "topic",
+            letter.topic,
+            "partition",
+            letter.partition,
+            "offset",
+            letter.offset,
+            "body",
+            letter.body,
+        ]
+        self._retry(
+            lambda: self._dead_once(
+                keys=[DEADLETTER_STREAM, _DEADLETTER_SEEN],
+                args=[member, 14 * 24 * 3600, _DEADLETTER_MAXLEN, *fields],
+            ),
+            f"dead letter {member}",
+        )
         self.metrics.dead_letter(letter.reason.value)
-        log.warning(json.dumps({"event": "dead_letter", "reason": letter.reason.value,
-                                "topic": letter.topic, "partition": letter.partition,
-                                "offset": letter.offset, "detail": letter.detail}))
+        log.warning(
+            json.dumps(
+                {
+                    "event": "dead_letter",
+                    "reason": letter.reason.value,
+                    "topic": letter.topic,
+                    "partition": letter.partition,
+                    "offset": letter.offset,
+                    "detail": letter.detail,
+                }
+            )
+        )
 
     def _retry(self, action: Callable[[], Any], what: str) -> Any:
         """Run ``action`` until Redis takes it, backing off; consumption waits meanwhile."""
@@ -229,8 +272,16 @@ class Service:
                 return action()
             except (redis.RedisError, PublishError) as exc:
                 wait = _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
-                log.warning(json.dumps({"event": "redis_unavailable", "what": what,
-                                        "error": str(exc), "retry_in_s": wait}))
+                log.warning(
+                    json.dumps(
+                        {
+                            "event": "redis_unavailable",
+                            "what": what,
+                            "error": str(exc),
+                            "retry_in_s": wait,
+                        }
+                    )
+                )
                 self.metrics.redis_retry()
                 time.sleep(wait)
         raise AssertionError("unreachable")
@@ -244,7 +295,9 @@ class Service:
             self._columns.clear()
             if isinstance(self._filters, _RegistryFilters):
                 self._publisher.caps = dict(self._filters.caps)
-            log.info(json.dumps({"event": "filters", "active": [f.key for f in self._filters.active]}))
+            log.info(
+                json.dumps({"event": "filters", "active": [f.key for f in self._filters.active]})
+            )
         return self._filters.active
 
     def _decode(self, batch: VisitMessages, columns: set[str] | None) -> VisitBatch:
@@ -259,8 +312,16 @@ class Service:
                 decode_messages([body], columns, visit=batch.visit)
                 good.append(body)
             except DecodeError as exc:
-                self.source.reject(DeadLetter(DeadReason.CORRUPT, str(exc), self.settings.kafka.topic,
-                                              partition, offset, body))
+                self.source.reject(
+                    DeadLetter(
+                        DeadReason.CORRUPT,
+                        str(exc),
+                        self.settings.kafka.topic,
+                        partition,
+                        offset,
+                        body,
+                    )
+                )
         if not good:
             raise DecodeError(f"visit {batch.visit}: every message is corrupt (all dead-lettered)")
         return decode_messages(good, columns, visit=batch.visit)
@@ -296,9 +357,13 @@ class Service:
             report, visit, outcomes = run_visit(decode, filters, self._evaluator, self._publisher)
             observed = _observed(visit)
         except DecodeError as exc:
-            log.warning(json.dumps({"event": "visit_skipped", "visit": batch.visit, "why": str(exc)}))
-        self._retry(lambda: visitindex.record(self.client, self.settings.kafka.topic, batch, observed),
-                    f"visit index {batch.visit}")
+            log.warning(
+                json.dumps({"event": "visit_skipped", "visit": batch.visit, "why": str(exc)})
+            )
+        self._retry(
+            lambda: visitindex.record(self.client, self.settings.kafka.topic, batch, observed),
+            f"visit index {batch.visit}",
+        )
         done = time.time()
         committed = self.source.commit(batch)
         self.visits_done += 1
@@ -308,24 +373,41 @@ class Service:
                 self.on_visit(batch, report, done)
         return report
 
-    def _log_visit(self, batch: VisitMessages, report: VisitReport, outcomes: list[Any], done: float,
-                   committed: bool) -> None:
+    def _log_visit(
+        self,
+        batch: VisitMessages,
+        report: VisitReport,
+        outcomes: list[Any],
+        done: float,
+        committed: bool,
+    ) -> None:
         own_s = done - batch.last_received
         whole_s = done - batch.first_received
         self.metrics.visit(report, outcomes, whole_s=whole_s, own_s=own_s)
         self.metrics.consumer_lag(self.source.lag())
-        log.info(json.dumps({
-            "event": "visit", "ts": round(done, 3), "visit": batch.visit, "schema_id": batch.schema_id,
-            "alerts": report.alerts, "closed_by": batch.closed_by,
-            "partitions": {str(p): list(r) for p, r in sorted(batch.offsets.items())},
-            "decode_ms": round(report.decode_s * 1000, 1),
-            "evaluate_ms": round(report.evaluate_s * 1000, 1),
-            "publish_ms": round(report.publish_s * 1000, 1),
-            "latency_ms": round(whole_s * 1000, 1), "own_latency_ms": round(own_s * 1000, 1),
-            "close_wait_ms": round((batch.closed_at - batch.last_received) * 1000, 1),
-            "passed": sum(report.passed.values()), "published": report.published,
-            "faults": len(report.faults), "committed": committed,
-        }))
+        log.info(
+            json.dumps(
+                {
+                    "event": "visit",
+                    "ts": round(done, 3),
+                    "visit": batch.visit,
+                    "schema_id": batch.schema_id,
+                    "alerts": report.alerts,
+                    "closed_by": batch.closed_by,
+                    "partitions": {str(p): list(r) for p, r in sorted(batch.offsets.items())},
+                    "decode_ms": round(report.decode_s * 1000, 1),
+                    "evaluate_ms": round(report.evaluate_s * 1000, 1),
+                    "publish_ms": round(report.publish_s * 1000, 1),
+                    "latency_ms": round(whole_s * 1000, 1),
+                    "own_latency_ms": round(own_s * 1000, 1),
+                    "close_wait_ms": round((batch.closed_at - batch.last_received) * 1000, 1),
+                    "passed": sum(report.passed.values()),
+                    "published": report.published,
+                    "faults": len(report.faults),
+                    "committed": committed,
+                }
+            )
+        )
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, *, max_visits: int | None = None, idle_exit_s: float | None = None) -> int:
@@ -353,18 +435,27 @@ class Service:
         return 0
 
 
-def serve(settings: ServeSettings, config: Config, client: redis.Redis, *,
-          max_visits: int | None = None, idle_exit_s: float | None = None,
-          handle_signals: bool = True) -> int:
+def serve(
+    settings: ServeSettings,
+    config: Config,
+    client: redis.Redis,
+    *,
+    max_visits: int | None = None,
+    idle_exit_s: float | None = None,
+    handle_signals: bool = True,
+) -> int:
     """Run the service (see the module docstring); SIGTERM/SIGINT drain and return 0."""
     if settings.filters is not None and not settings.filters.is_dir():
-        raise ConfigError(f"{settings.filters}: no such filter directory; give --filters DIR "
-                          "(or leave it out to serve the registry's filters)")
+        raise ConfigError(
+            f"{settings.filters}: no such filter directory; give --filters DIR "
+            "(or leave it out to serve the registry's filters)"
+        )
     service = Service(settings, config, client)
     if settings.metrics_port is not None:
         service.metrics.serve(settings.metrics_port)
     previous: dict[int, Any] = {}
     if handle_signals and threading.current_thread() is threading.main_thread():
+
         def stop(signum: int, frame: object) -> None:
             service.stopping.set()
             log.info(json.dumps({"event": "stopping", "signal": signal.Signals(signum).name}))

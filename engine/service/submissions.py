@@ -46,33 +46,56 @@ MAX_PASS_FRACTION = 0.05
 RECLAIM_MS = 60_000
 
 
-def validate(user: str, name: str, filename: str, source: str, reference: VisitBatch,
-             config: Config) -> tuple[Reply, str | None]:
+def validate(
+    user: str, name: str, filename: str, source: str, reference: VisitBatch, config: Config
+) -> tuple[Reply, str | None]:
     """Check one submission (see module doc): the answer (no request id yet) and, if accepted,
     the code hash of the new version."""
     try:
         compiled = safe_compile(source, filename)
     except FilterRejected as exc:
-        return Reply("", Status.REJECTED, f"{filename}: rejected by the policy",
-                     problems=[(p.filename, p.line, p.rule, p.message) for p in exc.problems]), None
+        return Reply(
+            "",
+            Status.REJECTED,
+            f"{filename}: rejected by the policy",
+            problems=[(p.filename, p.line, p.rule, p.message) for p in exc.problems],
+        ), None
     compiled = dataclasses.replace(compiled, name=name)
     with Evaluator([ActiveFilter(user, compiled)], config) as evaluator:
         (outcome,) = evaluator.evaluate(reference.batch)
     n = len(reference)
     if outcome.fault is not None:
-        return Reply("", Status.REJECTED, f"{filename}: failed its dry run on reference visit {reference.visit}",
-                     problems=[(filename, None, f"dry-run-{outcome.fault.reason}", str(outcome.fault))]), None
+        return Reply(
+            "",
+            Status.REJECTED,
+            f"{filename}: failed its dry run on reference visit {reference.visit}",
+            problems=[(filename, None, f"dry-run-{outcome.fault.reason}", str(outcome.fault))],
+        ), None
     if outcome.passed > MAX_PASS_FRACTION * n:
-        return Reply("", Status.REJECTED, f"{filename}: passes too many alerts", passed=outcome.passed, alerts=n,
-                     problems=[(filename, None, "selectivity",
-                                f"passes {outcome.passed} of the {n} alerts of reference visit {reference.visit} "
-                                f"({100 * outcome.passed / n:.1f}%); at most {MAX_PASS_FRACTION:.0%} may pass "
-                                f"(and at most {config.max_matches_per_visit} per visit are delivered): "
-                                "make it stricter, or ask the admin to raise its cap")]), None
+        return Reply(
+            "",
+            Status.REJECTED,
+            f"{filename}: passes too many alerts",
+            passed=outcome.passed,
+            alerts=n,
+            problems=[
+                (
+                    filename,
+                    None,
+                    "selectivity",
+                    f"passes {outcome.passed} of the {n} alerts of reference visit {reference.visit} "
+                    f"({100 * outcome.passed / n:.1f}%); at most {MAX_PASS_FRACTION:.0%} may pass "
+                    f"(and at most {config.max_matches_per_visit} per visit are delivered): "
+                    "make it stricter, or ask the admin to raise its cap",
+                )
+            ],
+        ), None
     return Reply("", Status.ACCEPTED, "", passed=outcome.passed, alerts=n), compiled.version
 
 
-def _answer(client: Any, user: str, fields: dict[str, str], reference: VisitBatch, config: Config) -> Reply:
+def _answer(
+    client: Any, user: str, fields: dict[str, str], reference: VisitBatch, config: Config
+) -> Reply:
     registry = Registry(client)
     request_id = fields.get("request", "")
     op, name = fields.get("op", ""), fields.get("name", "")
@@ -88,21 +111,30 @@ def _answer(client: Any, user: str, fields: dict[str, str], reference: VisitBatc
             return dataclasses.replace(reply, request=request_id)
         version = registry.add_version(user, name, fields.get("code", ""), filename, code_hash)
         return dataclasses.replace(
-            reply, request=request_id, version=version.version,
+            reply,
+            request=request_id,
+            version=version.version,
             message=f"{name}: accepted as version {version.version} ({reply.passed} of {reply.alerts} "
-                    f"alerts of reference visit {reference.visit} passed)")
+            f"alerts of reference visit {reference.visit} passed)",
+        )
     try:
         if kind is Op.DELETE:
             registry.delete(user, name)
             return Reply(request_id, Status.DONE, f"{name}: deleted")
         status = FilterStatus.DISABLED if kind is Op.DISABLE else FilterStatus.ACTIVE
-        record = registry.set_status(user, name, status, "disabled by its owner" if kind is Op.DISABLE else "")
-        return Reply(request_id, Status.DONE, f"{name}: {record.status.value} (version {record.version})")
+        record = registry.set_status(
+            user, name, status, "disabled by its owner" if kind is Op.DISABLE else ""
+        )
+        return Reply(
+            request_id, Status.DONE, f"{name}: {record.status.value} (version {record.version})"
+        )
     except ConfigError as exc:
         return Reply(request_id, Status.REFUSED, str(exc))
 
 
-def process_pending(client: Any, reference: VisitBatch, config: Config, *, consumer: str | None = None) -> int:
+def process_pending(
+    client: Any, reference: VisitBatch, config: Config, *, consumer: str | None = None
+) -> int:
     """Answer every request waiting in every user's inbox once; return how many were answered."""
     consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
     users = sorted(v.decode() for v in client.smembers(keys.engine_key("users")))
@@ -140,8 +172,9 @@ def _ensure_group(client: Any, user: str) -> None:
             raise
 
 
-def process_until_idle(client: Any, reference: VisitBatch, config: Config, idle_s: float,
-                       *, poll_s: float = 0.2) -> int:
+def process_until_idle(
+    client: Any, reference: VisitBatch, config: Config, idle_s: float, *, poll_s: float = 0.2
+) -> int:
     """Answer requests until none has arrived for ``idle_s`` seconds; return how many."""
     total = 0
     last = time.monotonic()

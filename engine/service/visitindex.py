@@ -56,7 +56,9 @@ def observed_unix(mjd_tai: float) -> float:
     return float(Time(mjd_tai, format="mjd", scale="tai").unix)
 
 
-def record(client: redis.Redis, topic: str, batch: VisitMessages, observed: float | None = None) -> None:
+def record(
+    client: redis.Redis, topic: str, batch: VisitMessages, observed: float | None = None
+) -> None:
     """Add one visit batch's time (``observed``, Unix seconds, else when it was received) and
     offset ranges to the index, merging with what other engines recorded."""
     when = batch.first_received if observed is None else observed
@@ -75,11 +77,14 @@ class VisitSpan:
     offsets: dict[int, tuple[int, int]]
 
 
-def lookup(client: redis.Redis, topic: str, since: float, until: float | None = None) -> list[VisitSpan]:
+def lookup(
+    client: redis.Redis, topic: str, since: float, until: float | None = None
+) -> list[VisitSpan]:
     """The indexed visits whose time lies between ``since`` and ``until`` (Unix seconds), oldest first."""
     hi = "+inf" if until is None else until
     found: list[tuple[bytes, float]] = client.zrangebyscore(  # type: ignore[assignment]
-        _index_key(topic), since, hi, withscores=True)
+        _index_key(topic), since, hi, withscores=True
+    )
     out = []
     for member, score in found:
         visit = int(member)

@@ -249,8 +249,11 @@ class PublishReport:
 
     def add(self, other: PublishReport) -> None:
         """Add another visit's figures to these (for a night's totals)."""
-        for mine, theirs in ((self.delivered, other.delivered), (self.withheld, other.withheld),
-                             (self.duplicates, other.duplicates)):
+        for mine, theirs in (
+            (self.delivered, other.delivered),
+            (self.withheld, other.withheld),
+            (self.duplicates, other.duplicates),
+        ):
             for k, v in theirs.items():
                 mine[k] = mine.get(k, 0) + v
         self.faults.update(other.faults)
@@ -315,7 +318,9 @@ class Publisher:
         self.caps: dict[str, int] = dict(caps or {})
         self.totals = PublishReport()
         self._script = client.register_script(_PUBLISH_USER)
-        client.script_load(_PUBLISH_USER)  # on a cluster: on every primary (cluster pipelines cannot load)
+        client.script_load(
+            _PUBLISH_USER
+        )  # on a cluster: on every primary (cluster pipelines cannot load)
         self._secret = _engine_secret(client)
 
     def publish(
@@ -361,10 +366,18 @@ class Publisher:
             pipe.set(keys.packet_key(token), visit.wire(row), ex=ttl)
         minid = f"{int((time.time() - ttl) * 1000)}-0"
         portion = f"{ids[0]}+{len(ids)}" if len(ids) else "0"  # which part of the visit this is
-        common = [str(visit.visit), str(self.config.stream_maxlen), str(ttl), minid, portion,
-                  str(len(visit)), f"{self.config.suspend_after_faults}:{self.config.suspend_window}",
-                  str(visit.schema.schema_id),
-                  str(len(HEADLINE_FIELDS)), *HEADLINE_FIELDS]
+        common = [
+            str(visit.visit),
+            str(self.config.stream_maxlen),
+            str(ttl),
+            minid,
+            portion,
+            str(len(visit)),
+            f"{self.config.suspend_after_faults}:{self.config.suspend_window}",
+            str(visit.schema.schema_id),
+            str(len(HEADLINE_FIELDS)),
+            *HEADLINE_FIELDS,
+        ]
         order: list[list[tuple[str, Outcome]]] = []  # per script call: its filters, in order
         for user, items in by_user.items():
             script_keys = [keys.stream_key(user), keys.visit_key(user, visit.visit)]
@@ -377,8 +390,10 @@ class Publisher:
                     args += [o.fault.reason, str(o.fault)]
                     continue
                 rows = chosen[f.key]
-                args += ["[" + ",".join(rows_json[r] for r in rows[: caps[f.key]].tolist()) + "]",
-                         json.dumps([str(ids[r]) for r in rows[caps[f.key]:].tolist()])]
+                args += [
+                    "[" + ",".join(rows_json[r] for r in rows[: caps[f.key]].tolist()) + "]",
+                    json.dumps([str(ids[r]) for r in rows[caps[f.key] :].tolist()]),
+                ]
             self._script(keys=script_keys, args=args, client=pipe)
             order.append([(f.key, o) for f, o in items])
         try:
@@ -391,9 +406,9 @@ class Publisher:
                 "run the visit again: what was already written is not written twice"
             ) from exc
         report = PublishReport()
-        for called, result in zip(order, results[len(tokens):], strict=True):
+        for called, result in zip(order, results[len(tokens) :], strict=True):
             for i, (key, outcome) in enumerate(called):
-                delivered, withheld, skip, suspended = (int(x) for x in result[4 * i: 4 * i + 4])
+                delivered, withheld, skip, suspended = (int(x) for x in result[4 * i : 4 * i + 4])
                 if skip:
                     report.duplicates[key] = 1
                     continue
@@ -431,11 +446,18 @@ class Publisher:
             return {}
         batch = visit.batch
         index = pa.array(rows)
-        present = {f.name for f in batch.column("diaSource").type} if "diaSource" in batch.schema.names else set()
+        present = (
+            {f.name for f in batch.column("diaSource").type}
+            if "diaSource" in batch.schema.names
+            else set()
+        )
         values = []
         for name in HEADLINE_FIELDS:
             if name in present:
                 values.append(batch.column("diaSource").field(name).take(index).to_pylist())
             else:
                 values.append([None] * len(rows))
-        return {int(r): ["" if v[i] is None else str(v[i]) for v in values] for i, r in enumerate(rows.tolist())}
+        return {
+            int(r): ["" if v[i] is None else str(v[i]) for v in values]
+            for i, r in enumerate(rows.tolist())
+        }

@@ -111,8 +111,10 @@ class Receiver:
         host, sep, port = text.strip().rpartition(":")
         host = host.strip("[]")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"receiver {text!r}: give HOST:PORT of your VTP broker, e.g. "
-                              "vo.example.org:8098 (the port Comet's --receive listens on)")
+            raise ConfigError(
+                f"receiver {text!r}: give HOST:PORT of your VTP broker, e.g. "
+                "vo.example.org:8098 (the port Comet's --receive listens on)"
+            )
         return cls(host, int(port))
 
     def __str__(self) -> str:
@@ -148,6 +150,7 @@ class Reply:
 
 # ---- registration --------------------------------------------------------------------------
 
+
 def add_receiver(client: redis.Redis, user: str, receiver: Receiver, *, since: str = "now") -> str:
     """Register ``receiver`` for ``user``'s matches; returns the position forwarding starts from.
 
@@ -155,7 +158,9 @@ def add_receiver(client: redis.Redis, user: str, receiver: Receiver, *, since: s
     stream still holds. Registering again keeps the existing position.
     """
     if since not in ("now", "0"):
-        raise ConfigError(f"--since {since!r}: give 'now' (new matches only) or '0' (everything kept)")
+        raise ConfigError(
+            f"--since {since!r}: give 'now' (new matches only) or '0' (everything kept)"
+        )
     start = "0-0"
     if since == "now":
         try:
@@ -173,7 +178,10 @@ def remove_receiver(client: redis.Redis, user: str, receiver: Receiver) -> bool:
     """Stop forwarding ``user``'s matches to ``receiver``; False if it was not registered."""
     removed = bool(client.hdel(_receivers_key(user), str(receiver)))
     stats = _stats_key(user)
-    client.hdel(stats, *(f"{receiver}|{k}" for k in ("ack", "nak", "skip", "error", "last_nak", "last_error")))
+    client.hdel(
+        stats,
+        *(f"{receiver}|{k}" for k in ("ack", "nak", "skip", "error", "last_nak", "last_error")),
+    )
     if not client.hlen(_receivers_key(user)):
         client.srem(USERS_KEY, user)
     return removed
@@ -187,13 +195,22 @@ def list_receivers(client: redis.Redis, user: str) -> list[ReceiverStatus]:
     out = []
     for name, position in positions.items():
         r = _text(name)
-        out.append(ReceiverStatus(Receiver.parse(r), _text(position), int(stats.get(f"{r}|ack", 0)),
-                                  int(stats.get(f"{r}|nak", 0)), stats.get(f"{r}|last_nak", ""),
-                                  stats.get(f"{r}|last_error", "")))
+        out.append(
+            ReceiverStatus(
+                Receiver.parse(r),
+                _text(position),
+                int(stats.get(f"{r}|ack", 0)),
+                int(stats.get(f"{r}|nak", 0)),
+                stats.get(f"{r}|last_nak", ""),
+                stats.get(f"{r}|last_error", ""),
+            )
+        )
     return sorted(out, key=lambda s: s.receiver)
 
 
-def registered(client: redis.Redis, users: Iterable[str] | None = None) -> list[tuple[str, Receiver]]:
+def registered(
+    client: redis.Redis, users: Iterable[str] | None = None
+) -> list[tuple[str, Receiver]]:
     """Every (user, receiver) registered, optionally only for ``users``."""
     members: Any = client.smembers(USERS_KEY)
     names = sorted(_text(m) for m in members) if users is None else sorted(users)
@@ -212,6 +229,7 @@ return 1
 
 # ---- the wire ------------------------------------------------------------------------------
 
+
 def frame_message(message: bytes) -> bytes:
     """VTP framing: 4-byte big-endian length, then the message."""
     return _LENGTH.pack(len(message)) + message
@@ -222,8 +240,10 @@ def _read_exact(sock: socket.socket, n: int) -> bytes:
     while got < n:
         chunk = sock.recv(n - got)
         if not chunk:
-            raise DeliveryError("the broker closed the connection before answering (if it keeps "
-                                "doing so, check that its author whitelist lets this service in)")
+            raise DeliveryError(
+                "the broker closed the connection before answering (if it keeps "
+                "doing so, check that its author whitelist lets this service in)"
+            )
         chunks.append(chunk)
         got += len(chunk)
     return b"".join(chunks)
@@ -232,17 +252,24 @@ def _read_exact(sock: socket.socket, n: int) -> bytes:
 def _read_message(sock: socket.socket) -> bytes:
     (length,) = _LENGTH.unpack(_read_exact(sock, _LENGTH.size))
     if length >= MAX_MESSAGE:
-        raise DeliveryError(f"the broker announced a {length}-byte message; VTP messages stay "
-                            "under 100 kB: is this port a VTP broker?")
+        raise DeliveryError(
+            f"the broker announced a {length}-byte message; VTP messages stay "
+            "under 100 kB: is this port a VTP broker?"
+        )
     return _read_exact(sock, length)
 
 
 def _iamalive_response(incoming: etree._Element, author_ivorn: str) -> bytes:
-    root = etree.Element(f"{{{TRANSPORT_NS}}}Transport", {"role": "iamalive", "version": "1.0"},
-                         nsmap={"trn": TRANSPORT_NS})
+    root = etree.Element(
+        f"{{{TRANSPORT_NS}}}Transport",
+        {"role": "iamalive", "version": "1.0"},
+        nsmap={"trn": TRANSPORT_NS},
+    )
     etree.SubElement(root, "Origin").text = incoming.findtext("Origin") or author_ivorn
     etree.SubElement(root, "Response").text = author_ivorn
-    etree.SubElement(root, "TimeStamp").text = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    etree.SubElement(root, "TimeStamp").text = dt.datetime.now(dt.UTC).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
 
 
@@ -252,7 +279,9 @@ def _address(receiver: Receiver, allow_private: bool) -> tuple[Any, ...]:
     try:
         infos = socket.getaddrinfo(receiver.host, receiver.port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise DeliveryError(f"VTP broker {receiver}: cannot resolve {receiver.host} ({exc.strerror})") from None
+        raise DeliveryError(
+            f"VTP broker {receiver}: cannot resolve {receiver.host} ({exc.strerror})"
+        ) from None
     for family, _, _, _, address in infos:
         ip = ipaddress.ip_address(address[0])
         if allow_private or ip.is_global:
@@ -263,8 +292,14 @@ def _address(receiver: Receiver, allow_private: bool) -> tuple[Any, ...]:
     )
 
 
-def send_packet(receiver: Receiver, packet: bytes, *, author_ivorn: str,
-                timeout_s: float = 20.0, allow_private: bool = False) -> Reply:
+def send_packet(
+    receiver: Receiver,
+    packet: bytes,
+    *,
+    author_ivorn: str,
+    timeout_s: float = 20.0,
+    allow_private: bool = False,
+) -> Reply:
     """Send one VOEvent to a VTP broker as an author and return its ack or nak.
 
     Raises :class:`DeliveryError` when the broker's address is not public (unless
@@ -287,7 +322,9 @@ def send_packet(receiver: Receiver, packet: bytes, *, author_ivorn: str,
                 try:
                     message = etree.fromstring(raw)
                 except etree.XMLSyntaxError as exc:
-                    raise DeliveryError(f"{where}: answered with text that is not XML ({exc})") from None
+                    raise DeliveryError(
+                        f"{where}: answered with text that is not XML ({exc})"
+                    ) from None
                 role = message.get("role")
                 if role == "iamalive":
                     sock.sendall(frame_message(_iamalive_response(message, author_ivorn)))
@@ -306,6 +343,7 @@ def send_packet(receiver: Receiver, packet: bytes, *, author_ivorn: str,
 
 
 # ---- forwarding ----------------------------------------------------------------------------
+
 
 def _no_description(user: str, filter_name: str, version: str) -> str:
     return ""
@@ -339,8 +377,9 @@ class Forwarder:
         position = self.position()
         if position is None:
             return 0
-        batch: Any = self.client.xread({stream_key(self.user): position}, count=count,
-                                       block=block_ms or None)
+        batch: Any = self.client.xread(
+            {stream_key(self.user): position}, count=count, block=block_ms or None
+        )
         handled = 0
         for raw_id, fields in batch[0][1] if batch else []:
             entry_id = _text(raw_id)
@@ -350,7 +389,9 @@ class Forwarder:
                     packet = self._render(entry_id, fields)
                 except MinibrokerError as exc:
                     # A packet that cannot be decoded would block the user's feed for good.
-                    log.error("%s: entry %s cannot be rendered, skipped: %s", self.user, entry_id, exc)
+                    log.error(
+                        "%s: entry %s cannot be rendered, skipped: %s", self.user, entry_id, exc
+                    )
                     packet = None
                     verdict, reason = "error", str(exc)
                 if packet is not None:
@@ -358,8 +399,10 @@ class Forwarder:
                     if reply is None:  # stopping
                         return handled
                     verdict, reason = reply.verdict.value, reply.reason
-            if not self._advance(keys=[_receivers_key(self.user), _stats_key(self.user)],
-                                 args=[str(self.receiver), entry_id, verdict, reason]):
+            if not self._advance(
+                keys=[_receivers_key(self.user), _stats_key(self.user)],
+                args=[str(self.receiver), entry_id, verdict, reason],
+            ):
                 return handled  # removed meanwhile
             handled += 1
         return handled
@@ -367,20 +410,33 @@ class Forwarder:
     def _render(self, entry_id: str, fields: dict[bytes, bytes]) -> bytes:
         filter_name = fields[b"filter"].decode()
         version = fields.get(b"filter_version", b"").decode()
-        match = match_from_entry(entry_id, fields, user=self.user, packet=_packet(self.client, fields),
-                                 description=self.describe(self.user, filter_name, version))
+        match = match_from_entry(
+            entry_id,
+            fields,
+            user=self.user,
+            packet=_packet(self.client, fields),
+            description=self.describe(self.user, filter_name, version),
+        )
         return render(match, self.settings)
 
     def _deliver(self, entry_id: str, packet: bytes) -> Reply | None:
         backoff = min(1.0, self.max_backoff_s)
         while not self.stop.is_set():
             try:
-                reply = send_packet(self.receiver, packet, author_ivorn=self.settings.author_ivorn,
-                                    timeout_s=self.timeout_s, allow_private=self.allow_private)
+                reply = send_packet(
+                    self.receiver,
+                    packet,
+                    author_ivorn=self.settings.author_ivorn,
+                    timeout_s=self.timeout_s,
+                    allow_private=self.allow_private,
+                )
             except DeliveryError as exc:
                 log.warning("%s: %s; trying again in %.0f s", self.user, exc, backoff)
-                self.client.hset(_stats_key(self.user), f"{self.receiver}|last_error",
-                                 f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ} {exc}")
+                self.client.hset(
+                    _stats_key(self.user),
+                    f"{self.receiver}|last_error",
+                    f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ} {exc}",
+                )
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
                 continue
@@ -388,7 +444,9 @@ class Forwarder:
             if reply.verdict is Verdict.ACK:
                 log.info("%s → %s: entry %s acknowledged", self.user, self.receiver, entry_id)
             else:
-                log.warning("%s: %s refused entry %s: %s", self.user, self.receiver, entry_id, reply.reason)
+                log.warning(
+                    "%s: %s refused entry %s: %s", self.user, self.receiver, entry_id, reply.reason
+                )
             return reply
         return None
 
@@ -413,10 +471,19 @@ def _run_logged(fw: Forwarder) -> None:
         log.exception("%s → %s: forwarder stopped; restarting", fw.user, fw.receiver)
 
 
-def forward(client: redis.Redis, settings: VOEventSettings, *, users: Iterable[str] | None = None,
-            stop: threading.Event | None = None, until_idle: bool = False,
-            describe: Describe = _no_description, refresh_s: float = 2.0,
-            timeout_s: float = 20.0, max_backoff_s: float = 60.0, allow_private: bool = False) -> None:
+def forward(
+    client: redis.Redis,
+    settings: VOEventSettings,
+    *,
+    users: Iterable[str] | None = None,
+    stop: threading.Event | None = None,
+    until_idle: bool = False,
+    describe: Describe = _no_description,
+    refresh_s: float = 2.0,
+    timeout_s: float = 20.0,
+    max_backoff_s: float = 60.0,
+    allow_private: bool = False,
+) -> None:
     """Run one forwarder thread per registered (user, receiver) until ``stop`` is set.
 
     Receivers added or removed while it runs are picked up every ``refresh_s``. With
@@ -430,18 +497,28 @@ def forward(client: redis.Redis, settings: VOEventSettings, *, users: Iterable[s
         while not stop.is_set():
             current = set(registered(client, wanted))
             for key in current - running.keys():
-                fw = Forwarder(client, key[0], key[1], settings, describe=describe,
-                               timeout_s=timeout_s, max_backoff_s=max_backoff_s,
-                               allow_private=allow_private)
-                thread = threading.Thread(target=_run_logged, args=(fw,), name=f"vtp {key[0]} {key[1]}",
-                                          daemon=True)
+                fw = Forwarder(
+                    client,
+                    key[0],
+                    key[1],
+                    settings,
+                    describe=describe,
+                    timeout_s=timeout_s,
+                    max_backoff_s=max_backoff_s,
+                    allow_private=allow_private,
+                )
+                thread = threading.Thread(
+                    target=_run_logged, args=(fw,), name=f"vtp {key[0]} {key[1]}", daemon=True
+                )
                 thread.start()
                 running[key] = (fw, thread)
             for key in running.keys() - current:
                 fw, thread = running.pop(key)
                 fw.stop.set()
             for key, (_, thread) in list(running.items()):
-                if not thread.is_alive():  # its receiver went, or it failed (logged): afresh next round
+                if (
+                    not thread.is_alive()
+                ):  # its receiver went, or it failed (logged): afresh next round
                     del running[key]
             if until_idle and all(fw.pending() == 0 for fw, _ in running.values()):
                 return

@@ -29,7 +29,14 @@ from engine.alerts.schema import AlertSchema, available_versions, load_schema
 from engine.errors import SourceError
 from engine.sources.block import NightBlock
 
-__all__ = ["container_blocks", "container_datums", "group_by_visit", "identify_schema", "read_visit", "visit_reader"]
+__all__ = [
+    "container_blocks",
+    "container_datums",
+    "group_by_visit",
+    "identify_schema",
+    "read_visit",
+    "visit_reader",
+]
 
 _VERSIONED = re.compile(r"(?:^|\.)v(\d+)_(\d+)(?:\.|$)")
 
@@ -83,7 +90,9 @@ def _shape(t: Any, named: dict[str, Any]) -> Any:
     kind = t.get("type")
     if kind == "record":
         _name(t, named, ("record", t.get("name")))  # a recursive record refers to itself
-        return _name(t, named, ("record", tuple((f["name"], _shape(f["type"], named)) for f in t["fields"])))
+        return _name(
+            t, named, ("record", tuple((f["name"], _shape(f["type"], named)) for f in t["fields"]))
+        )
     if kind == "array":
         return ("array", _shape(t["items"], named))
     if kind == "map":
@@ -110,7 +119,9 @@ def _shape_of(version: str) -> Any:
     return _shape(load_schema(version).avro, {})
 
 
-def container_datums(path: Path, data: bytes | None = None) -> tuple[AlertSchema, Iterator[tuple[int, bytes]]]:
+def container_datums(
+    path: Path, data: bytes | None = None
+) -> tuple[AlertSchema, Iterator[tuple[int, bytes]]]:
     """The LSST schema an Avro container file's writer used, and ``(visit, datum)`` for each of
     its alerts, read lazily (files of cutouts are large: nothing is held but the current block).
 
@@ -128,7 +139,9 @@ def container_datums(path: Path, data: bytes | None = None) -> tuple[AlertSchema
         blocks = fastavro.block_reader(fo)
         writer = blocks.writer_schema
         if not isinstance(writer, dict):
-            raise SourceError(f"{path}: its records are not Avro records, so they are not LSST alerts")
+            raise SourceError(
+                f"{path}: its records are not Avro records, so they are not LSST alerts"
+            )
         schema = identify_schema(writer, where=str(path))
         parsed = fastavro.parse_schema(writer)
         assert isinstance(parsed, dict)  # a record, checked above
@@ -166,6 +179,7 @@ def container_datums(path: Path, data: bytes | None = None) -> tuple[AlertSchema
 def visit_reader(writer: dict[str, Any]) -> dict[str, Any]:
     """A reader schema of ``writer`` (parsed) keeping only ``diaSource.visit``: fastavro skips
     every other field, which is several times faster than decoding the alert."""
+
     def one(t: Any) -> Any:
         if isinstance(t, list):
             return [one(b) for b in t]
@@ -177,8 +191,11 @@ def visit_reader(writer: dict[str, Any]) -> dict[str, Any]:
     source = [f for f in writer["fields"] if f["name"] == "diaSource"]
     if not source:
         raise SourceError("the alerts have no diaSource; cannot tell their visits")
-    pruned = {"type": "record", "name": writer["name"],
-              "fields": [{"name": "diaSource", "type": one(source[0]["type"])}]}
+    pruned = {
+        "type": "record",
+        "name": writer["name"],
+        "fields": [{"name": "diaSource", "type": one(source[0]["type"])}],
+    }
     parsed = fastavro.parse_schema(pruned)
     assert isinstance(parsed, dict)
     return parsed
@@ -192,11 +209,15 @@ def read_visit(bio: BinaryIO, writer: dict[str, Any], reader: dict[str, Any], *,
     return _visit_of(record, where)
 
 
-def _unreadable(path: Path, size: int, pos: int, exc: Exception, *, after: int | None = None) -> SourceError:
+def _unreadable(
+    path: Path, size: int, pos: int, exc: Exception, *, after: int | None = None
+) -> SourceError:
     done = "" if after is None else f" after {after} alerts"
     if isinstance(exc, EOFError) or pos >= size:
-        return SourceError(f"{path}: truncated: the file ends at byte {size}{done}, inside an Avro block; "
-                           "copy or download it again")
+        return SourceError(
+            f"{path}: truncated: the file ends at byte {size}{done}, inside an Avro block; "
+            "copy or download it again"
+        )
     if "codec" in str(exc).lower() or "snappy" in str(exc).lower() or "lz4" in str(exc).lower():
         return SourceError(f"{path}: {exc}; install the package fastavro names for that codec")
     return SourceError(f"{path}: not a readable Avro container file{done} ({exc})")
@@ -207,14 +228,19 @@ def group_by_visit(datums: Iterable[tuple[int, bytes]]) -> list[NightBlock]:
     parts: dict[int, list[bytes]] = {}
     for visit, datum in datums:
         parts.setdefault(visit, []).append(datum)
-    return [NightBlock(visit=v, count=len(parts[v]), data=memoryview(b"".join(parts[v]))) for v in sorted(parts)]
+    return [
+        NightBlock(visit=v, count=len(parts[v]), data=memoryview(b"".join(parts[v])))
+        for v in sorted(parts)
+    ]
 
 
 def _visit_of(record: dict[str, Any], where: str) -> int:
     try:
         return int(record["diaSource"]["visit"])
     except (KeyError, TypeError, ValueError):
-        raise SourceError(f"{where}: an alert without diaSource.visit; cannot tell its visit") from None
+        raise SourceError(
+            f"{where}: an alert without diaSource.visit; cannot tell its visit"
+        ) from None
 
 
 def container_blocks(path: str | os.PathLike[str]) -> tuple[AlertSchema, list[NightBlock]]:

@@ -177,6 +177,7 @@ def schema_of(body: bytes) -> tuple[AlertSchema | None, DeadReason | None, str]:
 
 # -- the source ----------------------------------------------------------------------------------
 
+
 class KafkaSource:
     """Visit batches from one topic, read in a consumer group (see the module docstring).
 
@@ -184,8 +185,13 @@ class KafkaSource:
     :meth:`drain` closes what is still open (on shutdown); :meth:`close` leaves the group.
     """
 
-    def __init__(self, settings: KafkaSettings, dead_letter: Callable[[DeadLetter], None],
-                 *, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        dead_letter: Callable[[DeadLetter], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         from confluent_kafka import Consumer
 
         self.settings = settings
@@ -204,7 +210,9 @@ class KafkaSource:
         self._at_end: set[int] = set()  # assigned partitions read to their end
         self._dirty = False
         self.dead_letters = 0
-        self._consumer.subscribe([settings.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self._consumer.subscribe(
+            [settings.topic], on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
 
     # -- group membership --------------------------------------------------------------------
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
@@ -317,7 +325,9 @@ class KafkaSource:
                 out.append(self._hand_out(key, "linger"))
             elif caught_up and idle >= self.settings.quiet_s:
                 out.append(self._hand_out(key, "caught_up"))
-            elif self._assigned and all(self._last_seq.get(p, 0) > batch._seq for p in self._assigned):
+            elif self._assigned and all(
+                self._last_seq.get(p, 0) > batch._seq for p in self._assigned
+            ):
                 out.append(self._hand_out(key, "passed"))
         out.sort(key=lambda b: b._seq)
         return out
@@ -339,7 +349,8 @@ class KafkaSource:
         for p in sorted(self._assigned):
             try:
                 _low, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(self.settings.topic, p), cached=True)
+                    TopicPartition(self.settings.topic, p), cached=True
+                )
             except Exception:  # KafkaException: no figure yet
                 continue
             pos = self._next.get(p)

@@ -35,7 +35,15 @@ from engine.sources.block import NightBlock
 from engine.sources.foreign import container_blocks
 from engine.sources.packets import read_packets
 
-__all__ = ["Night", "NightBlock", "NightForm", "NightWriter", "night_info", "open_night", "read_night"]
+__all__ = [
+    "Night",
+    "NightBlock",
+    "NightForm",
+    "NightWriter",
+    "night_info",
+    "open_night",
+    "read_night",
+]
 
 _MAGIC = b"Obj\x01"
 _VISITS_KEY = "minibroker.visits"
@@ -77,16 +85,24 @@ class NightWriter:
         # The header's schema JSON is written from an ordered copy: fastavro's parsed schemas
         # order some keys by set iteration, which changes with the process's hash seed.
         self._writer = fastavro.write.Writer(
-            self._fo, _ordered(self.schema.avro), codec="null", sync_interval=2**62, metadata=metadata,
+            self._fo,
+            _ordered(self.schema.avro),
+            codec="null",
+            sync_interval=2**62,
+            metadata=metadata,
             sync_marker=self._sync or b"",
         )
         return self
 
     def write_visit(self, visit: int, alerts: Iterable[dict[str, Any]]) -> None:
         """Append one visit's alerts (dicts in the schema's shape) as one block."""
-        expected = self._visits[len(self._written)] if len(self._written) < len(self._visits) else None
+        expected = (
+            self._visits[len(self._written)] if len(self._written) < len(self._visits) else None
+        )
         if visit != expected:
-            raise SourceError(f"visit {visit} written out of the declared order (expected {expected})")
+            raise SourceError(
+                f"visit {visit} written out of the declared order (expected {expected})"
+            )
         for alert in alerts:
             self._writer.write(alert)
         self._writer.flush()
@@ -210,23 +226,37 @@ def open_night(path: str | os.PathLike[str], *, schema: AlertSchema | None = Non
             return _last_walked[1]
         found, blocks = read_packets(path, schema)
         _slow(path, "a directory of single-alert files")
-        return _remember(key, Night(path, NightForm.PACKETS, found, [b.visit for b in blocks], blocks))
+        return _remember(
+            key, Night(path, NightForm.PACKETS, found, [b.visit for b in blocks], blocks)
+        )
     if _is_packet(path):
         key = _identity(path, schema)
         if _last_walked and _last_walked[0] == key:
             return _last_walked[1]
         found, blocks = read_packets(path, schema)
-        return _remember(key, Night(path, NightForm.PACKETS, found, [b.visit for b in blocks], blocks))
+        return _remember(
+            key, Night(path, NightForm.PACKETS, found, [b.visit for b in blocks], blocks)
+        )
     meta, codec = _head(path)
     if _VISITS_KEY in meta and _SCHEMA_KEY in meta and codec == "null":
-        return Night(path, NightForm.MINIBROKER, load_schema(meta[_SCHEMA_KEY].decode()),
-                     json.loads(meta[_VISITS_KEY]))
+        return Night(
+            path,
+            NightForm.MINIBROKER,
+            load_schema(meta[_SCHEMA_KEY].decode()),
+            json.loads(meta[_VISITS_KEY]),
+        )
     key = _identity(path, schema)
     if _last_walked and _last_walked[0] == key:
         return _last_walked[1]
     found, blocks = container_blocks(path)
-    _slow(path, "an Avro container file not written by minibroker" + (f" ({codec} codec)" if codec != "null" else ""))
-    return _remember(key, Night(path, NightForm.CONTAINER, found, [b.visit for b in blocks], blocks))
+    _slow(
+        path,
+        "an Avro container file not written by minibroker"
+        + (f" ({codec} codec)" if codec != "null" else ""),
+    )
+    return _remember(
+        key, Night(path, NightForm.CONTAINER, found, [b.visit for b in blocks], blocks)
+    )
 
 
 # The last night that had to be walked alert by alert: callers often ask for its visits
@@ -249,9 +279,13 @@ def _remember(key: tuple[object, ...], night: Night) -> Night:
 
 
 def _slow(path: Path, what: str) -> None:
-    warnings.warn(MinibrokerWarning(
-        f"{path} is {what}: its alerts were walked one by one to group them by visit, which is "
-        "slower than a night written by `minibroker simulate`"), stacklevel=3)
+    warnings.warn(
+        MinibrokerWarning(
+            f"{path} is {what}: its alerts were walked one by one to group them by visit, which is "
+            "slower than a night written by `minibroker simulate`"
+        ),
+        stacklevel=3,
+    )
 
 
 def _is_packet(path: Path) -> bool:
@@ -277,8 +311,10 @@ def _head(path: Path) -> tuple[dict[str, bytes], str]:
             size = os.fstat(fo.fileno()).st_size
             head = fo.read(1 << 20)
     except FileNotFoundError:
-        raise SourceError(f"{path}: no such night file or directory; make one with "
-                          f"`minibroker simulate --out {path}`") from None
+        raise SourceError(
+            f"{path}: no such night file or directory; make one with "
+            f"`minibroker simulate --out {path}`"
+        ) from None
     except IsADirectoryError:  # pragma: no cover - handled by open_night
         raise
     except OSError as exc:
@@ -286,14 +322,18 @@ def _head(path: Path) -> tuple[dict[str, bytes], str]:
     if size == 0:
         raise SourceError(f"{path}: empty file; regenerate or copy it again")
     if head[:4] != _MAGIC:
-        hint = ("give a night from `minibroker simulate`, an Avro container file of LSST alerts, a "
-                "directory of alert packets, or one alert packet")
+        hint = (
+            "give a night from `minibroker simulate`, an Avro container file of LSST alerts, a "
+            "directory of alert packets, or one alert packet"
+        )
         raise SourceError(f"{path}: not an Avro object container file (bad magic); {hint}")
     try:
         meta, _, _ = _read_header(memoryview(head))
     except _Truncated:
         if size <= len(head):
-            raise SourceError(f"{path}: truncated: the file ends at byte {size}, inside its Avro header") from None
+            raise SourceError(
+                f"{path}: truncated: the file ends at byte {size}, inside its Avro header"
+            ) from None
         raise SourceError(f"{path}: its Avro header is larger than 1 MiB or corrupt") from None
     return meta, meta.get("avro.codec", b"null").decode(errors="replace")
 
@@ -318,7 +358,9 @@ def _read_blocks(path: Path, visits: list[int]) -> Iterator[NightBlock]:
     _, sync, pos = _read_header(buf)
     index = 0
     while pos < size:
-        where = f"block {index} (visit {visits[index]})" if index < len(visits) else f"block {index}"
+        where = (
+            f"block {index} (visit {visits[index]})" if index < len(visits) else f"block {index}"
+        )
         try:
             count, pos = _read_long(buf, pos)
             nbytes, pos = _read_long(buf, pos)
@@ -329,8 +371,10 @@ def _read_blocks(path: Path, visits: list[int]) -> Iterator[NightBlock]:
         data = buf[pos : pos + nbytes]
         pos += nbytes
         if bytes(buf[pos : pos + 16]) != sync:
-            raise SourceError(f"{path}: {where} is corrupt (sync marker mismatch at byte {pos}); "
-                              "regenerate or copy the file again")
+            raise SourceError(
+                f"{path}: {where} is corrupt (sync marker mismatch at byte {pos}); "
+                "regenerate or copy the file again"
+            )
         pos += 16
         if count == 0:
             continue
@@ -339,11 +383,15 @@ def _read_blocks(path: Path, visits: list[int]) -> Iterator[NightBlock]:
         yield NightBlock(visit=visits[index], count=count, data=data)
         index += 1
     if index < len(visits):
-        raise SourceError(f"{path}: truncated: the file ends at byte {size} after {index} of the "
-                          f"{len(visits)} visits its header lists; regenerate or copy it again")
+        raise SourceError(
+            f"{path}: truncated: the file ends at byte {size} after {index} of the "
+            f"{len(visits)} visits its header lists; regenerate or copy it again"
+        )
 
 
 def _truncated(path: Path, size: int, where: str, needed: int | None = None) -> str:
     need = f" (it needs {needed} bytes)" if needed else ""
-    return (f"{path}: truncated: the file ends at byte {size}, inside {where}{need}; "
-            "regenerate or copy it again")
+    return (
+        f"{path}: truncated: the file ends at byte {size}, inside {where}{need}; "
+        "regenerate or copy it again"
+    )

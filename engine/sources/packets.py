@@ -52,11 +52,22 @@ def read_packets(
     if root.is_file():  # one packet on its own
         files = [root]
     else:
-        files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
-                       and not p.name.lower().endswith(_NOT_ALERTS))
+        files = sorted(
+            p
+            for p in root.iterdir()
+            if p.is_file()
+            and not p.name.startswith(".")
+            and not p.name.lower().endswith(_NOT_ALERTS)
+        )
     if not files:
-        subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        hint = f" (it has subdirectories {', '.join(subdirs[:5])}: give one of them)" if subdirs else ""
+        subdirs = sorted(
+            p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+        hint = (
+            f" (it has subdirectories {', '.join(subdirs[:5])}: give one of them)"
+            if subdirs
+            else ""
+        )
         raise SourceError(
             f"{root}: a directory given as a night must hold single-alert files (Kafka message "
             f"bodies, bare Avro datums or Avro container files); it holds none{hint}"
@@ -68,16 +79,22 @@ def read_packets(
     for path, s, _, _ in alerts:
         versions.setdefault(s.name, []).append(path)
     if len(versions) > 1:
-        mix = ", ".join(f"{v} ({len(ps)} file{'s' if len(ps) > 1 else ''}, e.g. {ps[0].name})"
-                        for v, ps in sorted(versions.items(), key=lambda kv: parse_version(kv[0])))
-        raise SourceError(f"{root}: its alerts use different schema versions: {mix}; "
-                          "put each version in a directory of its own")
+        mix = ", ".join(
+            f"{v} ({len(ps)} file{'s' if len(ps) > 1 else ''}, e.g. {ps[0].name})"
+            for v, ps in sorted(versions.items(), key=lambda kv: parse_version(kv[0]))
+        )
+        raise SourceError(
+            f"{root}: its alerts use different schema versions: {mix}; "
+            "put each version in a directory of its own"
+        )
     if not alerts:
         raise SourceError(f"{root}: its files hold no alerts")
     return alerts[0][1], group_by_visit((visit, datum) for _, _, visit, datum in alerts)
 
 
-def _read_one(path: Path, schema: AlertSchema | None) -> Iterator[tuple[Path, AlertSchema, int, bytes]]:
+def _read_one(
+    path: Path, schema: AlertSchema | None
+) -> Iterator[tuple[Path, AlertSchema, int, bytes]]:
     """``(path, schema, visit, datum)`` for each alert in one file."""
     data = path.read_bytes()
     if not data:
@@ -92,12 +109,16 @@ def _read_one(path: Path, schema: AlertSchema | None) -> Iterator[tuple[Path, Al
         try:
             wire_schema = load_schema(schema_id)
         except SchemaError as exc:
-            raise SourceError(f"{path}: Confluent wire header names schema id {schema_id}, "
-                              f"not an LSST alert schema the installed lsst-alert-packet ships ({exc})") from None
+            raise SourceError(
+                f"{path}: Confluent wire header names schema id {schema_id}, "
+                f"not an LSST alert schema the installed lsst-alert-packet ships ({exc})"
+            ) from None
         datum = data[5:]
         yield path, wire_schema, _walk(path, datum, wire_schema, offset=5), datum
         return
-    candidates = [schema] if schema is not None else [load_schema(v) for v in reversed(available_versions())]
+    candidates = (
+        [schema] if schema is not None else [load_schema(v) for v in reversed(available_versions())]
+    )
     for candidate in candidates:
         try:
             visit = _walk(path, data, candidate, offset=0)
@@ -125,12 +146,18 @@ def _walk(path: Path, datum: bytes, schema: AlertSchema, *, offset: int) -> int:
     except SourceError:
         raise
     except EOFError:
-        raise SourceError(f"{path}: truncated: the file ends at byte {offset + len(datum)}, inside its "
-                          f"LSST alert (schema {schema.name}); save it again") from None
+        raise SourceError(
+            f"{path}: truncated: the file ends at byte {offset + len(datum)}, inside its "
+            f"LSST alert (schema {schema.name}); save it again"
+        ) from None
     except Exception as exc:
-        raise SourceError(f"{path}: corrupt alert (schema {schema.name}) near byte "
-                          f"{offset + bio.tell()} ({type(exc).__name__}: {exc})") from None
+        raise SourceError(
+            f"{path}: corrupt alert (schema {schema.name}) near byte "
+            f"{offset + bio.tell()} ({type(exc).__name__}: {exc})"
+        ) from None
     if bio.tell() != len(datum):
-        raise SourceError(f"{path}: {len(datum) - bio.tell()} bytes follow its alert (schema "
-                          f"{schema.name}), which ends at byte {offset + bio.tell()}; is it one alert?")
+        raise SourceError(
+            f"{path}: {len(datum) - bio.tell()} bytes follow its alert (schema "
+            f"{schema.name}), which ends at byte {offset + bio.tell()}; is it one alert?"
+        )
     return visit

@@ -17,6 +17,7 @@ from engine.errors import SourceError
 
 __all__ = ["peek_visit"]
 
+
 class _Truncated(Exception):
     pass
 
@@ -27,7 +28,16 @@ def _skip_op(avro_type: Any) -> Any:
     if isinstance(avro_type, list):
         return tuple(_skip_op(t) for t in avro_type)
     name = avro_type if isinstance(avro_type, str) else avro_type.get("type")
-    ops = {"null": 0, "long": 1, "int": 1, "boolean": 2, "float": 3, "double": 4, "string": 5, "bytes": 5}
+    ops = {
+        "null": 0,
+        "long": 1,
+        "int": 1,
+        "boolean": 2,
+        "float": 3,
+        "double": 4,
+        "string": 5,
+        "bytes": 5,
+    }
     if name not in ops:
         raise SourceError(f"cannot walk past an Avro {name!r} ahead of diaSource.visit")
     return ops[name]

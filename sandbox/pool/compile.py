@@ -19,7 +19,9 @@ from sandbox.pool.zygote import python_command
 __all__ = ["safe_compile", "safe_compile_many"]
 
 
-def safe_compile(source: str, filename: str = "<filter>", timeout_s: float = 10.0) -> CompiledFilter:
+def safe_compile(
+    source: str, filename: str = "<filter>", timeout_s: float = 10.0
+) -> CompiledFilter:
     """Compile a submitted filter without risking the calling process.
 
     The file is first compiled in a throwaway interpreter with a memory and CPU limit and a
@@ -42,8 +44,10 @@ def safe_compile(source: str, filename: str = "<filter>", timeout_s: float = 10.
     return result
 
 
-def safe_compile_many(files: Sequence[tuple[str, str]], timeout_s: float = 10.0,
-                      ) -> list[CompiledFilter | FilterRejected]:
+def safe_compile_many(
+    files: Sequence[tuple[str, str]],
+    timeout_s: float = 10.0,
+) -> list[CompiledFilter | FilterRejected]:
     """:func:`safe_compile` for many files at once: one throwaway interpreter compiles them one
     after another (starting an interpreter per file cost ~120 ms each), each file with its own
     wall-clock deadline. A file that hangs or crashes the compiler is rejected and the
@@ -69,7 +73,9 @@ def safe_compile_many(files: Sequence[tuple[str, str]], timeout_s: float = 10.0,
         try:
             source.encode("utf-8")
         except UnicodeError:
-            results[i] = _reject(filename, "encoding", "the file is not valid UTF-8 text; save it as UTF-8")
+            results[i] = _reject(
+                filename, "encoding", "the file is not valid UTF-8 text; save it as UTF-8"
+            )
             continue
         pending.append(i)
     while pending:
@@ -85,8 +91,10 @@ def safe_compile_many(files: Sequence[tuple[str, str]], timeout_s: float = 10.0,
             except FilterRejected as exc:
                 results[i] = exc
             except Exception as exc:  # the child compiled it; anything here is still a rejection
-                results[i] = _reject(filename, "too-complex", f"the file cannot be compiled ({type(exc).__name__})")
-        pending = pending[len(done):]
+                results[i] = _reject(
+                    filename, "too-complex", f"the file cannot be compiled ({type(exc).__name__})"
+                )
+        pending = pending[len(done) :]
     return [r for r in results if r is not None]
 
 
@@ -98,9 +106,13 @@ def _compile_batch(files: Sequence[tuple[str, str]], timeout_s: float) -> list[l
     """Problems of each file, in order, as far as one throwaway interpreter got: the file it
     stopped on (a hang, a crash) is in the list with its rejection, the rest are not."""
     proc = subprocess.Popen(
-        python_command("from sandbox.pool.compile import _compile_child; _compile_child()") + [str(len(files))],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        env=clean_environment(), cwd="/",
+        python_command("from sandbox.pool.compile import _compile_child; _compile_child()")
+        + [str(len(files))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=clean_environment(),
+        cwd="/",
     )
     assert proc.stdin is not None and proc.stdout is not None
     out: list[list[Problem]] = []
@@ -117,13 +129,29 @@ def _compile_batch(files: Sequence[tuple[str, str]], timeout_s: float) -> list[l
             left = deadline - time.monotonic()
             ready = select.select([fd], [], [], max(0.0, left))[0] if left > 0 else []
             if not ready:
-                out.append([Problem(files[len(out)][1], None, "too-complex",
-                                    f"compiling took longer than {timeout_s:g} s; simplify the file")])
+                out.append(
+                    [
+                        Problem(
+                            files[len(out)][1],
+                            None,
+                            "too-complex",
+                            f"compiling took longer than {timeout_s:g} s; simplify the file",
+                        )
+                    ]
+                )
                 break
             chunk = os.read(fd, 1 << 16)
             if not chunk:
-                out.append([Problem(files[len(out)][1], None, "too-complex",
-                                    f"the compiler failed on this file (exit status {proc.poll()}); simplify it")])
+                out.append(
+                    [
+                        Problem(
+                            files[len(out)][1],
+                            None,
+                            "too-complex",
+                            f"the compiler failed on this file (exit status {proc.poll()}); simplify it",
+                        )
+                    ]
+                )
                 break
             buf += chunk
             *lines, buf = buf.split(b"\n")
@@ -131,10 +159,25 @@ def _compile_batch(files: Sequence[tuple[str, str]], timeout_s: float) -> list[l
                 name = files[len(out)][1]
                 try:
                     report = json.loads(line)
-                    out.append([Problem(name, p[0] if isinstance(p[0], int) else None, str(p[1]), str(p[2]))
-                                for p in report["problems"]])
+                    out.append(
+                        [
+                            Problem(
+                                name, p[0] if isinstance(p[0], int) else None, str(p[1]), str(p[2])
+                            )
+                            for p in report["problems"]
+                        ]
+                    )
                 except (ValueError, KeyError, TypeError, IndexError):
-                    out.append([Problem(name, None, "too-complex", "the compiler failed on this file; simplify it")])
+                    out.append(
+                        [
+                            Problem(
+                                name,
+                                None,
+                                "too-complex",
+                                "the compiler failed on this file; simplify it",
+                            )
+                        ]
+                    )
                 deadline = time.monotonic() + timeout_s
     finally:
         proc.kill()
@@ -159,6 +202,12 @@ def _compile_child() -> None:  # pragma: no cover - runs in the throwaway interp
         except FilterRejected as exc:
             problems = [[p.line, p.rule, p.message] for p in exc.problems]
         except BaseException as exc:  # noqa: B036 - every failure is a rejection, reported as data
-            problems = [[None, "too-complex", f"the file cannot be compiled ({type(exc).__name__}); simplify it"]]
+            problems = [
+                [
+                    None,
+                    "too-complex",
+                    f"the file cannot be compiled ({type(exc).__name__}); simplify it",
+                ]
+            ]
         sys.stdout.write(json.dumps({"problems": problems}) + "\n")
         sys.stdout.flush()

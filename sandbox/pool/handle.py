@@ -92,7 +92,11 @@ class WorkerHandle:
         try:
             data = os.pread(self.statfd, 1024, 0)
             fields = data.rsplit(b")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / _CLK_TCK, int(fields[20]), int(fields[21]) * _PAGE
+            return (
+                (int(fields[11]) + int(fields[12])) / _CLK_TCK,
+                int(fields[20]),
+                int(fields[21]) * _PAGE,
+            )
         except (OSError, IndexError, ValueError):
             return None
 

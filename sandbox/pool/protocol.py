@@ -28,13 +28,21 @@ from enum import IntEnum
 
 from sandbox.errors import FaultReason
 
-__all__ = ["FRAME", "JOB_HEADER", "MAX_JOB", "MAX_MESSAGE", "RESULT", "RETIRE", "STATUS_REASON", "Kind",
-           "Status"]
+__all__ = [
+    "FRAME",
+    "JOB_HEADER",
+    "MAX_JOB",
+    "MAX_MESSAGE",
+    "RESULT",
+    "RETIRE",
+    "STATUS_REASON",
+    "Kind",
+    "Status",
+]
 
 FRAME = struct.Struct(">BII")  # kind, filter index, payload length
 RESULT = struct.Struct(">BI")  # status, message length (then message, then mask)
 JOB_HEADER = struct.Struct(">I")
-
 
 
 class Kind(IntEnum):
@@ -57,8 +65,12 @@ class Status(IntEnum):
     OVER_SHARE = 5  # not run: its user's filters used their time share of this visit
 
 
-STATUS_REASON = {Status.ERROR: FaultReason.ERROR, Status.MEMORY: FaultReason.MEMORY,
-                 Status.BAD_RESULT: FaultReason.BAD_RESULT, Status.REJECTED: FaultReason.ERROR}
+STATUS_REASON = {
+    Status.ERROR: FaultReason.ERROR,
+    Status.MEMORY: FaultReason.MEMORY,
+    Status.BAD_RESULT: FaultReason.BAD_RESULT,
+    Status.REJECTED: FaultReason.ERROR,
+}
 MAX_MESSAGE = 2000  # characters of a fault message that reach the owner
 MAX_JOB = 64 * 2**20
 RETIRE = b"R"

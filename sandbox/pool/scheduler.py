@@ -54,8 +54,12 @@ def _enough_descriptors(workers: int) -> None:
         if new > soft:
             resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
         if new < want:
-            log.warning("only %d file descriptors for %d workers; lower idle_workers or raise the "
-                        "hard limit (ulimit -Hn)", new, workers)
+            log.warning(
+                "only %d file descriptors for %d workers; lower idle_workers or raise the "
+                "hard limit (ulimit -Hn)",
+                new,
+                workers,
+            )
 
 
 class WorkerPool:
@@ -132,13 +136,17 @@ class WorkerPool:
         self._suspensions = Suspensions(max_faults, fault_window)
         self._share_left: dict[str, float] = {}  # user → evaluation time left this visit [s]
         self._enforced: dict[str, bool] = {}
-        self._idle: OrderedDict[str, WorkerHandle] = OrderedDict()  # user → worker, least recent first
+        self._idle: OrderedDict[str, WorkerHandle] = (
+            OrderedDict()
+        )  # user → worker, least recent first
         self._visit_no = 0
         # Cores to pin running workers to, one each (see _pin); none when they would share.
         cpus = sorted(os.sched_getaffinity(0))
         self._cpus = cpus if 1 < len(cpus) and self.workers <= len(cpus) else []
         self._reads_schema: pa.Schema | None = None
-        self._reads: dict[int, tuple[CompiledFilter, frozenset[str]]] = {}  # id → (filter, its columns)
+        self._reads: dict[
+            int, tuple[CompiledFilter, frozenset[str]]
+        ] = {}  # id → (filter, its columns)
         self._batch_of: dict[str, tuple[int, int]] = {}  # user → (memfd, size) of this visit
         _enough_descriptors(self.max_idle_workers + self.workers)
         self._uids = UidPool()
@@ -156,7 +164,11 @@ class WorkerPool:
     def enforced(self) -> dict[str, bool]:
         """Which isolation layers took effect in the most recent worker (and the zygote)."""
         info = self._zygote.info if self._zygote else {}
-        return {"netns": bool(info.get("netns")), "pidns": bool(info.get("pidns")), **self._enforced}
+        return {
+            "netns": bool(info.get("netns")),
+            "pidns": bool(info.get("pidns")),
+            **self._enforced,
+        }
 
     def update(self, key: str, compiled: CompiledFilter | None) -> None:
         """Replace (or add) the filter ``key`` after its owner resubmits it, lifting any
@@ -185,7 +197,9 @@ class WorkerPool:
         Runs an empty visit of ``schema``; nothing is recorded (a fault here counts for
         nothing, and its worker is simply not kept).
         """
-        empty = pa.RecordBatch.from_arrays([pa.array([], type=f.type) for f in schema], schema=schema)
+        empty = pa.RecordBatch.from_arrays(
+            [pa.array([], type=f.type) for f in schema], schema=schema
+        )
         self._evaluate(empty, record=False)
 
     def run(self, batch: pa.RecordBatch) -> list[Outcome]:
@@ -212,7 +226,9 @@ class WorkerPool:
         admitted, over = self.shares.admit([self.filters[i][0] for i in runnable])
         for pos, owner in over.items():
             i = runnable[pos]
-            results[i] = Outcome(self.filters[i][0], None, 0.0, self.shares.too_many(self._label(i), owner))
+            results[i] = Outcome(
+                self.filters[i][0], None, 0.0, self.shares.too_many(self._label(i), owner)
+            )
         by_user = {owner: [runnable[p] for p in positions] for owner, positions in admitted.items()}
         budget = self.shares.budget_s
         self._share_left = {user: math.inf if budget is None else budget for user in by_user}
@@ -250,7 +266,9 @@ class WorkerPool:
     def __enter__(self) -> WorkerPool:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def __del__(self) -> None:
@@ -259,7 +277,9 @@ class WorkerPool:
 
     # --- the visit loop --------------------------------------------------------------------
 
-    def _columns_of(self, batch: pa.RecordBatch, by_user: dict[str, list[int]]) -> dict[str, frozenset[str]]:
+    def _columns_of(
+        self, batch: pa.RecordBatch, by_user: dict[str, list[int]]
+    ) -> dict[str, frozenset[str]]:
         """The columns each user's worker receives: what that user's filters can read, no more
         (another user's columns never reach it, whatever the filter does). Worked out once per
         schema and filter set (visits share one schema)."""
@@ -275,13 +295,21 @@ class WorkerPool:
                 if reads is None or reads[0] is not compiled:
                     leaves = leaves or leaf_paths(batch.schema)
                     got = compiled.reads(leaves)
-                    reads = self._reads[id(compiled)] = (compiled, leaves if got is None else frozenset(got))
+                    reads = self._reads[id(compiled)] = (
+                        compiled,
+                        leaves if got is None else frozenset(got),
+                    )
                 paths |= reads[1]
             out[user] = frozenset(paths)
         return out
 
-    def _run(self, n: int, queue: deque[tuple[str, list[int]]],
-             results: list[Outcome | None], infra: set[int]) -> None:
+    def _run(
+        self,
+        n: int,
+        queue: deque[tuple[str, list[int]]],
+        results: list[Outcome | None],
+        infra: set[int],
+    ) -> None:
         sel = selectors.DefaultSelector()
         active: list[WorkerHandle] = []
         try:
@@ -290,8 +318,12 @@ class WorkerPool:
                     user, items = queue.popleft()
                     if self._share_left[user] <= 0:
                         for i in items:
-                            results[i] = Outcome(self.filters[i][0], None, 0.0,
-                                                 self.shares.out_of_time(self._label(i), user))
+                            results[i] = Outcome(
+                                self.filters[i][0],
+                                None,
+                                0.0,
+                                self.shares.out_of_time(self._label(i), user),
+                            )
                         continue
                     w = self._dispatch(user, items, n)
                     self._pin(w, active)
@@ -319,7 +351,11 @@ class WorkerPool:
                         active.remove(w)
                         if w.phase in (Phase.CLOSING, Phase.IDLE):
                             # Every result is in; it just did not release the batch cleanly.
-                            log.info("sandbox worker for %s retired: %s", w.user, w.failure or "slow to finish")
+                            log.info(
+                                "sandbox worker for %s retired: %s",
+                                w.user,
+                                w.failure or "slow to finish",
+                            )
                         else:
                             self._fail(w, n, now, results, infra, queue)
                         self._release(w)
@@ -357,12 +393,23 @@ class WorkerPool:
                 w.sent.add(key)
                 entries.append([i, key, display_name(key, compiled.filename), compiled.source])
         share = self._share_left[user]
-        job: dict[str, object] = {"filters": entries, "cpu_s": cpu, "memory_mb": self.memory_mb,
-                                  "share_s": None if math.isinf(share) else share}
+        job: dict[str, object] = {
+            "filters": entries,
+            "cpu_s": cpu,
+            "memory_mb": self.memory_mb,
+            "share_s": None if math.isinf(share) else share,
+        }
         if w.fresh:
-            job["setup"] = {"limits": {"memory_mb": self.memory_mb, "cpu_s": math.ceil(w.cpu_limit),
-                                       "nofile": 16, "reserve_mb": w.reserve // _MB + self.memory_mb,
-                                       "uid": w.uid, "root": self._workdir.root}}
+            job["setup"] = {
+                "limits": {
+                    "memory_mb": self.memory_mb,
+                    "cpu_s": math.ceil(w.cpu_limit),
+                    "nofile": 16,
+                    "reserve_mb": w.reserve // _MB + self.memory_mb,
+                    "uid": w.uid,
+                    "root": self._workdir.root,
+                }
+            }
         body = json.dumps(job).encode()
         try:
             socket.send_fds(w.sock, [wire.JOB_HEADER.pack(len(body)) + body[: 1 << 15]], [batch_fd])
@@ -432,8 +479,16 @@ class WorkerPool:
         except OSError:
             statfd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # gone already: stat() fails
         reserve = max(_MIN_RESERVE_MB * _MB, 2 * size)
-        return WorkerHandle(user, sock, pid, pidfd, self._uids.take(), statfd,
-                            cpu_limit=cpu + _LIFETIME_CPU_S, reserve=reserve)
+        return WorkerHandle(
+            user,
+            sock,
+            pid,
+            pidfd,
+            self._uids.take(),
+            statfd,
+            cpu_limit=cpu + _LIFETIME_CPU_S,
+            reserve=reserve,
+        )
 
     def _park(self, w: WorkerHandle) -> None:
         """After a clean visit: stop the worker until its user's next visit, or retire it."""
@@ -465,7 +520,9 @@ class WorkerPool:
         yet used in this visit are kept (they are about to be), so that users who visit in a
         steady order keep the same workers."""
         while len(self._idle) > self.max_idle_workers:
-            victim = next((u for u, w in self._idle.items() if w.last_visit == self._visit_no), None)
+            victim = next(
+                (u for u, w in self._idle.items() if w.last_visit == self._visit_no), None
+            )
             if victim is None:
                 victim = next(iter(self._idle))
             self._release(self._idle.pop(victim))
@@ -483,7 +540,11 @@ class WorkerPool:
             return
         w.buf += chunk
         limit = wire.RESULT.size + 4 * wire.MAX_MESSAGE + (n + 7) // 8 + 4096
-        while w.failure is None and w.phase not in (Phase.IDLE, Phase.SPLIT) and len(w.buf) >= wire.FRAME.size:
+        while (
+            w.failure is None
+            and w.phase not in (Phase.IDLE, Phase.SPLIT)
+            and len(w.buf) >= wire.FRAME.size
+        ):
             kind, index, length = wire.FRAME.unpack_from(w.buf)
             if length > limit:
                 w.failure = "broke protocol (oversized frame)"
@@ -496,8 +557,15 @@ class WorkerPool:
         if w.phase == Phase.IDLE and w.buf:
             w.failure = "broke protocol (data after DONE)"
 
-    def _frame(self, w: WorkerHandle, kind: int, index: int, payload: bytes, n: int,
-               results: list[Outcome | None]) -> None:
+    def _frame(
+        self,
+        w: WorkerHandle,
+        kind: int,
+        index: int,
+        payload: bytes,
+        n: int,
+        results: list[Outcome | None],
+    ) -> None:
         # Everything here comes from a process running untrusted code: check it all.
         now = time.monotonic()
         current = w.items[w.pos] if w.pos < len(w.items) else None
@@ -517,7 +585,12 @@ class WorkerPool:
                 w.failure = "broke protocol (bad READY)"
                 return
             w.phase, w.deadline = Phase.COMPILING, now + self.compile_s
-        elif kind == Kind.COMPILED and w.phase == Phase.COMPILING and index == current and not payload:
+        elif (
+            kind == Kind.COMPILED
+            and w.phase == Phase.COMPILING
+            and index == current
+            and not payload
+        ):
             key, compiled = self.filters[index]
             if key in w.sent:
                 w.compiled[key] = compiled
@@ -526,7 +599,9 @@ class WorkerPool:
             share = self._share_left[w.user] + _SHARE_GRACE_S
             w.share_capped = share < self.budget_s
             w.phase, w.started, w.deadline = Phase.RUNNING, now, now + min(self.budget_s, share)
-        elif kind == Kind.RESULT and w.phase in (Phase.COMPILING, Phase.RUNNING) and index == current:
+        elif (
+            kind == Kind.RESULT and w.phase in (Phase.COMPILING, Phase.RUNNING) and index == current
+        ):
             outcome = self._outcome(w, index, payload, n, now)
             if outcome is None:
                 w.failure = "broke protocol (bad RESULT)"
@@ -547,7 +622,9 @@ class WorkerPool:
         else:
             w.failure = f"broke protocol (frame {kind} in phase {w.phase})"
 
-    def _outcome(self, w: WorkerHandle, index: int, payload: bytes, n: int, now: float) -> Outcome | None:
+    def _outcome(
+        self, w: WorkerHandle, index: int, payload: bytes, n: int, now: float
+    ) -> Outcome | None:
         key, compiled = self.filters[index]
         if len(payload) < wire.RESULT.size:
             return None
@@ -567,18 +644,35 @@ class WorkerPool:
             return Outcome(key, None, 0.0, self.shares.out_of_time(self._label(index), w.user))
         if status not in wire.STATUS_REASON or bits:
             return None
-        return Outcome(key, None, seconds, FilterFault(message or f"{display_name(key, compiled.filename)}: failed",
-                                                       reason=wire.STATUS_REASON[status]))
+        return Outcome(
+            key,
+            None,
+            seconds,
+            FilterFault(
+                message or f"{display_name(key, compiled.filename)}: failed",
+                reason=wire.STATUS_REASON[status],
+            ),
+        )
 
-    def _fail(self, w: WorkerHandle, n: int, now: float, results: list[Outcome | None],
-              infra: set[int], queue: deque[tuple[str, list[int]]]) -> None:
+    def _fail(
+        self,
+        w: WorkerHandle,
+        n: int,
+        now: float,
+        results: list[Outcome | None],
+        infra: set[int],
+        queue: deque[tuple[str, list[int]]],
+    ) -> None:
         """Kill ``w``; fault the filter it was on; queue the user's remaining filters."""
         w.signal(signal.SIGKILL)
         if w.phase == Phase.STARTING and not w.fresh:
             # A live worker that failed to take a new visit (say, it died while stopped):
             # nothing of this visit ran; a fresh worker takes it.
-            log.warning("sandbox worker for %s failed to resume (%s); forking a fresh one",
-                        w.user, w.failure or "timed out")
+            log.warning(
+                "sandbox worker for %s failed to resume (%s); forking a fresh one",
+                w.user,
+                w.failure or "timed out",
+            )
             queue.appendleft((w.user, w.items))
             return
         if w.phase == Phase.STARTING:
@@ -586,9 +680,16 @@ class WorkerPool:
             log.error("sandbox worker for %s failed to start: %s", w.user, w.failure or "timed out")
             for i in w.items:
                 infra.add(i)
-                results[i] = Outcome(self.filters[i][0], None, 0.0, FilterFault(
-                    f"{display_name(self.filters[i][0], self.filters[i][1].filename)}: not run on this visit: the engine could not "
-                    "start a worker (not a problem with your filter)", reason=FaultReason.KILLED))
+                results[i] = Outcome(
+                    self.filters[i][0],
+                    None,
+                    0.0,
+                    FilterFault(
+                        f"{display_name(self.filters[i][0], self.filters[i][1].filename)}: not run on this visit: the engine could not "
+                        "start a worker (not a problem with your filter)",
+                        reason=FaultReason.KILLED,
+                    ),
+                )
             return
         index = w.items[w.pos]
         key, compiled = self.filters[index]
@@ -596,21 +697,33 @@ class WorkerPool:
         seconds = now - w.started if w.phase == Phase.RUNNING else 0.0
         self._share_left[w.user] -= seconds
         if w.failure is None and w.phase == Phase.RUNNING and w.share_capped:
-            fault = FilterFault(f"{name}: stopped: {w.user}'s filters used their share of "
-                                f"{self.shares.budget_s:g} s on this visit", reason=FaultReason.OVER_SHARE)
+            fault = FilterFault(
+                f"{name}: stopped: {w.user}'s filters used their share of "
+                f"{self.shares.budget_s:g} s on this visit",
+                reason=FaultReason.OVER_SHARE,
+            )
         elif w.failure is None and w.phase == Phase.RUNNING:
             fault = FilterFault(
                 f"{name}: stopped after exceeding its time budget of {self.budget_s:g} s on {n} "
-                "alerts; use column operations instead of Python loops over alerts", reason=FaultReason.TIMEOUT)
+                "alerts; use column operations instead of Python loops over alerts",
+                reason=FaultReason.TIMEOUT,
+            )
         elif w.failure is None:
-            fault = FilterFault(f"{name}: stopped: compiling took longer than {self.compile_s:g} s; "
-                                "simplify the file", reason=FaultReason.TIMEOUT)
+            fault = FilterFault(
+                f"{name}: stopped: compiling took longer than {self.compile_s:g} s; "
+                "simplify the file",
+                reason=FaultReason.TIMEOUT,
+            )
         elif w.failure == "died":
             fault = FilterFault(
                 f"{name}: the process running this filter died (it may have exceeded the memory "
-                f"limit of {self.memory_mb} MB or another resource limit)", reason=FaultReason.KILLED)
+                f"limit of {self.memory_mb} MB or another resource limit)",
+                reason=FaultReason.KILLED,
+            )
         else:
-            fault = FilterFault(f"{name}: stopped: its worker {w.failure}", reason=FaultReason.KILLED)
+            fault = FilterFault(
+                f"{name}: stopped: its worker {w.failure}", reason=FaultReason.KILLED
+            )
         results[index] = Outcome(key, None, seconds, fault)
         rest = w.items[w.pos + 1 :]
         if rest:

@@ -24,7 +24,10 @@ def share_batch(batch: pa.RecordBatch, wanted: Callable[[str], bool] = lambda na
         batch = batch.select(keep)
     fd = os.memfd_create("minibroker-visit", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
-        with pa.OSFile(f"/proc/self/fd/{fd}", "wb") as sink, pa.ipc.new_file(sink, batch.schema) as writer:
+        with (
+            pa.OSFile(f"/proc/self/fd/{fd}", "wb") as sink,
+            pa.ipc.new_file(sink, batch.schema) as writer,
+        ):
             writer.write_batch(batch)
         seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)

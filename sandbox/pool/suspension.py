@@ -56,12 +56,19 @@ class Suspensions:
             faults = sum(recent)
             if o.fault is not None and faults >= self.max_faults and o.key not in self._suspended:
                 self._suspended[o.key] = o.fault
-                log.warning("filter %s suspended after %d faults in its last %d visits: %s",
-                            o.key, faults, len(recent), o.fault)
+                log.warning(
+                    "filter %s suspended after %d faults in its last %d visits: %s",
+                    o.key,
+                    faults,
+                    len(recent),
+                    o.fault,
+                )
 
     def fault(self, key: str, label: str) -> FilterFault:
         """The fault a suspended filter gets instead of running."""
         last = self._suspended[key]
-        return FilterFault(f"{label} is suspended after {self.max_faults} faults in its last "
-                           f"{self.window} visits (last: {last}); fix it and resubmit to run it again",
-                           reason=FaultReason.SUSPENDED)
+        return FilterFault(
+            f"{label} is suspended after {self.max_faults} faults in its last "
+            f"{self.window} visits (last: {last}); fix it and resubmit to run it again",
+            reason=FaultReason.SUSPENDED,
+        )

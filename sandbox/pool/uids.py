@@ -34,7 +34,9 @@ class UidPool:
         if not self._free:
             self._sweep()
         if not self._free:
-            raise PoolError(f"all {BLOCK} worker uids are held by live workers; lower max_idle_workers")
+            raise PoolError(
+                f"all {BLOCK} worker uids are held by live workers; lower max_idle_workers"
+            )
         return self._free.pop()
 
     def give_back(self, uid: int, pidfd: int) -> None:

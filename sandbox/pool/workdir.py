@@ -29,7 +29,9 @@ class Workdir:
         self.path = tempfile.mkdtemp(prefix=PREFIX)
         self.root = os.path.join(self.path, "root")
         os.mkdir(self.root, 0o555)
-        self._lock = os.open(os.path.join(self.path, "lock"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        self._lock = os.open(
+            os.path.join(self.path, "lock"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600
+        )
         fcntl.flock(self._lock, fcntl.LOCK_EX)
 
     def close(self) -> None:

@@ -47,8 +47,10 @@ def isolation_warning(info: dict[str, object]) -> str | None:
     if not missing:
         return None
     why = "not root" if not info.get("root") else "not permitted"
-    return (f"sandbox isolation incomplete ({why}): workers run without {', '.join(missing)}; "
-            "run the engine as root for full isolation")
+    return (
+        f"sandbox isolation incomplete ({why}): workers run without {', '.join(missing)}; "
+        "run the engine as root for full isolation"
+    )
 
 
 def _pid_of(pidfd: int) -> int:
@@ -68,7 +70,9 @@ class Zygote:
 
     def __init__(self, workdir: str, timeout_s: float = 60.0):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        code = f"from sandbox.worker import zygote_main; zygote_main({theirs.fileno()}, {workdir!r})"
+        code = (
+            f"from sandbox.worker import zygote_main; zygote_main({theirs.fileno()}, {workdir!r})"
+        )
         self.proc = subprocess.Popen(
             python_command(code),
             env=clean_environment(),
@@ -90,7 +94,9 @@ class Zygote:
             raise PoolError("the sandbox zygote did not start; see its output above")
         self.info: dict[str, object] = json.loads(hello[1:])
         if self.info.get("threads") != 1:
-            log.warning("sandbox zygote runs %s threads; forking it may deadlock", self.info.get("threads"))
+            log.warning(
+                "sandbox zygote runs %s threads; forking it may deadlock", self.info.get("threads")
+            )
         warning = isolation_warning(self.info)
         if warning:
             log.warning("%s", warning)  # one line, once per zygote

@@ -17,5 +17,14 @@ from sandbox.view.columns import BANDS, AlertsView, Column, ListColumn, as_colum
 from sandbox.view.image import Image, parse_fits_image
 from sandbox.view.record import PUBLIC_ATTRS, AlertRecord
 
-__all__ = ["BANDS", "PUBLIC_ATTRS", "AlertRecord", "AlertsView", "Column", "Image", "ListColumn",
-           "as_column", "parse_fits_image"]
+__all__ = [
+    "BANDS",
+    "PUBLIC_ATTRS",
+    "AlertRecord",
+    "AlertsView",
+    "Column",
+    "Image",
+    "ListColumn",
+    "as_column",
+    "parse_fits_image",
+]

@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["AlertsView", "BANDS", "Column", "ListColumn", "as_column"]
 
 
-
 def _readonly(a: np.ndarray) -> np.ndarray:
     a.flags.writeable = False
     return a
@@ -79,7 +78,10 @@ class Column:
         return len(self._v)
 
     def __repr__(self) -> str:
-        shown = ["null" if self._m is not None and self._m[i] else repr(self._v[i].item()) for i in range(min(5, len(self)))]
+        shown = [
+            "null" if self._m is not None and self._m[i] else repr(self._v[i].item())
+            for i in range(min(5, len(self)))
+        ]
         more = ", ..." if len(self) > 5 else ""
         return f"Column[{self.dtype}]([{', '.join(shown)}{more}], length {len(self)})"
 
@@ -156,23 +158,57 @@ class Column:
             return Column(np.asarray(out, dtype=bool))
         return Column(np.asarray(out), mask)
 
-    def __add__(self, o: Any) -> Column: return self._binary(o, operator.add, compare=False)
-    def __radd__(self, o: Any) -> Column: return self._binary(o, lambda a, b: b + a, compare=False)
-    def __sub__(self, o: Any) -> Column: return self._binary(o, operator.sub, compare=False)
-    def __rsub__(self, o: Any) -> Column: return self._binary(o, lambda a, b: b - a, compare=False)
-    def __mul__(self, o: Any) -> Column: return self._binary(o, operator.mul, compare=False)
-    def __rmul__(self, o: Any) -> Column: return self._binary(o, lambda a, b: b * a, compare=False)
-    def __truediv__(self, o: Any) -> Column: return self._binary(o, operator.truediv, compare=False)
-    def __rtruediv__(self, o: Any) -> Column: return self._binary(o, lambda a, b: b / a, compare=False)
-    def __floordiv__(self, o: Any) -> Column: return self._binary(o, _floordiv, compare=False)
-    def __mod__(self, o: Any) -> Column: return self._binary(o, _mod, compare=False)
-    def __pow__(self, o: Any) -> Column: return self._binary(o, _pow, compare=False)
-    def __lt__(self, o: Any) -> Column: return self._binary(o, operator.lt, compare=True)
-    def __le__(self, o: Any) -> Column: return self._binary(o, operator.le, compare=True)
-    def __gt__(self, o: Any) -> Column: return self._binary(o, operator.gt, compare=True)
-    def __ge__(self, o: Any) -> Column: return self._binary(o, operator.ge, compare=True)
-    def __eq__(self, o: Any) -> Column: return self._binary(o, operator.eq, compare=True)  # type: ignore[override]
-    def __ne__(self, o: Any) -> Column: return self._binary(o, operator.ne, compare=True)  # type: ignore[override]
+    def __add__(self, o: Any) -> Column:
+        return self._binary(o, operator.add, compare=False)
+
+    def __radd__(self, o: Any) -> Column:
+        return self._binary(o, lambda a, b: b + a, compare=False)
+
+    def __sub__(self, o: Any) -> Column:
+        return self._binary(o, operator.sub, compare=False)
+
+    def __rsub__(self, o: Any) -> Column:
+        return self._binary(o, lambda a, b: b - a, compare=False)
+
+    def __mul__(self, o: Any) -> Column:
+        return self._binary(o, operator.mul, compare=False)
+
+    def __rmul__(self, o: Any) -> Column:
+        return self._binary(o, lambda a, b: b * a, compare=False)
+
+    def __truediv__(self, o: Any) -> Column:
+        return self._binary(o, operator.truediv, compare=False)
+
+    def __rtruediv__(self, o: Any) -> Column:
+        return self._binary(o, lambda a, b: b / a, compare=False)
+
+    def __floordiv__(self, o: Any) -> Column:
+        return self._binary(o, _floordiv, compare=False)
+
+    def __mod__(self, o: Any) -> Column:
+        return self._binary(o, _mod, compare=False)
+
+    def __pow__(self, o: Any) -> Column:
+        return self._binary(o, _pow, compare=False)
+
+    def __lt__(self, o: Any) -> Column:
+        return self._binary(o, operator.lt, compare=True)
+
+    def __le__(self, o: Any) -> Column:
+        return self._binary(o, operator.le, compare=True)
+
+    def __gt__(self, o: Any) -> Column:
+        return self._binary(o, operator.gt, compare=True)
+
+    def __ge__(self, o: Any) -> Column:
+        return self._binary(o, operator.ge, compare=True)
+
+    def __eq__(self, o: Any) -> Column:  # type: ignore[override]
+        return self._binary(o, operator.eq, compare=True)
+
+    def __ne__(self, o: Any) -> Column:  # type: ignore[override]
+        return self._binary(o, operator.ne, compare=True)
+
     __hash__ = None  # type: ignore[assignment]
 
     def __neg__(self) -> Column:
@@ -185,12 +221,21 @@ class Column:
         v = self._v if self._v.dtype == bool else self._v.astype(bool)
         return v if self._m is None else v & ~self._m
 
-    def __and__(self, o: Any) -> Column: return Column(self._flags() & _flags_of(o, len(self)))
+    def __and__(self, o: Any) -> Column:
+        return Column(self._flags() & _flags_of(o, len(self)))
+
     __rand__ = __and__
-    def __or__(self, o: Any) -> Column: return Column(self._flags() | _flags_of(o, len(self)))
+
+    def __or__(self, o: Any) -> Column:
+        return Column(self._flags() | _flags_of(o, len(self)))
+
     __ror__ = __or__
-    def __xor__(self, o: Any) -> Column: return Column(self._flags() ^ _flags_of(o, len(self)))
-    def __invert__(self) -> Column: return Column(~self._flags())
+
+    def __xor__(self, o: Any) -> Column:
+        return Column(self._flags() ^ _flags_of(o, len(self)))
+
+    def __invert__(self) -> Column:
+        return Column(~self._flags())
 
     def __bool__(self) -> bool:
         raise TypeError(
@@ -215,7 +260,12 @@ def _same_strings(a: np.ndarray, b: Any) -> np.ndarray | None:
         if len(b) > width:
             return None
         code = np.array(b, dtype=a.dtype).view(np.uint32)
-    elif isinstance(b, np.ndarray) and b.dtype == a.dtype and b.flags.c_contiguous and len(b) == len(a):
+    elif (
+        isinstance(b, np.ndarray)
+        and b.dtype == a.dtype
+        and b.flags.c_contiguous
+        and len(b) == len(a)
+    ):
         code = b.view(np.uint32)
     else:
         return None
@@ -249,7 +299,9 @@ def _or_masks(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
 def _operand(other: Any, n: int) -> tuple[Any, np.ndarray | None]:
     if isinstance(other, Column):
         if len(other) != n:
-            raise ValueError(f"columns of different lengths ({n} and {len(other)}) cannot be combined")
+            raise ValueError(
+                f"columns of different lengths ({n} and {len(other)}) cannot be combined"
+            )
         return other._v, other._m
     if isinstance(other, bool | int | float | str) or other is None:
         if other is None:
@@ -257,13 +309,17 @@ def _operand(other: Any, n: int) -> tuple[Any, np.ndarray | None]:
         if isinstance(other, int) and not isinstance(other, bool) and abs(other) >= 2**63:
             raise OverflowError("integer constants must fit in 64 bits")
         return other, None
-    raise TypeError(f"cannot combine a column with {type(other).__name__}; use a number, a string or a column")
+    raise TypeError(
+        f"cannot combine a column with {type(other).__name__}; use a number, a string or a column"
+    )
 
 
 def _flags_of(other: Any, n: int) -> np.ndarray:
     if isinstance(other, Column):
         if len(other) != n:
-            raise ValueError(f"columns of different lengths ({n} and {len(other)}) cannot be combined")
+            raise ValueError(
+                f"columns of different lengths ({n} and {len(other)}) cannot be combined"
+            )
         return other._flags()
     if isinstance(other, bool):
         return np.full(n, other)
@@ -293,12 +349,40 @@ class ListColumn:
     """
 
     __slots__ = ("_off", "_items", "_lm", "_info", "_memo", "_seg")
-    _public = frozenset({"isnull", "notnull", "where", "in_band", "times", "count", "max", "min",
-                         "sum", "mean", "median", "std", "n_distinct", "any", "all", "first",
-                         "last", "first_time", "last_time", "rate", "slope"})
+    _public = frozenset(
+        {
+            "isnull",
+            "notnull",
+            "where",
+            "in_band",
+            "times",
+            "count",
+            "max",
+            "min",
+            "sum",
+            "mean",
+            "median",
+            "std",
+            "n_distinct",
+            "any",
+            "all",
+            "first",
+            "last",
+            "first_time",
+            "last_time",
+            "rate",
+            "slope",
+        }
+    )
 
-    def __init__(self, offsets: np.ndarray, items: Column, list_mask: np.ndarray | None,
-                 info: _ListInfo | None = None, seg: _Segments | None = None):
+    def __init__(
+        self,
+        offsets: np.ndarray,
+        items: Column,
+        list_mask: np.ndarray | None,
+        info: _ListInfo | None = None,
+        seg: _Segments | None = None,
+    ):
         # Index arrays derived from the offsets, shared by every list of the same shape.
         self._seg = seg if seg is not None and seg.off is offsets else _Segments(_readonly(offsets))
         self._off = self._seg.off
@@ -341,7 +425,9 @@ class ListColumn:
     def where(self, condition: ListColumn) -> ListColumn:
         """Keep only the points where ``condition`` (a list of booleans) is True."""
         if not isinstance(condition, ListColumn) or not self._same_shape(condition):
-            raise ValueError("where() needs a condition on the same lightcurve, e.g. lc.band == 'r'")
+            raise ValueError(
+                "where() needs a condition on the same lightcurve, e.g. lc.band == 'r'"
+            )
         keep = condition._items._flags()
         mask = keep.copy() if self._items._m is None else keep & ~self._items._m
         return self._with(Column(self._items._v, ~mask))
@@ -350,7 +436,9 @@ class ListColumn:
         """Keep only the points taken in ``band``: a letter (``"r"``) or a per-alert column
         (``alerts.diaSource.band``: the current source's band, alert by alert)."""
         if isinstance(band, str):
-            return self._memoized(("in_band", band), lambda: self.where(self._sibling("band") == band))
+            return self._memoized(
+                ("in_band", band), lambda: self.where(self._sibling("band") == band)
+            )
         key = ("in_band", id(band))
         hit = self._memo.get(key)
         if hit is None or hit[0] is not band:
@@ -377,46 +465,98 @@ class ListColumn:
     def _elementwise(self, other: Any, method: str) -> ListColumn:
         if isinstance(other, ListColumn):
             if not self._same_shape(other):
-                raise ValueError("lightcurves of different shapes cannot be combined point by point")
+                raise ValueError(
+                    "lightcurves of different shapes cannot be combined point by point"
+                )
             other = other._items
         elif isinstance(other, Column):
             if len(other) != len(self):
-                raise ValueError(f"a column of {len(other)} values cannot be combined with a "
-                                 f"lightcurve of {len(self)} alerts")
+                raise ValueError(
+                    f"a column of {len(other)} values cannot be combined with a "
+                    f"lightcurve of {len(self)} alerts"
+                )
             other = self._per_point(other)
         return self._with(getattr(self._items, method)(other))
 
     def _per_point(self, col: Column) -> Column:
         """A per-alert column repeated for every point of that alert's list."""
         lengths = self._seg.lengths
-        return Column(np.repeat(col._v, lengths), None if col._m is None else np.repeat(col._m, lengths))
+        return Column(
+            np.repeat(col._v, lengths), None if col._m is None else np.repeat(col._m, lengths)
+        )
 
-    def __add__(self, o: Any) -> ListColumn: return self._elementwise(o, "__add__")
-    def __radd__(self, o: Any) -> ListColumn: return self._elementwise(o, "__radd__")
-    def __sub__(self, o: Any) -> ListColumn: return self._elementwise(o, "__sub__")
-    def __rsub__(self, o: Any) -> ListColumn: return self._elementwise(o, "__rsub__")
-    def __mul__(self, o: Any) -> ListColumn: return self._elementwise(o, "__mul__")
-    def __rmul__(self, o: Any) -> ListColumn: return self._elementwise(o, "__rmul__")
-    def __truediv__(self, o: Any) -> ListColumn: return self._elementwise(o, "__truediv__")
-    def __rtruediv__(self, o: Any) -> ListColumn: return self._elementwise(o, "__rtruediv__")
-    def __floordiv__(self, o: Any) -> ListColumn: return self._elementwise(o, "__floordiv__")
-    def __mod__(self, o: Any) -> ListColumn: return self._elementwise(o, "__mod__")
-    def __pow__(self, o: Any) -> ListColumn: return self._elementwise(o, "__pow__")
-    def __lt__(self, o: Any) -> ListColumn: return self._elementwise(o, "__lt__")
-    def __le__(self, o: Any) -> ListColumn: return self._elementwise(o, "__le__")
-    def __gt__(self, o: Any) -> ListColumn: return self._elementwise(o, "__gt__")
-    def __ge__(self, o: Any) -> ListColumn: return self._elementwise(o, "__ge__")
-    def __eq__(self, o: Any) -> ListColumn: return self._elementwise(o, "__eq__")  # type: ignore[override]
-    def __ne__(self, o: Any) -> ListColumn: return self._elementwise(o, "__ne__")  # type: ignore[override]
-    def __and__(self, o: Any) -> ListColumn: return self._elementwise(o, "__and__")
-    def __or__(self, o: Any) -> ListColumn: return self._elementwise(o, "__or__")
-    def __invert__(self) -> ListColumn: return self._with(~self._items)
-    def __neg__(self) -> ListColumn: return self._with(-self._items)
-    def __abs__(self) -> ListColumn: return self._with(abs(self._items))
+    def __add__(self, o: Any) -> ListColumn:
+        return self._elementwise(o, "__add__")
+
+    def __radd__(self, o: Any) -> ListColumn:
+        return self._elementwise(o, "__radd__")
+
+    def __sub__(self, o: Any) -> ListColumn:
+        return self._elementwise(o, "__sub__")
+
+    def __rsub__(self, o: Any) -> ListColumn:
+        return self._elementwise(o, "__rsub__")
+
+    def __mul__(self, o: Any) -> ListColumn:
+        return self._elementwise(o, "__mul__")
+
+    def __rmul__(self, o: Any) -> ListColumn:
+        return self._elementwise(o, "__rmul__")
+
+    def __truediv__(self, o: Any) -> ListColumn:
+        return self._elementwise(o, "__truediv__")
+
+    def __rtruediv__(self, o: Any) -> ListColumn:
+        return self._elementwise(o, "__rtruediv__")
+
+    def __floordiv__(self, o: Any) -> ListColumn:
+        return self._elementwise(o, "__floordiv__")
+
+    def __mod__(self, o: Any) -> ListColumn:
+        return self._elementwise(o, "__mod__")
+
+    def __pow__(self, o: Any) -> ListColumn:
+        return self._elementwise(o, "__pow__")
+
+    def __lt__(self, o: Any) -> ListColumn:
+        return self._elementwise(o, "__lt__")
+
+    def __le__(self, o: Any) -> ListColumn:
+        return self._elementwise(o, "__le__")
+
+    def __gt__(self, o: Any) -> ListColumn:
+        return self._elementwise(o, "__gt__")
+
+    def __ge__(self, o: Any) -> ListColumn:
+        return self._elementwise(o, "__ge__")
+
+    def __eq__(self, o: Any) -> ListColumn:  # type: ignore[override]
+        return self._elementwise(o, "__eq__")
+
+    def __ne__(self, o: Any) -> ListColumn:  # type: ignore[override]
+        return self._elementwise(o, "__ne__")
+
+    def __and__(self, o: Any) -> ListColumn:
+        return self._elementwise(o, "__and__")
+
+    def __or__(self, o: Any) -> ListColumn:
+        return self._elementwise(o, "__or__")
+
+    def __invert__(self) -> ListColumn:
+        return self._with(~self._items)
+
+    def __neg__(self) -> ListColumn:
+        return self._with(-self._items)
+
+    def __abs__(self) -> ListColumn:
+        return self._with(abs(self._items))
+
     __hash__ = None  # type: ignore[assignment]
 
     def __bool__(self) -> bool:
-        raise TypeError("a lightcurve column is not True or False; reduce it first, e.g. .count() > 0")
+        raise TypeError(
+            "a lightcurve column is not True or False; reduce it first, e.g. .count() > 0"
+        )
 
     # --- per-alert reductions ----------------------------------------------------------------
     # All of them work on the flat array of points with the list offsets: ufunc.reduceat over

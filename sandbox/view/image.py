@@ -25,9 +25,26 @@ class Image:
     """
 
     __slots__ = ("_a",)
-    _public = frozenset({"shape", "centre", "center", "at", "max", "min", "sum", "mean",
-                         "median", "std", "box", "count_above", "tolist",
-                         "centroid", "second_moments", "elongation"})
+    _public = frozenset(
+        {
+            "shape",
+            "centre",
+            "center",
+            "at",
+            "max",
+            "min",
+            "sum",
+            "mean",
+            "median",
+            "std",
+            "box",
+            "count_above",
+            "tolist",
+            "centroid",
+            "second_moments",
+            "elongation",
+        }
+    )
 
     def __init__(self, array: np.ndarray):
         a = np.array(array, dtype=np.float64)  # our own copy: nothing else can change it
@@ -81,7 +98,9 @@ class Image:
         (NaN, NaN) when no pixel is above it."""
         return images.centroid(self._a, threshold, nan)
 
-    def second_moments(self, threshold: float = 0.0, nan: str = "ignore") -> tuple[float, float, float]:
+    def second_moments(
+        self, threshold: float = 0.0, nan: str = "ignore"
+    ) -> tuple[float, float, float]:
         """(Mrr, Mcc, Mrc): the light's second moments about its centroid, in pixels²."""
         return images.second_moments(self._a, threshold, nan)
 
@@ -100,7 +119,7 @@ class Image:
         if not isinstance(half, int) or half < 0:
             raise ValueError("box(half) takes a non-negative integer")
         r, c = self._a.shape[0] // 2, self._a.shape[1] // 2
-        return Image(self._a[max(r - half, 0): r + half + 1, max(c - half, 0): c + half + 1])
+        return Image(self._a[max(r - half, 0) : r + half + 1, max(c - half, 0) : c + half + 1])
 
     def tolist(self) -> list[list[float]]:
         """The pixels as nested lists, row by row."""
@@ -121,6 +140,8 @@ def parse_fits_image(data: bytes, name: str = "cutout") -> np.ndarray:
         lay = images.fits_layout(data)
     except ValueError as exc:
         raise ValueError(str(exc).replace("cutout:", f"{name}:", 1)) from None
-    raw = np.frombuffer(data, dtype=lay.dtype, count=lay.shape[0] * lay.shape[1], offset=lay.data_start)
+    raw = np.frombuffer(
+        data, dtype=lay.dtype, count=lay.shape[0] * lay.shape[1], offset=lay.data_start
+    )
     img = raw.reshape(lay.shape).astype(np.float64)
     return img * lay.scale + lay.zero if (lay.scale, lay.zero) != (1.0, 0.0) else img

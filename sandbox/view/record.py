@@ -83,8 +83,10 @@ class AlertRecord:
             off, null = self._store.list_offsets(path)
             if null is not None and null[self._row]:
                 return None
-            return tuple(AlertRecord(self._store, path, self._row, j)
-                         for j in range(int(off[self._row]), int(off[self._row + 1])))
+            return tuple(
+                AlertRecord(self._store, path, self._row, j)
+                for j in range(int(off[self._row]), int(off[self._row + 1]))
+            )
         data = self._store.binary(path, self._row)  # a cutout
         return None if data is None else Image(parse_fits_image(data, name))
 
@@ -99,8 +101,11 @@ class AlertRecord:
         """The field names at this level."""
         depth = self._prefix.count(".") + 1 if self._prefix else 0
         head = f"{self._prefix}." if self._prefix else ""
-        return [p[len(head):] for p in self._store.kinds
-                if p.startswith(head) and p.count(".") == depth]
+        return [
+            p[len(head) :]
+            for p in self._store.kinds
+            if p.startswith(head) and p.count(".") == depth
+        ]
 
     def __contains__(self, name: str) -> bool:
         return self._path(name) in self._store.kinds

@@ -20,15 +20,32 @@ def test_the_suite_is_large_and_covers_every_category() -> None:
     """At least 60 distinct attacks, across every category the issue names."""
     assert len({a.name for a in ATTACKS}) == len(ATTACKS) >= 60
     assert {a.category for a in ATTACKS} >= {
-        "frames", "format", "subclasses", "builtins", "numpy", "files", "network", "processes",
-        "cpu", "memory", "recursion", "numbers", "regex", "state", "result", "source"}
+        "frames",
+        "format",
+        "subclasses",
+        "builtins",
+        "numpy",
+        "files",
+        "network",
+        "processes",
+        "cpu",
+        "memory",
+        "recursion",
+        "numbers",
+        "regex",
+        "state",
+        "result",
+        "source",
+    }
 
 
 @pytest.mark.parametrize("attack", REJECTED, ids=lambda a: a.name)
 def test_rejected_at_compile(attack: Attack, outside: Outside) -> None:
     """The attack is refused at submit with its rule, a line where there is one, and advice."""
     with pytest.raises(FilterRejected) as info:
-        compile_filter(attack.source(str(outside.marker_dir / "m"), outside.port), f"{attack.name}.py")
+        compile_filter(
+            attack.source(str(outside.marker_dir / "m"), outside.port), f"{attack.name}.py"
+        )
     rule = attack.expect.split(":", 1)[1]
     problems = [p for p in info.value.problems if p.rule == rule]
     assert problems, info.value
@@ -61,17 +78,31 @@ def pool_outcomes(visit: pa.RecordBatch, outside: Outside) -> list[dict]:
     for k, (key, cf) in enumerate(honest):
         mixed.append((f"mixed/{key.split('/')[1]}", cf))
         if k < len(killers):
-            mixed.append((f"mixed/{killers[k].name}", compile_filter(killers[k].source(), f"{killers[k].name}.py")))
-    with WorkerPool(honest[:3] + filters + mixed + honest[3:], budget_s=BUDGET_S, max_faults=5) as pool:
+            mixed.append(
+                (
+                    f"mixed/{killers[k].name}",
+                    compile_filter(killers[k].source(), f"{killers[k].name}.py"),
+                )
+            )
+    with WorkerPool(
+        honest[:3] + filters + mixed + honest[3:], budget_s=BUDGET_S, max_faults=5
+    ) as pool:
         runs = [{o.key: o for o in pool.run(visit)} for _ in range(2)]
-        assert pool.enforced == {"netns": True, "pidns": True, "rlimits": True, "chroot": True,
-                                 "uid": True, "seccomp": True}
+        assert pool.enforced == {
+            "netns": True,
+            "pidns": True,
+            "rlimits": True,
+            "chroot": True,
+            "uid": True,
+            "seccomp": True,
+        }
     return runs
 
 
 @pytest.mark.parametrize("attack", RUNTIME, ids=lambda a: a.name)
-def test_runtime_attack_is_contained(attack: Attack, pool_outcomes: list[dict], visit: pa.RecordBatch,
-                                     outside: Outside) -> None:
+def test_runtime_attack_is_contained(
+    attack: Attack, pool_outcomes: list[dict], visit: pa.RecordBatch, outside: Outside
+) -> None:
     """In the worker pool the attack ends exactly as expected, on both visits."""
     i = RUNTIME.index(attack)
     reference = _reference(visit)
@@ -97,8 +128,11 @@ def test_honest_filters_deliver_unchanged(pool_outcomes: list[dict], visit: pa.R
                 np.testing.assert_array_equal(run[key].mask, reference[k])
 
 
-@pytest.mark.parametrize("attack", [a for a in RUNTIME if a.expect in ("error", "bad-result") or a.expect.startswith("ok:")],
-                         ids=lambda a: a.name)
+@pytest.mark.parametrize(
+    "attack",
+    [a for a in RUNTIME if a.expect in ("error", "bad-result") or a.expect.startswith("ok:")],
+    ids=lambda a: a.name,
+)
 def test_language_layers_contain_it_in_process_too(attack: Attack, visit: pa.RecordBatch) -> None:
     """Attacks that end in an error are already stopped by the namespace (defence in depth)."""
     cf = compile_filter(attack.source(), f"{attack.name}.py")

@@ -20,8 +20,10 @@ LOOKS_AROUND = (
 def test_a_worker_sees_only_its_users_columns(visit: pa.RecordBatch) -> None:
     """A filter that lists what its alerts hold sees its own user's columns only, although
     another user's filter reads diaObject in the same visit."""
-    filters = [("a/north", compile_filter(READS_DIAOBJECT, "north.py")),
-               ("b/look", compile_filter(LOOKS_AROUND, "look.py"))]
+    filters = [
+        ("a/north", compile_filter(READS_DIAOBJECT, "north.py")),
+        ("b/look", compile_filter(LOOKS_AROUND, "look.py")),
+    ]
     with WorkerPool(filters) as pool:
         north, look = pool.run(visit)
         columns = pool._columns_of(visit, {"a": [0], "b": [1]})
@@ -38,5 +40,7 @@ def test_projection_keeps_structure_and_nulls(visit: pa.RecordBatch) -> None:
     assert leaf_paths(small.schema) == want
     assert small.column("diaObject").null_count == visit.column("diaObject").null_count
     assert small.column("prvDiaSources").to_pylist() == [
-        None if x is None else [{"psfFlux": p["psfFlux"]} for p in x] for x in visit.column("prvDiaSources").to_pylist()]
+        None if x is None else [{"psfFlux": p["psfFlux"]} for p in x]
+        for x in visit.column("prvDiaSources").to_pylist()
+    ]
     assert small.nbytes < visit.nbytes / 2

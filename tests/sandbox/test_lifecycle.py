@@ -56,7 +56,9 @@ def test_sigkill_of_the_engine_takes_stopped_workers_with_it() -> None:
     and the next pool to start removes the dead engine's worker directory."""
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": root}
-    engine = subprocess.Popen([sys.executable, "-c", ENGINE], stdout=subprocess.PIPE, env=env, text=True)
+    engine = subprocess.Popen(
+        [sys.executable, "-c", ENGINE], stdout=subprocess.PIPE, env=env, text=True
+    )
     try:
         info = json.loads(engine.stdout.readline())  # type: ignore[union-attr]
         assert info["pidns"]
@@ -65,7 +67,9 @@ def test_sigkill_of_the_engine_takes_stopped_workers_with_it() -> None:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and not all(_state(w) == "T" for w in workers):
             time.sleep(0.02)  # SIGSTOP takes effect asynchronously
-        assert len(workers) == 3 and all(_state(w) == "T" for w in workers), "workers are stopped when idle"
+        assert len(workers) == 3 and all(_state(w) == "T" for w in workers), (
+            "workers are stopped when idle"
+        )
         engine.send_signal(signal.SIGKILL)
         engine.wait()
         left = [info["launcher"], *zygotes, *workers]
@@ -101,7 +105,11 @@ def test_a_non_root_engine_says_in_one_line_what_it_could_not_apply() -> None:
     from sandbox.pool.zygote import isolation_warning
 
     line = isolation_warning({"root": False, "pidns": False, "netns": False, "seccomp": True})
-    assert line is not None and "\n" not in line and line.startswith("sandbox isolation incomplete (not root)")
+    assert (
+        line is not None
+        and "\n" not in line
+        and line.startswith("sandbox isolation incomplete (not root)")
+    )
     for layer in ("own uids", "PID namespaces", "IPC namespaces", "network namespace", "chroot"):
         assert layer in line
     assert "seccomp" not in line

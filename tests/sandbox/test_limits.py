@@ -43,7 +43,9 @@ def _harden_like_a_worker(keep: list[int], root: str, uid: int) -> None:
     assert all(applied.values()), applied
 
 
-def _in_hardened_worker(attack: Callable[[], object], *, pidns: bool = True, keep: tuple[int, ...] = ()) -> str:
+def _in_hardened_worker(
+    attack: Callable[[], object], *, pidns: bool = True, keep: tuple[int, ...] = ()
+) -> str:
     """Run ``attack`` in a process hardened like a worker; return what happened (the name of
     the exception it raised, or SUCCEEDED)."""
     r, w = os.pipe()
@@ -107,8 +109,13 @@ def _state(pid: int) -> tuple[object, ...]:
         lims = f.read()
     with open(f"/proc/{pid}/stat") as f:
         state = f.read().rsplit(")", 1)[1].split()[0]
-    return (state not in ("T", "t", "Z", "X"), lims, os.sched_getscheduler(pid), os.getpriority(os.PRIO_PROCESS, pid),
-            os.sched_getaffinity(pid))
+    return (
+        state not in ("T", "t", "Z", "X"),
+        lims,
+        os.sched_getscheduler(pid),
+        os.getpriority(os.PRIO_PROCESS, pid),
+        os.sched_getaffinity(pid),
+    )
 
 
 def _sock_connect(port: int) -> None:
@@ -180,8 +187,14 @@ def _start_thread() -> None:
 def test_the_os_stops_unrestricted_code(name: str, outside: Outside) -> None:
     """The attack raises in the hardened process and leaves no trace outside."""
     result = _in_hardened_worker(ATTACKS[name](outside))
-    assert result in ("PermissionError", "MemoryError", "OSError", "FileNotFoundError", "RuntimeError",
-                      "ValueError") or (
+    assert result in (
+        "PermissionError",
+        "MemoryError",
+        "OSError",
+        "FileNotFoundError",
+        "RuntimeError",
+        "ValueError",
+    ) or (
         name == "shell out" and result == "SUCCEEDED"  # os.system returns -1: fork was refused
     ), result
     outside.assert_untouched()
@@ -193,12 +206,16 @@ def test_the_os_stops_unrestricted_code(name: str, outside: Outside) -> None:
 # allow-list refuses the call itself; the tests below take the layers one at a time too.
 NEIGHBOUR_ATTACKS: dict[str, Callable[[int], object]] = {
     "re-limit it (prlimit64)": lambda pid: resource.prlimit(pid, resource.RLIMIT_NOFILE, (3, 3)),
-    "shrink its memory (prlimit64)": lambda pid: resource.prlimit(pid, resource.RLIMIT_AS, (2**31, 2**31)),
+    "shrink its memory (prlimit64)": lambda pid: resource.prlimit(
+        pid, resource.RLIMIT_AS, (2**31, 2**31)
+    ),
     "kill it by SIGIO (F_SETOWN)": lambda pid: fcntl.fcntl(3, fcntl.F_SETOWN, pid),
     "kill it by SIGIO (F_SETSIG)": lambda pid: fcntl.fcntl(3, 10, signal.SIGKILL),  # F_SETSIG
     "kill it": lambda pid: os.kill(pid, signal.SIGKILL),
     "stop it": lambda pid: os.kill(pid, signal.SIGSTOP),
-    "starve it (SCHED_IDLE)": lambda pid: os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0)),
+    "starve it (SCHED_IDLE)": lambda pid: os.sched_setscheduler(
+        pid, os.SCHED_IDLE, os.sched_param(0)
+    ),
     "starve it (setpriority)": lambda pid: os.setpriority(os.PRIO_PROCESS, pid, 19),
     "move it (affinity)": lambda pid: os.sched_setaffinity(pid, {0}),
     "open a pidfd for it": lambda pid: os.pidfd_open(pid),
@@ -214,6 +231,7 @@ def test_a_worker_cannot_touch_another(name: str, pidns: bool, victim: int) -> N
     victim fixture compares its state, limits and scheduling before and after)."""
     sock_a, sock_b = socket.socketpair()
     try:
+
         def attack() -> object:
             os.dup2(sock_a.fileno(), 3)
             return NEIGHBOUR_ATTACKS[name](victim)
@@ -222,7 +240,9 @@ def test_a_worker_cannot_touch_another(name: str, pidns: bool, victim: int) -> N
     finally:
         sock_a.close()
         sock_b.close()
-    assert result in ("PermissionError", "ProcessLookupError", "FileNotFoundError", "OSError"), result
+    assert result in ("PermissionError", "ProcessLookupError", "FileNotFoundError", "OSError"), (
+        result
+    )
 
 
 @pytest.mark.parametrize("call", ["prlimit64", "fcntl"])

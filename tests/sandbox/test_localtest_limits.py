@@ -13,11 +13,16 @@ FOREVER = '"""Never ends."""\ndef filter(alerts):\n    while True:\n        pass
 GREEDY = '"""Wants 10 GB."""\ndef filter(alerts):\n    x = [0] * (10 * 2**30 // 8)\n    return alerts.diaSource.snr > len(x)\n'
 
 
-@pytest.mark.parametrize(("source", "expected"), [
-    (FOREVER, "stopped after exceeding its time budget of 0.5 s"),
-    (GREEDY, "memory"),
-])
-def test_test_applies_the_service_limits(source: str, expected: str, tmp_path, small_night, capsys) -> None:
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (FOREVER, "stopped after exceeding its time budget of 0.5 s"),
+        (GREEDY, "memory"),
+    ],
+)
+def test_test_applies_the_service_limits(
+    source: str, expected: str, tmp_path, small_night, capsys
+) -> None:
     """An endless loop stops after the budget and a 10 GB allocation is refused, each with a
     clear message, and the command finishes (exit 1: the filter faulted)."""
     f = tmp_path / "limits.py"

@@ -54,27 +54,37 @@ def test_escape_makes_one_printable_line() -> None:
 
 
 @pytest.mark.parametrize("runner", ["inprocess", "pool"])
-def test_a_fault_message_is_one_escaped_line_named_by_owner(runner: str, visit: pa.RecordBatch) -> None:
+def test_a_fault_message_is_one_escaped_line_named_by_owner(
+    runner: str, visit: pa.RecordBatch
+) -> None:
     """Control characters and lone surrogates from a filter reach nobody raw, and the filter
     is named by owner/name, not by where its file lies on the server."""
-    filters = [("alice/nasty", compile_filter(NASTY, "/srv/minibroker/filters/alice/nasty.py")),
-               ("bob/surrogate", compile_filter(SURROGATE, "/srv/minibroker/filters/bob/surrogate.py"))]
+    filters = [
+        ("alice/nasty", compile_filter(NASTY, "/srv/minibroker/filters/alice/nasty.py")),
+        ("bob/surrogate", compile_filter(SURROGATE, "/srv/minibroker/filters/bob/surrogate.py")),
+    ]
     outcomes = _run(runner, filters, visit)
     for o in outcomes:
         message = str(o.fault)
         assert _printable_line(message), message
         assert "/srv/" not in message
-    assert str(outcomes[0].fault).startswith("alice/nasty.py:3: ValueError: line one\\nline two \\x1b[2J")
+    assert str(outcomes[0].fault).startswith(
+        "alice/nasty.py:3: ValueError: line one\\nline two \\x1b[2J"
+    )
     assert str(outcomes[1].fault).startswith("bob/surrogate.py:3: ValueError: \\udc80")
 
 
 @pytest.mark.parametrize("runner", ["inprocess", "pool"])
-def test_no_value_a_filter_can_stringify_shows_an_address(runner: str, visit: pa.RecordBatch) -> None:
+def test_no_value_a_filter_can_stringify_shows_an_address(
+    runner: str, visit: pa.RecordBatch
+) -> None:
     """str(), f-strings (plain, !s, !r) and %-formatting of functions, iterators and
     generators give no address, neither in a message nor as bits of a mask."""
-    filters = [("a/texts", compile_filter(ADDRESSES, "texts.py")),
-               ("a/raise", compile_filter(RAISE_FUNCTION, "raise.py")),
-               ("a/bits", compile_filter(ADDRESS_AS_BITS, "bits.py"))]
+    filters = [
+        ("a/texts", compile_filter(ADDRESSES, "texts.py")),
+        ("a/raise", compile_filter(RAISE_FUNCTION, "raise.py")),
+        ("a/bits", compile_filter(ADDRESS_AS_BITS, "bits.py")),
+    ]
     texts, raised, bits = _run(runner, filters, visit)
     assert "<function sqrt>" in str(texts.fault) and "<function g>" in str(texts.fault)
     assert "0x" not in str(texts.fault) and "0x" not in str(raised.fault)
@@ -84,9 +94,11 @@ def test_no_value_a_filter_can_stringify_shows_an_address(runner: str, visit: pa
 def test_in_process_evaluation_survives_any_message(visit: pa.RecordBatch) -> None:
     """A message that recurses without end while being built, or holds lone surrogates, is a
     fault for its filter only; the next filter runs."""
-    filters = [("a/deep", compile_filter(UNPRINTABLE_MESSAGE, "deep.py")),
-               ("a/surrogate", compile_filter(SURROGATE, "surrogate.py")),
-               ("b/honest", compile_filter(HONEST, "honest.py"))]
+    filters = [
+        ("a/deep", compile_filter(UNPRINTABLE_MESSAGE, "deep.py")),
+        ("a/surrogate", compile_filter(SURROGATE, "surrogate.py")),
+        ("b/honest", compile_filter(HONEST, "honest.py")),
+    ]
     deep, surrogate, honest = InProcessRunner(filters).run(visit)
     assert deep.fault is not None and str(deep.fault).startswith("a/deep.py:")
     assert surrogate.fault is not None and _printable_line(str(surrogate.fault))

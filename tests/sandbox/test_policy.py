@@ -29,15 +29,25 @@ def test_typical_science_filters_compile_and_run(name: str, visit: pa.RecordBatc
     assert o.fault is None and o.mask.dtype == bool and len(o.mask) == visit.num_rows
 
 
-@pytest.mark.parametrize(("body", "rule", "line", "advice"), [
-    ("    import math\n    return True", "no-import", 4, "already in scope"),
-    ("    print(alerts)\n    return True", "forbidden-name", 4, "minibroker test"),
-    ("    return np.log10(alerts.diaSource.psfFlux) > 1", "forbidden-name", 4, "helpers"),
-    ("    return type(alerts) is None", "forbidden-name", 4, "isinstance"),
-    ("    try:\n        return True\n    except ValueError:\n        return False", "no-try", 4, "reported to you"),
-    ("    return '{}'.format(1) == '1'", "forbidden-attribute", 4, "filters-policy.md"),
-])
-def test_common_mistakes_say_where_and_what_to_do(body: str, rule: str, line: int, advice: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "rule", "line", "advice"),
+    [
+        ("    import math\n    return True", "no-import", 4, "already in scope"),
+        ("    print(alerts)\n    return True", "forbidden-name", 4, "minibroker test"),
+        ("    return np.log10(alerts.diaSource.psfFlux) > 1", "forbidden-name", 4, "helpers"),
+        ("    return type(alerts) is None", "forbidden-name", 4, "isinstance"),
+        (
+            "    try:\n        return True\n    except ValueError:\n        return False",
+            "no-try",
+            4,
+            "reported to you",
+        ),
+        ("    return '{}'.format(1) == '1'", "forbidden-attribute", 4, "filters-policy.md"),
+    ],
+)
+def test_common_mistakes_say_where_and_what_to_do(
+    body: str, rule: str, line: int, advice: str
+) -> None:
     """Each message names mine.py, the line, the rule and a way forward."""
     (p,) = [p for p in _rejected(body) if p.rule == rule]
     assert p.line == line and advice in p.message and str(p).startswith(f"mine.py:{line}:")
@@ -47,7 +57,9 @@ def test_and_instead_of_ampersand_explains_itself(visit: pa.RecordBatch) -> None
     """Using `and` on columns is a runtime error that says to use & and parentheses."""
     src = '"""x"""\n\ndef filter(alerts):\n    return alerts.diaSource.snr > 5 and alerts.diaSource.snr < 50\n'
     (o,) = InProcessRunner([("u/mine", compile_filter(src, "/srv/filters/u/mine.py"))]).run(visit)
-    assert o.fault.reason == "error" and str(o.fault).startswith("u/mine.py:4") and "&" in str(o.fault)
+    assert (
+        o.fault.reason == "error" and str(o.fault).startswith("u/mine.py:4") and "&" in str(o.fault)
+    )
 
 
 def test_long_condition_chains_are_not_too_deep() -> None:

@@ -22,7 +22,10 @@ BOOM = '"""Always fails."""\n\ndef filter(alerts):\n    return 1 / 0\n'
 
 
 def _honest() -> list[tuple[str, object]]:
-    return [(f"u{i % 3}/{k}", compile_filter(src, f"{k}.py")) for i, (k, src) in enumerate(HONEST.items())]
+    return [
+        (f"u{i % 3}/{k}", compile_filter(src, f"{k}.py"))
+        for i, (k, src) in enumerate(HONEST.items())
+    ]
 
 
 def test_same_outcomes_as_in_process_in_the_same_order(visit: pa.RecordBatch) -> None:
@@ -70,7 +73,8 @@ def _pids(pool: WorkerPool) -> dict[str, int]:
 
 
 def test_one_worker_per_user_reused_across_visits_never_across_users(
-        visit: pa.RecordBatch, monkeypatch: pytest.MonkeyPatch) -> None:
+    visit: pa.RecordBatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each user gets one fresh fork, which serves that user's later visits and nobody else's."""
     forks = _counting_forks(monkeypatch)
     filters = _honest()
@@ -91,7 +95,9 @@ def test_one_worker_per_user_reused_across_visits_never_across_users(
 def test_idle_workers_are_stopped_and_limited_per_visit(visit: pa.RecordBatch) -> None:
     """Between visits a worker is stopped (no user code runs); its soft CPU and address-space
     limits are this visit's allowance, below the hard backstops fixed for its life."""
-    with WorkerPool(_honest()[:1], budget_s=0.5, compile_s=1.0, startup_s=2.0, memory_mb=512) as pool:
+    with WorkerPool(
+        _honest()[:1], budget_s=0.5, compile_s=1.0, startup_s=2.0, memory_mb=512
+    ) as pool:
         pool.run(visit)
         pool.run(visit)
         (pid,) = _pids(pool).values()
@@ -107,8 +113,11 @@ def test_idle_workers_are_stopped_and_limited_per_visit(visit: pa.RecordBatch) -
 def test_a_faulty_worker_is_replaced_on_the_next_visit(visit: pa.RecordBatch) -> None:
     """A worker killed for a timeout is gone; the user's next visit (and the rest of this one)
     runs in a fresh worker. A worker that dies while idle is replaced without a fault."""
-    filters = [("a/loop", compile_filter(LOOP, "loop.py")), ("a/snr", compile_filter(HONEST["snr"], "snr.py")),
-               ("b/snr", compile_filter(HONEST["snr"], "snr.py"))]
+    filters = [
+        ("a/loop", compile_filter(LOOP, "loop.py")),
+        ("a/snr", compile_filter(HONEST["snr"], "snr.py")),
+        ("b/snr", compile_filter(HONEST["snr"], "snr.py")),
+    ]
     with WorkerPool(filters, budget_s=0.2) as pool:
         loop, snr, other = pool.run(visit)
         assert loop.fault.reason == "timeout" and snr.fault is None and other.fault is None
@@ -125,12 +134,17 @@ def test_a_faulty_worker_is_replaced_on_the_next_visit(visit: pa.RecordBatch) ->
     assert third["a"] == second["a"] and third["b"] != second["b"]
 
 
-def test_out_of_memory_retires_the_worker(visit: pa.RecordBatch, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_out_of_memory_retires_the_worker(
+    visit: pa.RecordBatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A memory fault kills the worker; the user's next filter runs in a fresh one, which
     then serves the user's next visit."""
     forks = _counting_forks(monkeypatch)
     bomb = '"""Bomb."""\n\ndef filter(alerts):\n    x = [0] * (10 ** 10)\n    return True\n'
-    filters = [("a/bomb", compile_filter(bomb, "bomb.py")), ("a/snr", compile_filter(HONEST["snr"], "snr.py"))]
+    filters = [
+        ("a/bomb", compile_filter(bomb, "bomb.py")),
+        ("a/snr", compile_filter(HONEST["snr"], "snr.py")),
+    ]
     with WorkerPool(filters, memory_mb=256) as pool:
         bomb_o, snr = pool.run(visit)
         assert bomb_o.fault.reason == "memory" and snr.fault is None
@@ -152,9 +166,11 @@ def test_state_left_in_a_worker_reaches_no_other_user(visit: pa.RecordBatch) -> 
         "    fresh = len(SEEN) == 1 and mark(1) == 1\n"
         "    return (alerts.diaSource.snr > 10) if fresh else ~(alerts.diaSource.snr > 10)\n"
     )
-    filters = [("mallory/state", compile_filter(stateful, "state.py")),
-               ("alice/lightcurve", compile_filter(HONEST["lightcurve"], "lightcurve.py")),
-               ("alice/snr", compile_filter(HONEST["snr"], "snr.py"))]
+    filters = [
+        ("mallory/state", compile_filter(stateful, "state.py")),
+        ("alice/lightcurve", compile_filter(HONEST["lightcurve"], "lightcurve.py")),
+        ("alice/snr", compile_filter(HONEST["snr"], "snr.py")),
+    ]
     reference = {o.key: o.mask for o in InProcessRunner(filters[1:]).run(visit)}
     snr = InProcessRunner([filters[2]]).run(visit)[0].mask
     with WorkerPool(filters) as pool:
@@ -167,10 +183,14 @@ def test_state_left_in_a_worker_reaches_no_other_user(visit: pa.RecordBatch) -> 
             assert pids["mallory"] != pids["alice"]
 
 
-def test_least_recently_used_workers_are_evicted(visit: pa.RecordBatch, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_least_recently_used_workers_are_evicted(
+    visit: pa.RecordBatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """At most max_idle_workers stay alive; with users in a steady order the same ones do."""
     forks = _counting_forks(monkeypatch)
-    with WorkerPool(_honest(), max_idle_workers=2, workers=1) as pool:  # one at a time: a fixed order
+    with WorkerPool(
+        _honest(), max_idle_workers=2, workers=1
+    ) as pool:  # one at a time: a fixed order
         history = []
         for _ in range(3):
             assert all(o.fault is None for o in pool.run(visit))
@@ -191,11 +211,15 @@ def test_workers_retire_after_max_visits(visit: pa.RecordBatch) -> None:
     assert pids[0] is not None and pids[2] is not None and pids[0] != pids[2]
 
 
-def test_update_recompiles_in_the_live_worker(visit: pa.RecordBatch, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_update_recompiles_in_the_live_worker(
+    visit: pa.RecordBatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A resubmitted filter is compiled again in the user's live worker (no new fork); removing
     a user's last filter stops that user's worker."""
     forks = _counting_forks(monkeypatch)
-    quality = InProcessRunner([("u/f", compile_filter(HONEST["quality"], "f.py"))]).run(visit)[0].mask
+    quality = (
+        InProcessRunner([("u/f", compile_filter(HONEST["quality"], "f.py"))]).run(visit)[0].mask
+    )
     with WorkerPool([("u/f", compile_filter(HONEST["snr"], "f.py"))]) as pool:
         pool.run(visit)
         pid = _pids(pool)["u"]
@@ -231,8 +255,12 @@ def _worker_pids(pool: WorkerPool) -> list[int]:
 def test_a_killed_worker_faults_one_filter_and_the_rest_deliver(visit: pa.RecordBatch) -> None:
     """A worker that dies mid-filter gives that filter a 'killed' fault; the same user's next
     filter runs in a fresh worker."""
-    filters = [("u/loop", compile_filter(LOOP, "loop.py")), ("u/snr", compile_filter(HONEST["snr"], "snr.py"))]
+    filters = [
+        ("u/loop", compile_filter(LOOP, "loop.py")),
+        ("u/snr", compile_filter(HONEST["snr"], "snr.py")),
+    ]
     with WorkerPool(filters, budget_s=10) as pool:
+
         def kill_children() -> None:
             time.sleep(0.7)
             for pid in _worker_pids(pool):
@@ -251,7 +279,10 @@ def test_a_killed_worker_faults_one_filter_and_the_rest_deliver(visit: pa.Record
 def test_repeated_faults_suspend_until_resubmitted(visit: pa.RecordBatch) -> None:
     """After max_faults faulty visits a filter is suspended with a readable reason; others run;
     resubmitting lifts the suspension."""
-    filters = [("a/boom", compile_filter(BOOM, "boom.py")), ("b/snr", compile_filter(HONEST["snr"], "snr.py"))]
+    filters = [
+        ("a/boom", compile_filter(BOOM, "boom.py")),
+        ("b/snr", compile_filter(HONEST["snr"], "snr.py")),
+    ]
     with WorkerPool(filters, max_faults=2) as pool:
         for _ in range(2):
             boom, snr = pool.run(visit)
@@ -332,7 +363,12 @@ def test_safe_compile_rejects_hostile_source_without_crashing() -> None:
 def test_safe_compile_many_rejects_each_bad_file_and_compiles_the_rest() -> None:
     """Many files share one throwaway interpreter; a hostile file is rejected on its own and
     the files after it still compile; a blown deadline moves on to a fresh interpreter."""
-    files = [(HONEST["snr"], "a.py"), ("(" * 10_000, "b.py"), ("x = 1\x00\n", "c.py"), (HONEST["snr"], "d.py")]
+    files = [
+        (HONEST["snr"], "a.py"),
+        ("(" * 10_000, "b.py"),
+        ("x = 1\x00\n", "c.py"),
+        (HONEST["snr"], "d.py"),
+    ]
     a, b, c, d = safe_compile_many(files)
     assert a.name == "a" and d.name == "d"
     assert isinstance(b, FilterRejected) and isinstance(c, FilterRejected)

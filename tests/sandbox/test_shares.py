@@ -52,7 +52,9 @@ def test_filters_beyond_a_users_count_do_not_run(kind: str, visit: pa.RecordBatc
 
 
 @pytest.mark.parametrize("kind", ["inprocess", "pool"])
-def test_a_users_time_share_stops_their_later_filters_only(kind: str, visit: pa.RecordBatch) -> None:
+def test_a_users_time_share_stops_their_later_filters_only(
+    kind: str, visit: pa.RecordBatch
+) -> None:
     """Once a user's filters used their share of the visit, their remaining filters do not run
     (over-share); the other user's filter runs and delivers."""
     filters = [(f"slow/f{i}", compile_filter(SLOW, f"f{i}.py")) for i in range(4)]
@@ -72,18 +74,24 @@ def test_a_users_time_share_stops_their_later_filters_only(kind: str, visit: pa.
 def test_suspension_counts_faults_in_a_window(visit: pa.RecordBatch) -> None:
     """A filter that faults on every other visit is suspended after 3 faults in its last 5
     visits (it never faults 3 times in a row)."""
-    other = pa.record_batch({"diaSource": pa.StructArray.from_arrays([pa.array(np.full(10, 7.0))], ["snr"])})
+    other = pa.record_batch(
+        {"diaSource": pa.StructArray.from_arrays([pa.array(np.full(10, 7.0))], ["snr"])}
+    )
     filters = [("a/flaky", compile_filter(ON_AND_OFF, "flaky.py"))]
     with WorkerPool(filters, budget_s=5, max_faults=3, fault_window=5) as pool:
         reasons = [pool.run(b)[0].fault for b in (visit, other, visit, other, visit)]
         assert [f is None for f in reasons] == [False, True, False, True, False]
         assert "a/flaky" in pool.suspended
         (after,) = pool.run(other)
-        assert after.fault.reason == "suspended" and "3 faults in its last 5 visits" in str(after.fault)
+        assert after.fault.reason == "suspended" and "3 faults in its last 5 visits" in str(
+            after.fault
+        )
 
 
 @pytest.mark.parametrize(("limit_mb", "kept"), [(1, False), (4096, True)])
-def test_idle_workers_are_retired_on_resident_memory(limit_mb: int, kept: bool, visit: pa.RecordBatch) -> None:
+def test_idle_workers_are_retired_on_resident_memory(
+    limit_mb: int, kept: bool, visit: pa.RecordBatch
+) -> None:
     """After a visit a worker whose resident memory exceeds the limit is retired, not kept."""
     with WorkerPool([("a/f", compile_filter(HONEST, "f.py"))], max_idle_rss_mb=limit_mb) as pool:
         assert pool.run(visit)[0].fault is None

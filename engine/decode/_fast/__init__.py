@@ -25,7 +25,14 @@ from .build import compile_cached, compiler, configure, settings
 from .emit import emit
 from .runtime import Decoder
 
-__all__ = ["available", "configure", "decode_block", "decode_datums", "decoder", "unavailable_reason"]
+__all__ = [
+    "available",
+    "configure",
+    "decode_block",
+    "decode_datums",
+    "decoder",
+    "unavailable_reason",
+]
 
 _decoders: dict[tuple[object, ...], Decoder] = {}
 _lock = threading.Lock()

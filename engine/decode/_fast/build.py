@@ -84,10 +84,16 @@ def cache_dir() -> Path:
 def _key(source: str, cc: str) -> str:
     real = os.path.realpath(cc)
     st = os.stat(real)
-    ident = "\0".join([
-        real, str(st.st_size), str(st.st_mtime_ns), " ".join(CFLAGS),
-        sys.implementation.cache_tag, sysconfig.get_platform(),
-    ])
+    ident = "\0".join(
+        [
+            real,
+            str(st.st_size),
+            str(st.st_mtime_ns),
+            " ".join(CFLAGS),
+            sys.implementation.cache_tag,
+            sysconfig.get_platform(),
+        ]
+    )
     return hashlib.sha256((ident + "\0" + source).encode()).hexdigest()[:32]
 
 
@@ -108,7 +114,9 @@ def compile_cached(source: str, name: str) -> Path:
     """
     cc = compiler()
     if cc is None:
-        raise ConfigError("no C compiler found (install gcc or set MINIBROKER_CC); the fast decoder is off")
+        raise ConfigError(
+            "no C compiler found (install gcc or set MINIBROKER_CC); the fast decoder is off"
+        )
     out_dir = cache_dir()
     target = out_dir / f"{name}-{_key(source, cc)}.so"
     if target.exists():
@@ -117,19 +125,24 @@ def compile_cached(source: str, name: str) -> Path:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot create the decoder cache {out_dir}: {exc}; set $MINIBROKER_CACHE") from exc
+        raise ConfigError(
+            f"cannot create the decoder cache {out_dir}: {exc}; set $MINIBROKER_CACHE"
+        ) from exc
     fd, tmp_src = tempfile.mkstemp(prefix=f".{name}-", suffix=".c", dir=out_dir)
     tmp_so = tmp_src[:-2] + ".so"
     try:
         with os.fdopen(fd, "w") as fo:
             fo.write(source)
         started = time.perf_counter()
-        proc = subprocess.run([cc, *CFLAGS, "-o", tmp_so, tmp_src],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [cc, *CFLAGS, "-o", tmp_so, tmp_src], capture_output=True, text=True, check=False
+        )
         stats["compiles"] += 1
         stats["compile_seconds"] += time.perf_counter() - started
         if proc.returncode != 0:
-            raise ConfigError(f"{cc} failed to build the fast decoder ({name}):\n{proc.stderr[-2000:]}")
+            raise ConfigError(
+                f"{cc} failed to build the fast decoder ({name}):\n{proc.stderr[-2000:]}"
+            )
         os.replace(tmp_so, target)  # atomic: readers see no file or a complete one
     finally:
         for leftover in (tmp_src, tmp_so):

@@ -36,8 +36,13 @@ from .prelude import PRELUDE, RUNTIME
 
 __all__ = ["Buf", "Col", "Layout", "emit"]
 
-_FIXED = {"long": ("int64_t", 8), "int": ("int32_t", 4), "float": ("float", 4),
-          "double": ("double", 8), "timestamp": ("int64_t", 8)}
+_FIXED = {
+    "long": ("int64_t", 8),
+    "int": ("int32_t", 4),
+    "float": ("float", 4),
+    "double": ("double", 8),
+    "timestamp": ("int64_t", 8),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,8 +167,13 @@ class _Emitter:
         fill()
         self.out(ret)
         body = list(self.cur.locals.values())
-        self.funcs.append(head + " {\n" + "".join(f"    {d}\n" for d in body)
-                          + "\n".join(self.cur.lines) + "\n}\n")
+        self.funcs.append(
+            head
+            + " {\n"
+            + "".join(f"    {d}\n" for d in body)
+            + "\n".join(self.cur.lines)
+            + "\n}\n"
+        )
         self.protos.append(head + ";")
         self.cur = saved
 
@@ -187,8 +197,11 @@ class _Emitter:
             col.child_level = self.nlevels
             self.nlevels += 1
             assert avro.items is not None
-            col.children = [self.column(typ.value_type, avro.items, avro.items_null is not None,
-                                        col.child_level)]
+            col.children = [
+                self.column(
+                    typ.value_type, avro.items, avro.items_null is not None, col.child_level
+                )
+            ]
         elif kind == "record":
             by_name = {name: (t, n) for name, t, n in avro.fields}
             for child in typ:
@@ -240,16 +253,19 @@ class _Emitter:
         self.out(f"int64_t {n}; RD_LEN({n}, {fid});")
         if is_string:
             self.out(f"if (UNLIKELY(!utf8_ok(p, {n}))) ERR(E_UTF8, {fid});")
-        self.out(f"if (UNLIKELY({used} + {n} > c->cap[{d}]) && grow_data(c, {d}, {used} + {n}))"
-                 f" ERR(E_NOMEM, {fid});")
+        self.out(
+            f"if (UNLIKELY({used} + {n} > c->cap[{d}]) && grow_data(c, {d}, {used} + {n}))"
+            f" ERR(E_NOMEM, {fid});"
+        )
         copy = "memcpy" if is_string else "copy_value"
         self.out(f"{copy}(c->buf[{d}] + {used}, p, (size_t){n}); {used} += {n}; p += {n};")
         if is_string:
             self.out(f"if (UNLIKELY({used} > INT32_MAX)) ERR(E_TOOBIG, {fid});")
         self.out(f"{offsets}[{slot} + 1] = {used};")
 
-    def decode_array(self, col: Col, avro: AvroType, offsets: str, slot: str, path: str,
-                     fid: int) -> None:
+    def decode_array(
+        self, col: Col, avro: AvroType, offsets: str, slot: str, path: str, fid: int
+    ) -> None:
         assert avro.items is not None and col.child_level is not None
         lvl = col.child_level
         s, n, k = self.fresh("s"), self.fresh("n"), self.fresh("k")
@@ -258,8 +274,10 @@ class _Emitter:
             self.out(f"int64_t {n};")
             self.block_count(n, avro.items, avro.items_null, fid)
             self.out(f"if ({n} == 0) break;")
-            self.out(f"if (UNLIKELY({s} + {n} > c->lcap[{lvl}]) && grow_level(c, {lvl}, {s} + {n}))"
-                     f" ERR(E_NOMEM, {fid});")
+            self.out(
+                f"if (UNLIKELY({s} + {n} > c->lcap[{lvl}]) && grow_level(c, {lvl}, {s} + {n}))"
+                f" ERR(E_NOMEM, {fid});"
+            )
             with self.block(f"for (int64_t {k} = 0; {k} < {n}; {k}++, {s}++)"):
                 self.decode(col.children[0], avro.items, avro.items_null, s, path)
         self.out(f"c->llen[{lvl}] = {s};")
@@ -270,8 +288,10 @@ class _Emitter:
         if items_null is not None or items.min_size() > 0:
             self.out(f"RD_BLOCK({n}, {fid});")
         else:  # items of zero bytes cannot be bounded by the input; bound them by a constant
-            self.out(f"RD_LONG({n}, {fid}); if ({n} < 0) {{ int64_t z_; RD_LONG(z_, {fid}); "
-                     f"{n} = -{n}; }} if (UNLIKELY({n} < 0 || {n} > (1 << 24))) ERR(E_COUNT, {fid});")
+            self.out(
+                f"RD_LONG({n}, {fid}); if ({n} < 0) {{ int64_t z_; RD_LONG(z_, {fid}); "
+                f"{n} = -{n}; }} if (UNLIKELY({n} < 0 || {n} > (1 << 24))) ERR(E_COUNT, {fid});"
+            )
 
     def record_function(self, col: Col, avro: AvroType, path: str) -> str:
         func = self.fresh(f"rec_{(avro.name or 'record').rpartition('.')[2]}_")
@@ -285,8 +305,12 @@ class _Emitter:
                 else:
                     self.skip(typ, null, sub)
 
-        self.function(f"static const uint8_t *{func}(Ctx *c, const uint8_t *p, const uint8_t *end,"
-                      " int64_t s)", col.level, fill)
+        self.function(
+            f"static const uint8_t *{func}(Ctx *c, const uint8_t *p, const uint8_t *end,"
+            " int64_t s)",
+            col.level,
+            fill,
+        )
         return func
 
     # -- null and empty values -----------------------------------------------------------
@@ -369,8 +393,11 @@ class _Emitter:
                 with self.block(f"for (int64_t {k} = 0; {k} < {n}; {k}++)"):
                     self.skip(avro.items, avro.items_null, f"item of {label} (skipped)")
 
-        self.function(f"static const uint8_t *{func}(Ctx *c, const uint8_t *p, const uint8_t *end)",
-                      None, fill)
+        self.function(
+            f"static const uint8_t *{func}(Ctx *c, const uint8_t *p, const uint8_t *end)",
+            None,
+            fill,
+        )
         return func
 
 

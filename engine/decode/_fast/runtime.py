@@ -117,7 +117,9 @@ class Decoder:
         self._lib.fd_free(ctx)
 
     # -- decoding --------------------------------------------------------------------------
-    def decode_block(self, data: memoryview, count: int, where: str) -> tuple[pa.RecordBatch, list[memoryview]]:
+    def decode_block(
+        self, data: memoryview, count: int, where: str
+    ) -> tuple[pa.RecordBatch, list[memoryview]]:
         """Decode ``count`` datums lying back to back in ``data``."""
         view = memoryview(data)
         scratch = _scratch
@@ -126,8 +128,9 @@ class Decoder:
         try:
             starts = np.empty(count + 1, dtype=np.int64)
             ctx = self._take(count)
-            rc = self._lib.fd_decode_block(ctx, scratch.ptrs[0], view.nbytes, count,
-                                           starts.ctypes.data)
+            rc = self._lib.fd_decode_block(
+                ctx, scratch.ptrs[0], view.nbytes, count, starts.ctypes.data
+            )
         finally:
             self._release(scratch.views, 1)
         if rc != 0:
@@ -146,7 +149,9 @@ class Decoder:
         try:
             self._acquire(items, n, scratch.views, scratch.ptrs, scratch.lens)
         except (TypeError, BufferError, ValueError) as exc:
-            raise DecodeError(f"{where}: an item is not a contiguous bytes-like object: {exc}") from exc
+            raise DecodeError(
+                f"{where}: an item is not a contiguous bytes-like object: {exc}"
+            ) from exc
         try:
             ctx = self._take(n)
             rc = self._lib.fd_decode_ptrs(ctx, scratch.ptrs, scratch.lens, n)
@@ -156,7 +161,9 @@ class Decoder:
             self._fail(ctx, where, block=False)
         return self._assemble(ctx)
 
-    def decode_framed(self, bodies: Sequence[bytes | memoryview], schema_id: int, where: str) -> pa.RecordBatch:
+    def decode_framed(
+        self, bodies: Sequence[bytes | memoryview], schema_id: int, where: str
+    ) -> pa.RecordBatch:
         """Decode Confluent-framed bodies (header checked and skipped in C), each where it lies.
 
         Every body must carry ``schema_id``; otherwise DecodeError names the first that does not.
@@ -168,16 +175,25 @@ class Decoder:
         try:
             self._acquire(items, n, scratch.views, scratch.ptrs, scratch.lens)
         except (TypeError, BufferError, ValueError) as exc:
-            raise DecodeError(f"{where}: an item is not a contiguous bytes-like object: {exc}") from exc
+            raise DecodeError(
+                f"{where}: an item is not a contiguous bytes-like object: {exc}"
+            ) from exc
         try:
             why, found = ctypes.c_int64(0), ctypes.c_int64(0)
-            bad = self._lib.fd_unframe(scratch.ptrs, scratch.lens, n, schema_id,
-                                       ctypes.byref(why), ctypes.byref(found))
+            bad = self._lib.fd_unframe(
+                scratch.ptrs, scratch.lens, n, schema_id, ctypes.byref(why), ctypes.byref(found)
+            )
             if bad >= 0:
-                raise DecodeError(f"{where} {bad}: " + (
-                    f"{scratch.lens[bad]} bytes is too short for a Confluent wire header" if why.value == 1
-                    else f"magic byte is {found.value}, not 0; this is not a Confluent-framed Avro alert"
-                    if why.value == 2 else f"schema id {found.value} differs from the batch's {schema_id}"))
+                raise DecodeError(
+                    f"{where} {bad}: "
+                    + (
+                        f"{scratch.lens[bad]} bytes is too short for a Confluent wire header"
+                        if why.value == 1
+                        else f"magic byte is {found.value}, not 0; this is not a Confluent-framed Avro alert"
+                        if why.value == 2
+                        else f"schema id {found.value} differs from the batch's {schema_id}"
+                    )
+                )
             ctx = self._take(n)
             rc = self._lib.fd_decode_ptrs(ctx, scratch.ptrs, scratch.lens, n)
         finally:
@@ -209,7 +225,9 @@ class Decoder:
         # cycle, which kept the holder (and so the context) alive until the cycle collector
         # ran, and every small batch then paid for fresh buffers (fresh pages) instead of
         # reusing the pooled ones.
-        build = _Builder(words[:nb], words[2 * nb : 3 * nb], words[3 * nb + nl : 3 * nb + 2 * nl], holder)
+        build = _Builder(
+            words[:nb], words[2 * nb : 3 * nb], words[3 * nb + nl : 3 * nb + 2 * nl], holder
+        )
         arrays = [build.array(col) for col in self.layout.columns]
         return pa.RecordBatch.from_arrays(arrays, schema=self.layout.schema)
 
@@ -233,15 +251,24 @@ class _Builder:
         assert col.values is not None or pa.types.is_struct(t)
         if col.child_level is not None:
             offsets = wrap(col.values, 4 * (n + 1))  # type: ignore[arg-type]
-            return pa.Array.from_buffers(t, n, [validity, offsets],
-                                         children=[self.array(col.children[0])])
+            return pa.Array.from_buffers(
+                t, n, [validity, offsets], children=[self.array(col.children[0])]
+            )
         if pa.types.is_struct(t):
-            return pa.Array.from_buffers(t, n, [validity],
-                                         children=[self.array(c) for c in col.children])
+            return pa.Array.from_buffers(
+                t, n, [validity], children=[self.array(c) for c in col.children]
+            )
         if col.data is not None:
             width = 8 if pa.types.is_large_binary(t) else 4
-            return pa.Array.from_buffers(t, n, [validity, wrap(col.values, width * (n + 1)),  # type: ignore[arg-type]
-                                                wrap(col.data, self.vlen[col.data])])
+            return pa.Array.from_buffers(
+                t,
+                n,
+                [
+                    validity,
+                    wrap(col.values, width * (n + 1)),  # type: ignore[arg-type]
+                    wrap(col.data, self.vlen[col.data]),
+                ],
+            )
         if pa.types.is_boolean(t):
             return pa.Array.from_buffers(t, n, [validity, wrap(col.values, (n + 7) // 8)])  # type: ignore[arg-type]
         width = t.bit_width // 8

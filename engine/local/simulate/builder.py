@@ -162,11 +162,16 @@ _PAD = 2880
 
 # (ra, dec, band, target name): the table in the module docstring; index 1 is the deep field
 _POINTINGS = [
-    (10.0, 3.0, "r", "lowdust"), (53.13, -28.10, "i", "ddf_ecdfs"),
-    (350.0, -5.0, "g", "lowdust"), (15.0, -35.0, "z", "lowdust"),
-    (25.0, 10.0, "y", "lowdust"), (340.0, -30.0, "u", "lowdust"),
-    (35.0, -10.0, "r", "lowdust"), (0.0, -60.0, "i", "lowdust"),
-    (45.0, 16.0, "z", "lowdust"), (5.0, -20.0, "g", "lowdust"),
+    (10.0, 3.0, "r", "lowdust"),
+    (53.13, -28.10, "i", "ddf_ecdfs"),
+    (350.0, -5.0, "g", "lowdust"),
+    (15.0, -35.0, "z", "lowdust"),
+    (25.0, 10.0, "y", "lowdust"),
+    (340.0, -30.0, "u", "lowdust"),
+    (35.0, -10.0, "r", "lowdust"),
+    (0.0, -60.0, "i", "lowdust"),
+    (45.0, 16.0, "z", "lowdust"),
+    (5.0, -20.0, "g", "lowdust"),
 ]
 _DDF = 1
 
@@ -236,9 +241,16 @@ def truth(path: str | os.PathLike[str]) -> dict[int, str]:
     return {int(k): v for k, v in data["alerts"].items()}
 
 
-def simulate_night(out: str | os.PathLike[str], *, visits: int = 10, alerts_per_visit: int = 1000,
-                   seed: int = 0, schema_version: str = "11.1", progress: bool = True,
-                   start_mjd: float = 61000.0) -> NightSummary:
+def simulate_night(
+    out: str | os.PathLike[str],
+    *,
+    visits: int = 10,
+    alerts_per_visit: int = 1000,
+    seed: int = 0,
+    schema_version: str = "11.1",
+    progress: bool = True,
+    start_mjd: float = 61000.0,
+) -> NightSummary:
     """Write a realistic sample night and its truth sidecar.
 
     Parameters
@@ -275,7 +287,9 @@ def simulate_night(out: str | os.PathLike[str], *, visits: int = 10, alerts_per_
     if not isinstance(seed, int | np.integer) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     if not 59500.0 <= float(start_mjd) <= 80000.0:
-        raise ConfigError(f"start_mjd must be an MJD between 59500 and 80000 (Rubin era), got {start_mjd!r}")
+        raise ConfigError(
+            f"start_mjd must be an MJD between 59500 and 80000 (Rubin era), got {start_mjd!r}"
+        )
     schema = load_schema(schema_version)  # SchemaError names the available versions
     if schema.version < (7, 0):
         raise ConfigError(f"schema {schema.name} is too old to simulate; use 7.0 or later")
@@ -287,7 +301,9 @@ def simulate_night(out: str | os.PathLike[str], *, visits: int = 10, alerts_per_
     out = Path(out)
     bar = _Progress(visits, alerts_per_visit) if progress else None
     t0 = time.perf_counter()
-    marker = hashlib.sha256(f"minibroker-night:{visits}:{alerts_per_visit}:{seed}:{schema.name}:{start_mjd}".encode()).digest()[:16]
+    marker = hashlib.sha256(
+        f"minibroker-night:{visits}:{alerts_per_visit}:{seed}:{schema.name}:{start_mjd}".encode()
+    ).digest()[:16]
     with NightWriter(out, schema, [v.id for v in plan], sync_marker=marker) as night:
         for v, ss in zip(plan, seeds, strict=True):
             builder = _VisitBuilder(v, alerts_per_visit, spec, np.random.default_rng(ss), bar)
@@ -300,14 +316,26 @@ def simulate_night(out: str | os.PathLike[str], *, visits: int = 10, alerts_per_
     seconds = time.perf_counter() - t0
     side = truth_path(out)
     tmp = side.with_name(side.name + ".partial")
-    args = {"visits": visits, "alerts_per_visit": alerts_per_visit, "seed": int(seed),
-            "schema_version": schema.name, "start_mjd": float(start_mjd)}
+    args = {
+        "visits": visits,
+        "alerts_per_visit": alerts_per_visit,
+        "seed": int(seed),
+        "schema_version": schema.name,
+        "start_mjd": float(start_mjd),
+    }
     tmp.write_text(json.dumps({"simulate_night": args, "populations": counts, "alerts": labels}))
     os.replace(tmp, side)
     if bar:
         bar.close()
-    return NightSummary(out, schema.name, tuple(v.id for v in plan), len(labels),
-                        out.stat().st_size, seconds, counts)
+    return NightSummary(
+        out,
+        schema.name,
+        tuple(v.id for v in plan),
+        len(labels),
+        out.stat().st_size,
+        seconds,
+        counts,
+    )
 
 
 def _check(value: object, name: str, most: int) -> None:
@@ -388,9 +416,21 @@ def _plan(n: int, start: float) -> list[_Visit]:
         _, beta = pops.ecliptic(np.array([ra]), np.array([dec]))
         b1 = pops.BANDS[(pops.BANDS.index(band) + 1) % 6]
         reason = target if ddf else f"pairs_{band}{b1}_33.0"
-        plan.append(_Visit(i, int(ids[i]), float(mjds[i]), ra, dec, pops.BANDS.index(band),
-                           rotation=(37.0 * i) % 360.0 - 180.0, target=target, reason=reason,
-                           ddf=ddf, ecl_beta=float(beta[0])))
+        plan.append(
+            _Visit(
+                i,
+                int(ids[i]),
+                float(mjds[i]),
+                ra,
+                dec,
+                pops.BANDS.index(band),
+                rotation=(37.0 * i) % 360.0 - 180.0,
+                target=target,
+                reason=reason,
+                ddf=ddf,
+                ecl_beta=float(beta[0]),
+            )
+        )
     return plan
 
 
@@ -501,10 +541,24 @@ def _generic(f: _Field, n: int, rng: np.random.Generator, now: float) -> Any:
     return v
 
 
-_DEFAULTS = {"float": 0.0, "double": 0.0, "int": 0, "long": 0, "boolean": False, "string": "",
-             "bytes": b"", "timestamp": 0}
-_DTYPES = {"float": np.float32, "double": np.float64, "int": np.int64, "long": np.int64,
-           "boolean": np.bool_, "timestamp": np.int64}
+_DEFAULTS = {
+    "float": 0.0,
+    "double": 0.0,
+    "int": 0,
+    "long": 0,
+    "boolean": False,
+    "string": "",
+    "bytes": b"",
+    "timestamp": 0,
+}
+_DTYPES = {
+    "float": np.float32,
+    "double": np.float64,
+    "int": np.int64,
+    "long": np.int64,
+    "boolean": np.bool_,
+    "timestamp": np.int64,
+}
 
 
 def _as_list(f: _Field, values: Any, n: int, nulls: np.ndarray | None) -> list[Any]:
@@ -535,8 +589,14 @@ def _as_list(f: _Field, values: Any, n: int, nulls: np.ndarray | None) -> list[A
     return out
 
 
-def _rows(rec: _Record, n: int, cols: Columns, rng: np.random.Generator, now: float,
-          nulls: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
+def _rows(
+    rec: _Record,
+    n: int,
+    cols: Columns,
+    rng: np.random.Generator,
+    now: float,
+    nulls: dict[str, np.ndarray] | None = None,
+) -> list[dict[str, Any]]:
     """``n`` records of type ``rec``: modelled columns from ``cols``, the rest generic."""
     names = []
     lists = []
@@ -553,8 +613,12 @@ def _rows(rec: _Record, n: int, cols: Columns, rng: np.random.Generator, now: fl
 
 def _detector_cells() -> np.ndarray:
     """(189, 2) sensor cell of each detector in a 15 x 15 grid without the corner rafts."""
-    cells = [(cx, cy) for cy in range(15) for cx in range(15)
-             if (cx // 3, cy // 3) not in {(0, 0), (0, 4), (4, 0), (4, 4)}]
+    cells = [
+        (cx, cy)
+        for cy in range(15)
+        for cx in range(15)
+        if (cx // 3, cy // 3) not in {(0, 0), (0, 4), (4, 0), (4, 4)}
+    ]
     return np.array(cells, dtype=np.float64)
 
 
@@ -605,12 +669,20 @@ def _header(cards: list[str]) -> str:
     return text + " " * (-len(text) % _PAD)
 
 
-_VAR_HDU = _header([
-    _card("XTENSION", "'IMAGE   '", "Image extension"), _card("BITPIX", "-32", "array data type"),
-    _card("NAXIS", "2", "number of array dimensions"), _card("NAXIS1", str(_STAMP)),
-    _card("NAXIS2", str(_STAMP)), _card("PCOUNT", "0", "number of parameters"),
-    _card("GCOUNT", "1", "number of groups"), _card("UTYPE", "'VarianceUncertainty'"),
-    _card("EXTNAME", "'UNCERT  '", "extension name"), _card("BUNIT", "'nJy2    '")]).encode("ascii")
+_VAR_HDU = _header(
+    [
+        _card("XTENSION", "'IMAGE   '", "Image extension"),
+        _card("BITPIX", "-32", "array data type"),
+        _card("NAXIS", "2", "number of array dimensions"),
+        _card("NAXIS1", str(_STAMP)),
+        _card("NAXIS2", str(_STAMP)),
+        _card("PCOUNT", "0", "number of parameters"),
+        _card("GCOUNT", "1", "number of groups"),
+        _card("UTYPE", "'VarianceUncertainty'"),
+        _card("EXTNAME", "'UNCERT  '", "extension name"),
+        _card("BUNIT", "'nJy2    '"),
+    ]
+).encode("ascii")
 _F32_BYTES = _STAMP * _STAMP * 4
 _F32_PAD = b"\0" * (-_F32_BYTES % _PAD)
 #: Size of every cutout: primary header + image, UNCERT header + variance.
@@ -623,30 +695,46 @@ def _primary_header(v: _Visit) -> tuple[str, str]:
     s = _PIXEL_SCALE / 3600.0
     th = math.radians(v.rotation)
     pc = (-s * math.cos(th), s * math.sin(th), s * math.sin(th), s * math.cos(th))
-    head = "".join([
-        _card("SIMPLE", "T", "conforms to FITS standard"), _card("BITPIX", "-32", "array data type"),
-        _card("NAXIS", "2", "number of array dimensions"), _card("NAXIS1", str(_STAMP)),
-        _card("NAXIS2", str(_STAMP)), _card("EXTEND", "T"),
-        _card("ROTPA", f"{v.rotation:.10f}", "Pos angle in deg of focal plane +Y wrt North"),
-        _card("BUNIT", "'nJy     '"), _card("FILTER", f"'{pops.BANDS[v.band]}       '"),
-        _card("MJD-OBS", f"{v.mjd:.8f}", "exposure midpoint [MJD TAI]"),
-        _card("WCSAXES", "2", "Number of coordinate axes"), _card("RADESYS", "'ICRS    '"),
-        _card("CTYPE1", "'RA---TAN'"), _card("CTYPE2", "'DEC--TAN'"),
-        _card("CUNIT1", "'deg     '"), _card("CUNIT2", "'deg     '"),
-        *[_card(k, f"{val:.13E}", "Coordinate transformation matrix element")
-          for k, val in zip(("PC1_1", "PC1_2", "PC2_1", "PC2_2"), pc, strict=True)],
-    ])
+    head = "".join(
+        [
+            _card("SIMPLE", "T", "conforms to FITS standard"),
+            _card("BITPIX", "-32", "array data type"),
+            _card("NAXIS", "2", "number of array dimensions"),
+            _card("NAXIS1", str(_STAMP)),
+            _card("NAXIS2", str(_STAMP)),
+            _card("EXTEND", "T"),
+            _card("ROTPA", f"{v.rotation:.10f}", "Pos angle in deg of focal plane +Y wrt North"),
+            _card("BUNIT", "'nJy     '"),
+            _card("FILTER", f"'{pops.BANDS[v.band]}       '"),
+            _card("MJD-OBS", f"{v.mjd:.8f}", "exposure midpoint [MJD TAI]"),
+            _card("WCSAXES", "2", "Number of coordinate axes"),
+            _card("RADESYS", "'ICRS    '"),
+            _card("CTYPE1", "'RA---TAN'"),
+            _card("CTYPE2", "'DEC--TAN'"),
+            _card("CUNIT1", "'deg     '"),
+            _card("CUNIT2", "'deg     '"),
+            *[
+                _card(k, f"{val:.13E}", "Coordinate transformation matrix element")
+                for k, val in zip(("PC1_1", "PC1_2", "PC2_1", "PC2_2"), pc, strict=True)
+            ],
+        ]
+    )
     n_cards = len(head) // 80 + 6 + 1  # + the per-alert cards + END
     tail = f"{'END':<80}" + " " * (-(n_cards * 80) % _PAD)
     return head, tail
 
 
-def _wcs_cards(cutmin_x: int, cutmin_y: int, crpix1: float, crpix2: float, ra: float, dec: float) -> str:
-    return (_card("CUTMINX", str(cutmin_x)) + _card("CUTMINY", str(cutmin_y))
-            + _card("CRPIX1", f"{crpix1:.12f}", "Pixel coordinate of reference point")
-            + _card("CRPIX2", f"{crpix2:.12f}", "Pixel coordinate of reference point")
-            + _card("CRVAL1", f"{ra:.12f}", "Coordinate value at reference point")
-            + _card("CRVAL2", f"{dec:.12f}", "Coordinate value at reference point"))
+def _wcs_cards(
+    cutmin_x: int, cutmin_y: int, crpix1: float, crpix2: float, ra: float, dec: float
+) -> str:
+    return (
+        _card("CUTMINX", str(cutmin_x))
+        + _card("CUTMINY", str(cutmin_y))
+        + _card("CRPIX1", f"{crpix1:.12f}", "Pixel coordinate of reference point")
+        + _card("CRPIX2", f"{crpix2:.12f}", "Pixel coordinate of reference point")
+        + _card("CRVAL1", f"{ra:.12f}", "Coordinate value at reference point")
+        + _card("CRVAL2", f"{dec:.12f}", "Coordinate value at reference point")
+    )
 
 
 def _gauss(cx: np.ndarray, cy: np.ndarray, sigma: np.ndarray) -> np.ndarray:
@@ -660,7 +748,9 @@ def _gauss(cx: np.ndarray, cy: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     return gy[:, :, None] * gx[:, None, :]
 
 
-def _cutouts(rng: np.random.Generator, v: _Visit, chunk: _Chunk, seeing_px: float) -> list[tuple[bytes, bytes, bytes]]:
+def _cutouts(
+    rng: np.random.Generator, v: _Visit, chunk: _Chunk, seeing_px: float
+) -> list[tuple[bytes, bytes, bytes]]:
     """The difference, science and template cutouts of each alert of a chunk."""
     c = chunk.t
     k = chunk.k
@@ -671,7 +761,9 @@ def _cutouts(rng: np.random.Generator, v: _Visit, chunk: _Chunk, seeing_px: floa
     tmpl_shape = psf.copy()
     hosted = c["host_px"] > 0
     if hosted.any():  # a galaxy: the PSF convolved with a Gaussian of the host's size
-        tmpl_shape[hosted] = _gauss(cx[hosted], cy[hosted], np.hypot(c["host_px"][hosted], s_psf[hosted]))
+        tmpl_shape[hosted] = _gauss(
+            cx[hosted], cy[hosted], np.hypot(c["host_px"][hosted], s_psf[hosted])
+        )
     kind = c["bogus_kind"]
     names = list(pops.BOGUS_KINDS)
     diff_shape = psf.copy()
@@ -683,16 +775,18 @@ def _cutouts(rng: np.random.Generator, v: _Visit, chunk: _Chunk, seeing_px: floa
         sep = c["dipole_px"][dip] / 2
         ang = np.radians(c["dipole_angle"][dip])
         dx, dy = sep * np.cos(ang), sep * np.sin(ang)
-        lobes = (_gauss(cx[dip] + dx, cy[dip] + dy, s_psf[dip])
-                 - _gauss(cx[dip] - dx, cy[dip] - dy, s_psf[dip]))
+        lobes = _gauss(cx[dip] + dx, cy[dip] + dy, s_psf[dip]) - _gauss(
+            cx[dip] - dx, cy[dip] - dy, s_psf[dip]
+        )
         ratio = c["dipole_mean"][dip] / np.maximum(np.abs(c["diff"][dip]), 1.0)
         diff_shape[dip] += ratio[:, None, None] * lobes
     streak = kind == names.index("streak")
     if streak.any():  # a line across the stamp
         g = np.arange(_STAMP, dtype=np.float64)
         ang = rng.uniform(0, np.pi, streak.sum())[:, None, None]
-        dist = ((g[None, None, :] - cx[streak, None, None]) * np.sin(ang)
-                - (g[None, :, None] - cy[streak, None, None]) * np.cos(ang))
+        dist = (g[None, None, :] - cx[streak, None, None]) * np.sin(ang) - (
+            g[None, :, None] - cy[streak, None, None]
+        ) * np.cos(ang)
         prof = np.exp(-0.5 * (dist / s_psf[streak, None, None]) ** 2)
         diff_shape[streak] = prof / prof.sum(axis=(1, 2), keepdims=True)
     diff = (c["diff"][:, None, None] * diff_shape).astype(np.float32)
@@ -712,8 +806,11 @@ def _cutouts(rng: np.random.Generator, v: _Visit, chunk: _Chunk, seeing_px: floa
     ras, decs = chunk.ra.tolist(), chunk.dec.tolist()
     out = []
     for i in range(k):
-        head = (head_const + _wcs_cards(cutmin_x[i], cutmin_y[i], crpix1[i], crpix2[i], ras[i], decs[i])
-                + tail_const).encode("ascii")
+        head = (
+            head_const
+            + _wcs_cards(cutmin_x[i], cutmin_y[i], crpix1[i], crpix2[i], ras[i], decs[i])
+            + tail_const
+        ).encode("ascii")
         a, b = i * _F32_BYTES, (i + 1) * _F32_BYTES
         tail = b"".join([_F32_PAD, _VAR_HDU, var[a:b], _F32_PAD])
         out.append((head + d_b[a:b] + tail, head + s_b[a:b] + tail, head + t_b[a:b] + tail))
@@ -724,9 +821,22 @@ def _cutouts(rng: np.random.Generator, v: _Visit, chunk: _Chunk, seeing_px: floa
 # one visit
 
 
-_BAND_STATS = ("psfFluxMean", "psfFluxMeanErr", "psfFluxSigma", "psfFluxNdata", "psfFluxMin",
-               "psfFluxMax", "psfFluxMaxSlope", "psfFluxErrMean", "psfFluxChi2",
-               "scienceFluxMean", "scienceFluxMeanErr", "fpFluxMean", "fpFluxMeanErr", "fpFluxSigma")
+_BAND_STATS = (
+    "psfFluxMean",
+    "psfFluxMeanErr",
+    "psfFluxSigma",
+    "psfFluxNdata",
+    "psfFluxMin",
+    "psfFluxMax",
+    "psfFluxMaxSlope",
+    "psfFluxErrMean",
+    "psfFluxChi2",
+    "scienceFluxMean",
+    "scienceFluxMeanErr",
+    "fpFluxMean",
+    "fpFluxMeanErr",
+    "fpFluxSigma",
+)
 
 
 def _weighted(key: np.ndarray, f: np.ndarray, e: np.ndarray, m: int) -> tuple[np.ndarray, ...]:
@@ -766,20 +876,33 @@ def _band_stats(k: int, lc: dict[str, np.ndarray], forced: dict[str, np.ndarray]
         np.maximum.at(slope, key[1:][same], s)
     with np.errstate(invalid="ignore", divide="ignore"):
         err_mean = np.bincount(key, e, minlength=m) / n
-    _, smean, serr, _, _ = _weighted(key, lc["sci"][order].astype(np.float64),
-                                     lc["sci_err"][order].astype(np.float64), m)
+    _, smean, serr, _, _ = _weighted(
+        key, lc["sci"][order].astype(np.float64), lc["sci_err"][order].astype(np.float64), m
+    )
     fkey = forced["owner"] * 6 + forced["band"]
-    _, fpmean, fperr, fpsig, _ = _weighted(fkey, forced["flux"].astype(np.float64),
-                                           forced["err"].astype(np.float64), m)
+    _, fpmean, fperr, fpsig, _ = _weighted(
+        fkey, forced["flux"].astype(np.float64), forced["err"].astype(np.float64), m
+    )
     empty = n == 0
     for a in (fmin, fmax, err_mean):
         a[empty] = np.nan
     slope[n < 2] = np.nan
-    stats = {"psfFluxMean": mean, "psfFluxMeanErr": err, "psfFluxSigma": sigma, "psfFluxNdata": n,
-             "psfFluxMin": fmin, "psfFluxMax": fmax, "psfFluxMaxSlope": slope,
-             "psfFluxErrMean": err_mean, "psfFluxChi2": chi2, "scienceFluxMean": smean,
-             "scienceFluxMeanErr": serr, "fpFluxMean": fpmean, "fpFluxMeanErr": fperr,
-             "fpFluxSigma": fpsig}
+    stats = {
+        "psfFluxMean": mean,
+        "psfFluxMeanErr": err,
+        "psfFluxSigma": sigma,
+        "psfFluxNdata": n,
+        "psfFluxMin": fmin,
+        "psfFluxMax": fmax,
+        "psfFluxMaxSlope": slope,
+        "psfFluxErrMean": err_mean,
+        "psfFluxChi2": chi2,
+        "scienceFluxMean": smean,
+        "scienceFluxMeanErr": serr,
+        "fpFluxMean": fpmean,
+        "fpFluxMeanErr": fperr,
+        "fpFluxSigma": fpsig,
+    }
     cols: Columns = {}
     for name, arr in stats.items():
         grid = arr.reshape(k, 6)
@@ -799,7 +922,9 @@ class _Chunk:
     ra: np.ndarray
     dec: np.ndarray
     sig_sky: np.ndarray
-    t: dict[str, np.ndarray]  # diff, template, host_px, ext, rel, forced_from, born, bogus_kind, dipole_*
+    t: dict[
+        str, np.ndarray
+    ]  # diff, template, host_px, ext, rel, forced_from, born, bogus_kind, dipole_*
     over: dict[str, np.ndarray]  # diaSource fields set by the populations
     hist: dict[str, np.ndarray]  # owner, mjd, band, diff, template, force: grouped, time-ordered
     sso_idx: np.ndarray
@@ -827,8 +952,9 @@ class _History:
 class _VisitBuilder:
     """Builds one visit's alerts, a chunk at a time, and remembers their truth."""
 
-    def __init__(self, v: _Visit, n: int, spec: _Spec, rng: np.random.Generator,
-                 bar: _Progress | None) -> None:
+    def __init__(
+        self, v: _Visit, n: int, spec: _Spec, rng: np.random.Generator, bar: _Progress | None
+    ) -> None:
         self.v, self.n, self.spec, self.rng, self.bar = v, n, spec, rng, bar
         self.labels = _allocate(n, v.ecl_beta, rng)
         self.counter = v.index << 29  # night-unique id counter for this visit
@@ -840,7 +966,7 @@ class _VisitBuilder:
     def alerts(self) -> Iterator[dict[str, Any]]:
         """The visit's alerts in the schema's shape, built ``_CHUNK`` at a time."""
         for start in range(0, self.n, _CHUNK):
-            chunk = self._alerts(self._truths(self.labels[start:start + _CHUNK]))
+            chunk = self._alerts(self._truths(self.labels[start : start + _CHUNK]))
             if self.bar:
                 self.bar.add(len(chunk))
             yield from chunk
@@ -860,8 +986,19 @@ class _VisitBuilder:
         y = rng.uniform(0.0, _DET_H, k)
         ra, dec = _sky(v, det, x, y)
         sig_sky = pops.sky_sigma(v.band, self.depth) * rng.uniform(0.95, 1.05, k)
-        t = {name: np.zeros(k) for name in ("diff", "template", "host_px", "ext", "rel",
-                                            "dipole_mean", "dipole_px", "dipole_angle")}
+        t = {
+            name: np.zeros(k)
+            for name in (
+                "diff",
+                "template",
+                "host_px",
+                "ext",
+                "rel",
+                "dipole_mean",
+                "dipole_px",
+                "dipole_angle",
+            )
+        }
         t.update(forced_from=np.full(k, np.nan), born=np.full(k, np.nan), bogus_kind=np.full(k, -1))
         over: dict[str, np.ndarray] = {}
         hist: list[tuple[np.ndarray, ...]] = []
@@ -872,7 +1009,11 @@ class _VisitBuilder:
             if idx.size == 0:
                 continue
             tr = model(rng, pops.Context(v.mjd, v.band, ra[idx], dec[idx], sig_sky[idx], rate))
-            t["diff"][idx], t["template"][idx], t["host_px"][idx] = tr.diff_now, tr.template_now, tr.host_px
+            t["diff"][idx], t["template"][idx], t["host_px"][idx] = (
+                tr.diff_now,
+                tr.template_now,
+                tr.host_px,
+            )
             t["ext"][idx], t["rel"][idx] = tr.extendedness, tr.reliability
             if tr.forced_from is not None:
                 t["forced_from"][idx] = tr.forced_from
@@ -884,10 +1025,14 @@ class _VisitBuilder:
                     t["bogus_kind"][idx] = arr
                     continue
                 if key not in over:
-                    over[key] = np.full(k, np.nan) if arr.dtype.kind == "f" else np.zeros(k, arr.dtype)
+                    over[key] = (
+                        np.full(k, np.nan) if arr.dtype.kind == "f" else np.zeros(k, arr.dtype)
+                    )
                 over[key][idx] = arr
             if tr.h_owner.size:
-                hist.append((idx[tr.h_owner], tr.h_mjd, tr.h_band, tr.h_diff, tr.h_template, tr.h_force))
+                hist.append(
+                    (idx[tr.h_owner], tr.h_mjd, tr.h_band, tr.h_diff, tr.h_template, tr.h_force)
+                )
             if tr.sso is not None:
                 sso_idx, sso = idx, tr.sso
         if "dipoleMeanFlux" in over:
@@ -898,7 +1043,9 @@ class _VisitBuilder:
         edge = t["bogus_kind"] == list(pops.BOGUS_KINDS).index("edge")
         if edge.any():  # artefacts at the detector edge: move them there
             m = int(edge.sum())
-            x[edge] = np.where(rng.random(m) < 0.5, rng.uniform(0, 12, m), _DET_W - rng.uniform(0, 12, m))
+            x[edge] = np.where(
+                rng.random(m) < 0.5, rng.uniform(0, 12, m), _DET_W - rng.uniform(0, 12, m)
+            )
             ra[edge], dec[edge] = _sky(v, det[edge], x[edge], y[edge])
         keys = ("owner", "mjd", "band", "diff", "template", "force")
         if hist:
@@ -906,15 +1053,20 @@ class _VisitBuilder:
             order = np.lexsort((cols[1], cols[0]))
             h = {key: col[order] for key, col in zip(keys, cols, strict=True)}
         else:
-            h = {key: np.zeros(0, dtype) for key, dtype in zip(
-                keys, (np.int64, float, np.int64, float, float, bool), strict=True)}
+            h = {
+                key: np.zeros(0, dtype)
+                for key, dtype in zip(
+                    keys, (np.int64, float, np.int64, float, float, bool), strict=True
+                )
+            }
         h["band"] = h["band"].astype(np.int64)
         return _Chunk(labels, det, x, y, ra, dec, sig_sky, t, over, h, sso_idx, sso)
 
     # -- measurement ------------------------------------------------------------------------
 
-    def _measure(self, diff: np.ndarray, template: np.ndarray, sig_sky: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _measure(
+        self, diff: np.ndarray, template: np.ndarray, sig_sky: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Observed difference flux, its error and the science flux (all float32-exact)."""
         rng = self.rng
         science = np.maximum(template + diff, 0.0)
@@ -937,13 +1089,21 @@ class _VisitBuilder:
         start = np.where(np.isnan(c.t["forced_from"]), first - 30.0, c.t["forced_from"])
         prv = np.flatnonzero(detected & known[h["owner"]])
         forced = np.flatnonzero(known[h["owner"]] & (h["mjd"] >= start[h["owner"]]))
-        hist = _History(flux, err, sci, sig, prv, forced,
-                        _ids(h["mjd"][prv], self._take(prv.size)),
-                        _ids(h["mjd"][forced], self._take(forced.size)))
+        hist = _History(
+            flux,
+            err,
+            sci,
+            sig,
+            prv,
+            forced,
+            _ids(h["mjd"][prv], self._take(prv.size)),
+            _ids(h["mjd"][forced], self._take(forced.size)),
+        )
         return hist, known
 
-    def _object_ids(self, c: _Chunk, hs: _History, dsid: np.ndarray, known: np.ndarray,
-                    is_sso: np.ndarray) -> np.ndarray:
+    def _object_ids(
+        self, c: _Chunk, hs: _History, dsid: np.ndarray, known: np.ndarray, is_sso: np.ndarray
+    ) -> np.ndarray:
         """diaObjectId: the diaSourceId of the object's first detection (0 for solar system)."""
         obj = dsid.copy()  # a new object is named after this detection
         owner = c.hist["owner"][hs.prv]
@@ -970,18 +1130,37 @@ class _VisitBuilder:
         obj = self._object_ids(c, hs, dsid, known, is_sso)
         h = c.hist
         sso_ids = np.zeros(k, np.int64)
-        sso_ids[c.sso_idx] = _ids(np.full(c.sso_idx.size, 61100.0), self.sso_counter + np.arange(c.sso_idx.size))
+        sso_ids[c.sso_idx] = _ids(
+            np.full(c.sso_idx.size, 61100.0), self.sso_counter + np.arange(c.sso_idx.size)
+        )
         self.sso_counter += c.sso_idx.size
 
         now = self._source_columns(
-            ids=dsid, visit=np.full(k, v.id), det=c.det, obj=obj, mjd=np.full(k, v.mjd), ra=c.ra,
-            dec=c.dec, x=c.x, y=c.y, band=np.full(k, v.band), flux=flux, err=err, sci=sci,
-            template=c.t["template"], sig_sky=c.sig_sky, ext=c.t["ext"], rel=c.t["rel"])
+            ids=dsid,
+            visit=np.full(k, v.id),
+            det=c.det,
+            obj=obj,
+            mjd=np.full(k, v.mjd),
+            ra=c.ra,
+            dec=c.dec,
+            x=c.x,
+            y=c.y,
+            band=np.full(k, v.band),
+            flux=flux,
+            err=err,
+            sci=sci,
+            template=c.t["template"],
+            sig_sky=c.sig_sky,
+            ext=c.t["ext"],
+            rel=c.t["rel"],
+        )
         now["ssObjectId"] = sso_ids
         self._apply_overrides(now, c, flux, err)
         bogus = c.labels == POPULATIONS.index("bogus")
         no_flags = (rng.random(k) < 0.01) & ~bogus  # these alerts lose all their pixel flags
-        pix_null = {f.name: no_flags for f in recs["diaSource"].fields if f.name.startswith("pixelFlags")}
+        pix_null = {
+            f.name: no_flags for f in recs["diaSource"].fields if f.name.startswith("pixelFlags")
+        }
         sources = _rows(recs["diaSource"], k, now, rng, v.mjd, pix_null)
 
         pr, fo = hs.prv, hs.forced
@@ -990,16 +1169,31 @@ class _VisitBuilder:
         if "diaForcedSource" in recs:
             ho = h["owner"][fo]
             t_proc = h["mjd"][fo] + rng.uniform(0.01, 0.05, fo.size)
-            forced_rows = _rows(recs["diaForcedSource"], fo.size, {
-                "diaForcedSourceId": hs.forced_ids, "diaObjectId": obj[ho], "ra": c.ra[ho],
-                "dec": c.dec[ho], "visit": _visit_ids(h["mjd"][fo]),
-                "detector": rng.integers(0, len(_CELLS), fo.size), "psfFlux": hs.flux[fo],
-                "psfFluxErr": hs.err[fo], "midpointMjdTai": h["mjd"][fo], "scienceFlux": hs.sci[fo],
-                "scienceFluxErr": hs.err[fo], "band": [pops.BANDS[b] for b in h["band"][fo].tolist()],
-                "x": rng.uniform(0, _DET_W, fo.size), "y": rng.uniform(0, _DET_H, fo.size),
-                "timeProcessedMjdTai": t_proc, "time_processed": _micros(t_proc),
-                "timeWithdrawnMjdTai": np.full(fo.size, np.nan),
-            }, rng, v.mjd)
+            forced_rows = _rows(
+                recs["diaForcedSource"],
+                fo.size,
+                {
+                    "diaForcedSourceId": hs.forced_ids,
+                    "diaObjectId": obj[ho],
+                    "ra": c.ra[ho],
+                    "dec": c.dec[ho],
+                    "visit": _visit_ids(h["mjd"][fo]),
+                    "detector": rng.integers(0, len(_CELLS), fo.size),
+                    "psfFlux": hs.flux[fo],
+                    "psfFluxErr": hs.err[fo],
+                    "midpointMjdTai": h["mjd"][fo],
+                    "scienceFlux": hs.sci[fo],
+                    "scienceFluxErr": hs.err[fo],
+                    "band": [pops.BANDS[b] for b in h["band"][fo].tolist()],
+                    "x": rng.uniform(0, _DET_W, fo.size),
+                    "y": rng.uniform(0, _DET_H, fo.size),
+                    "timeProcessedMjdTai": t_proc,
+                    "time_processed": _micros(t_proc),
+                    "timeWithdrawnMjdTai": np.full(fo.size, np.nan),
+                },
+                rng,
+                v.mjd,
+            )
 
         objects = self._objects(c, hs, obj, now, flux, err, sci, prv_rows + sources)
         ss_rows, with_orbit = self._solar_system(c, dsid, sso_ids)
@@ -1012,12 +1206,17 @@ class _VisitBuilder:
         for i in range(k):
             j = sso_pos.get(i)
             value: dict[str, Any] = {
-                "diaSourceId": sources[i]["diaSourceId"], "alertId": sources[i]["diaSourceId"],
-                "observation_reason": v.reason, "target_name": v.target, "diaSource": sources[i],
+                "diaSourceId": sources[i]["diaSourceId"],
+                "alertId": sources[i]["diaSourceId"],
+                "observation_reason": v.reason,
+                "target_name": v.target,
+                "diaSource": sources[i],
                 "prvDiaSources": prv_split[i] or None,
                 "prvDiaForcedSources": None if j is not None else forced_split[i],
                 "diaObject": None if j is not None or not objects else objects[i],
-                "cutoutDifference": cut[i][0], "cutoutScience": cut[i][1], "cutoutTemplate": cut[i][2],
+                "cutoutDifference": cut[i][0],
+                "cutoutScience": cut[i][1],
+                "cutoutTemplate": cut[i][2],
             }
             for rname, rows in ss_rows.items():
                 orbit = rname in ("mpc_orbits", "MPCORB")
@@ -1049,71 +1248,132 @@ class _VisitBuilder:
         ho = h["owner"][pr]
         jitter = 0.55 / np.maximum(np.abs(hs.flux[pr]) / hs.err[pr], 5.0) / 3600.0  # deg
         cols = self._source_columns(
-            ids=hs.prv_ids, visit=_visit_ids(h["mjd"][pr]), det=rng.integers(0, len(_CELLS), pr.size),
-            obj=obj[ho], mjd=h["mjd"][pr],
-            ra=(c.ra[ho] + jitter * rng.standard_normal(pr.size) / np.cos(np.radians(c.dec[ho]))) % 360.0,
+            ids=hs.prv_ids,
+            visit=_visit_ids(h["mjd"][pr]),
+            det=rng.integers(0, len(_CELLS), pr.size),
+            obj=obj[ho],
+            mjd=h["mjd"][pr],
+            ra=(c.ra[ho] + jitter * rng.standard_normal(pr.size) / np.cos(np.radians(c.dec[ho])))
+            % 360.0,
             dec=c.dec[ho] + jitter * rng.standard_normal(pr.size),
-            x=rng.uniform(0, _DET_W, pr.size), y=rng.uniform(0, _DET_H, pr.size), band=h["band"][pr],
-            flux=hs.flux[pr], err=hs.err[pr], sci=hs.sci[pr], template=h["template"][pr],
-            sig_sky=hs.sig[pr], ext=c.t["ext"][ho] * rng.uniform(0.8, 1.2, pr.size),
-            rel=np.clip(c.t["rel"][ho] + rng.normal(0.0, 0.05, pr.size), 0.0, 1.0))
+            x=rng.uniform(0, _DET_W, pr.size),
+            y=rng.uniform(0, _DET_H, pr.size),
+            band=h["band"][pr],
+            flux=hs.flux[pr],
+            err=hs.err[pr],
+            sci=hs.sci[pr],
+            template=h["template"][pr],
+            sig_sky=hs.sig[pr],
+            ext=c.t["ext"][ho] * rng.uniform(0.8, 1.2, pr.size),
+            rel=np.clip(c.t["rel"][ho] + rng.normal(0.0, 0.05, pr.size), 0.0, 1.0),
+        )
         cols["ssObjectId"] = np.zeros(pr.size, np.int64)
         return cols
 
-    def _objects(self, c: _Chunk, hs: _History, obj: np.ndarray, now: Columns, flux: np.ndarray,
-                 err: np.ndarray, sci: np.ndarray, detections: list[dict[str, Any]]
-                 ) -> list[dict[str, Any]]:
+    def _objects(
+        self,
+        c: _Chunk,
+        hs: _History,
+        obj: np.ndarray,
+        now: Columns,
+        flux: np.ndarray,
+        err: np.ndarray,
+        sci: np.ndarray,
+        detections: list[dict[str, Any]],
+    ) -> list[dict[str, Any]]:
         """diaObject records whose statistics are those of the lightcurve (module docstring)."""
         v, rng, k, h = self.v, self.rng, c.k, c.hist
         if "diaObject" not in self.spec.records:
             return []
         pr, fo = hs.prv, hs.forced
-        lc = {"owner": np.concatenate([h["owner"][pr], np.arange(k)]),
-              "band": np.concatenate([h["band"][pr], np.full(k, v.band)]),
-              "mjd": np.concatenate([h["mjd"][pr], np.full(k, v.mjd)]),
-              "flux": np.concatenate([hs.flux[pr], flux]), "err": np.concatenate([hs.err[pr], err]),
-              "sci": np.concatenate([hs.sci[pr], sci]), "sci_err": np.concatenate([hs.err[pr], err])}
-        forced = {"owner": h["owner"][fo], "band": h["band"][fo], "flux": hs.flux[fo], "err": hs.err[fo]}
+        lc = {
+            "owner": np.concatenate([h["owner"][pr], np.arange(k)]),
+            "band": np.concatenate([h["band"][pr], np.full(k, v.band)]),
+            "mjd": np.concatenate([h["mjd"][pr], np.full(k, v.mjd)]),
+            "flux": np.concatenate([hs.flux[pr], flux]),
+            "err": np.concatenate([hs.err[pr], err]),
+            "sci": np.concatenate([hs.sci[pr], sci]),
+            "sci_err": np.concatenate([hs.err[pr], err]),
+        }
+        forced = {
+            "owner": h["owner"][fo],
+            "band": h["band"][fo],
+            "flux": hs.flux[fo],
+            "err": hs.err[fo],
+        }
         cols = _band_stats(k, lc, forced)
         n_src = np.bincount(lc["owner"], minlength=k)
         first = np.full(k, np.inf)
         np.minimum.at(first, lc["owner"], lc["mjd"])
         o_ra, o_dec = _object_position(lc["owner"], detections, c.ra, k)
         valid = now["timeProcessedMjdTai"] + 2.5 / 86400
-        cols.update({
-            "diaObjectId": obj, "ra": o_ra, "dec": o_dec,
-            "raErr": now["raErr"] / np.sqrt(n_src), "decErr": now["decErr"] / np.sqrt(n_src),
-            "ra_dec_Cov": now["ra_dec_Cov"] / n_src,
-            "validityStartMjdTai": valid, "validityStart": _micros(valid),
-            "radecMjdTai": np.full(k, v.mjd), "nDiaSources": n_src,
-            "firstDiaSourceMjdTai": first, "lastDiaSourceMjdTai": np.full(k, v.mjd),
-            "pmRa": rng.normal(0, 5, k), "pmDec": rng.normal(0, 5, k),
-            "parallax": np.abs(rng.normal(0, 1, k)),
-        })
+        cols.update(
+            {
+                "diaObjectId": obj,
+                "ra": o_ra,
+                "dec": o_dec,
+                "raErr": now["raErr"] / np.sqrt(n_src),
+                "decErr": now["decErr"] / np.sqrt(n_src),
+                "ra_dec_Cov": now["ra_dec_Cov"] / n_src,
+                "validityStartMjdTai": valid,
+                "validityStart": _micros(valid),
+                "radecMjdTai": np.full(k, v.mjd),
+                "nDiaSources": n_src,
+                "firstDiaSourceMjdTai": first,
+                "lastDiaSourceMjdTai": np.full(k, v.mjd),
+                "pmRa": rng.normal(0, 5, k),
+                "pmDec": rng.normal(0, 5, k),
+                "parallax": np.abs(rng.normal(0, 1, k)),
+            }
+        )
         return _rows(self.spec.records["diaObject"], k, cols, rng, v.mjd)
 
-    def _solar_system(self, c: _Chunk, dsid: np.ndarray, sso_ids: np.ndarray
-                      ) -> tuple[dict[str, list[dict[str, Any]]], np.ndarray]:
+    def _solar_system(
+        self, c: _Chunk, dsid: np.ndarray, sso_ids: np.ndarray
+    ) -> tuple[dict[str, list[dict[str, Any]]], np.ndarray]:
         """ssSource / ssObject / mpc_orbits / MPCORB records of the asteroids, and who has an orbit."""
         v, rng, m = self.v, self.rng, c.sso_idx.size
         with_orbit = rng.random(m) < 0.8
         if m == 0:
             return {}, with_orbit
         cols: Columns = dict(c.sso)
-        cols.update({"diaSourceId": dsid[c.sso_idx], "ssObjectId": sso_ids[c.sso_idx],
-                     "t_p": v.mjd - rng.uniform(0, 1500, m), "id": rng.integers(1, 2**31 - 1, m)})
+        cols.update(
+            {
+                "diaSourceId": dsid[c.sso_idx],
+                "ssObjectId": sso_ids[c.sso_idx],
+                "t_p": v.mjd - rng.uniform(0, 1500, m),
+                "id": rng.integers(1, 2**31 - 1, m),
+            }
+        )
         for stamp in ("created_at", "updated_at", "fitting_datetime"):
             cols[stamp] = _micros(v.mjd - rng.uniform(1, 3000, m))
-        return {name: _rows(self.spec.records[name], m, cols, rng, v.mjd)
-                for name in ("ssSource", "ssObject", "mpc_orbits", "MPCORB")
-                if name in self.spec.records}, with_orbit
+        return {
+            name: _rows(self.spec.records[name], m, cols, rng, v.mjd)
+            for name in ("ssSource", "ssObject", "mpc_orbits", "MPCORB")
+            if name in self.spec.records
+        }, with_orbit
 
-
-    def _source_columns(self, *, ids: np.ndarray, visit: np.ndarray, det: np.ndarray, obj: np.ndarray,
-                        mjd: np.ndarray, ra: np.ndarray, dec: np.ndarray, x: np.ndarray, y: np.ndarray,
-                        band: np.ndarray, flux: np.ndarray, err: np.ndarray, sci: np.ndarray,
-                        template: np.ndarray, sig_sky: np.ndarray, ext: np.ndarray, rel: np.ndarray
-                        ) -> Columns:
+    def _source_columns(
+        self,
+        *,
+        ids: np.ndarray,
+        visit: np.ndarray,
+        det: np.ndarray,
+        obj: np.ndarray,
+        mjd: np.ndarray,
+        ra: np.ndarray,
+        dec: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        band: np.ndarray,
+        flux: np.ndarray,
+        err: np.ndarray,
+        sci: np.ndarray,
+        template: np.ndarray,
+        sig_sky: np.ndarray,
+        ext: np.ndarray,
+        rel: np.ndarray,
+    ) -> Columns:
         """The modelled diaSource fields of detections (current or earlier)."""
         rng, n = self.rng, ids.size
         snr = np.abs(flux) / err
@@ -1126,53 +1386,108 @@ class _VisitBuilder:
         t_proc = mjd + EXPOSURE_S / 2 / 86400 + rng.uniform(90.0, 130.0, n) / 86400
         tmpl_err = 0.3 * sig_sky
         return {
-            "diaSourceId": ids, "visit": visit, "detector": det, "diaObjectId": obj,
-            "parentDiaSourceId": np.zeros(n, np.int64), "midpointMjdTai": mjd,
-            "exposureTime": np.full(n, EXPOSURE_S), "ra": ra, "dec": dec,
-            "raErr": pos_err / 3600.0, "decErr": pos_err / 3600.0,
+            "diaSourceId": ids,
+            "visit": visit,
+            "detector": det,
+            "diaObjectId": obj,
+            "parentDiaSourceId": np.zeros(n, np.int64),
+            "midpointMjdTai": mjd,
+            "exposureTime": np.full(n, EXPOSURE_S),
+            "ra": ra,
+            "dec": dec,
+            "raErr": pos_err / 3600.0,
+            "decErr": pos_err / 3600.0,
             "ra_dec_Cov": rng.normal(0.0, 0.2, n) * (pos_err / 3600.0) ** 2,
-            "psfRa": ra, "psfDec": dec, "psfRaErr": pos_err / 3600.0, "psfDecErr": pos_err / 3600.0,
-            "x": x, "y": y, "xErr": pos_err / _PIXEL_SCALE, "yErr": pos_err / _PIXEL_SCALE,
+            "psfRa": ra,
+            "psfDec": dec,
+            "psfRaErr": pos_err / 3600.0,
+            "psfDecErr": pos_err / 3600.0,
+            "x": x,
+            "y": y,
+            "xErr": pos_err / _PIXEL_SCALE,
+            "yErr": pos_err / _PIXEL_SCALE,
             "x_y_Cov": rng.normal(0.0, 0.2, n) * (pos_err / _PIXEL_SCALE) ** 2,
             "apFlux": flux * rng.uniform(0.95, 1.1, n) + err * rng.standard_normal(n),
-            "apFluxErr": err * 2.5, "snr": snr, "psfFlux": flux, "psfFluxErr": err,
-            "psfLnL": np.full(n, np.nan), "psfNdata": (bbox + 30) ** 2,
+            "apFluxErr": err * 2.5,
+            "snr": snr,
+            "psfFlux": flux,
+            "psfFluxErr": err,
+            "psfLnL": np.full(n, np.nan),
+            "psfNdata": (bbox + 30) ** 2,
             "psfChi2": (bbox + 30) ** 2 * rng.uniform(0.8, 1.6, n),
-            "trailFlux": flux * rng.uniform(1.0, 1.1, n), "trailFluxErr": err * 0.1,
-            "trailRa": ra, "trailDec": dec, "trailLength": rng.uniform(0.3, 1.2, n),
-            "trailAngle": rng.uniform(-90.0, 90.0, n), "trailNdata": np.zeros(n, np.int64),
+            "trailFlux": flux * rng.uniform(1.0, 1.1, n),
+            "trailFluxErr": err * 0.1,
+            "trailRa": ra,
+            "trailDec": dec,
+            "trailLength": rng.uniform(0.3, 1.2, n),
+            "trailAngle": rng.uniform(-90.0, 90.0, n),
+            "trailNdata": np.zeros(n, np.int64),
             "trailAlgorithm": np.ones(n, np.int64),
-            "trailRaErr": np.full(n, np.nan), "trailDecErr": np.full(n, np.nan),
-            "trailLengthErr": np.full(n, np.nan), "trailAngleErr": np.full(n, np.nan),
-            "trailChi2": np.full(n, np.nan), "trailLnL": np.full(n, np.nan),
-            **{key: np.full(n, np.nan) for key in (
-                "dipoleMeanFlux", "dipoleMeanFluxErr", "dipoleFluxDiff", "dipoleFluxDiffErr",
-                "dipoleLength", "dipoleAngle", "dipoleChi2", "dipoleRa", "dipoleDec", "dipoleRaErr",
-                "dipoleDecErr", "dipoleLengthErr", "dipoleAngleErr", "dipoleLnL")},
-            "dipoleNdata": np.zeros(n, np.int64), "isDipole": np.zeros(n, bool),
+            "trailRaErr": np.full(n, np.nan),
+            "trailDecErr": np.full(n, np.nan),
+            "trailLengthErr": np.full(n, np.nan),
+            "trailAngleErr": np.full(n, np.nan),
+            "trailChi2": np.full(n, np.nan),
+            "trailLnL": np.full(n, np.nan),
+            **{
+                key: np.full(n, np.nan)
+                for key in (
+                    "dipoleMeanFlux",
+                    "dipoleMeanFluxErr",
+                    "dipoleFluxDiff",
+                    "dipoleFluxDiffErr",
+                    "dipoleLength",
+                    "dipoleAngle",
+                    "dipoleChi2",
+                    "dipoleRa",
+                    "dipoleDec",
+                    "dipoleRaErr",
+                    "dipoleDecErr",
+                    "dipoleLengthErr",
+                    "dipoleAngleErr",
+                    "dipoleLnL",
+                )
+            },
+            "dipoleNdata": np.zeros(n, np.int64),
+            "isDipole": np.zeros(n, bool),
             "dipoleFitAttempted": np.zeros(n, bool),
-            "scienceFlux": sci, "scienceFluxErr": err,
-            "templateFlux": template + tmpl_err * rng.standard_normal(n), "templateFluxErr": tmpl_err,
-            "ixx": ixx_psf * grow, "iyy": iyy_psf * grow, "ixy": rng.normal(0.0, 0.02, n),
-            "ixxPSF": ixx_psf, "iyyPSF": iyy_psf, "ixyPSF": rng.normal(0.0, 0.01, n),
-            "extendedness": ext, "reliability": rel, "reliabilityVersion": ["rbResnet50-v2"] * n,
+            "scienceFlux": sci,
+            "scienceFluxErr": err,
+            "templateFlux": template + tmpl_err * rng.standard_normal(n),
+            "templateFluxErr": tmpl_err,
+            "ixx": ixx_psf * grow,
+            "iyy": iyy_psf * grow,
+            "ixy": rng.normal(0.0, 0.02, n),
+            "ixxPSF": ixx_psf,
+            "iyyPSF": iyy_psf,
+            "ixyPSF": rng.normal(0.0, 0.01, n),
+            "extendedness": ext,
+            "reliability": rel,
+            "reliabilityVersion": ["rbResnet50-v2"] * n,
             "band": [pops.BANDS[b] for b in band.tolist()],
-            "isNegative": flux < 0, "is_negative": flux < 0,
-            "timeProcessedMjdTai": t_proc, "time_processed": _micros(t_proc),
-            "timeWithdrawnMjdTai": np.full(n, np.nan), "bboxSize": bbox,
+            "isNegative": flux < 0,
+            "is_negative": flux < 0,
+            "timeProcessedMjdTai": t_proc,
+            "time_processed": _micros(t_proc),
+            "timeWithdrawnMjdTai": np.full(n, np.nan),
+            "bboxSize": bbox,
             # the ordinary blemishes of real data
-            "pixelFlags_interpolated": rng.random(n) < 0.015, "pixelFlags_suspect": rng.random(n) < 0.01,
+            "pixelFlags_interpolated": rng.random(n) < 0.015,
+            "pixelFlags_suspect": rng.random(n) < 0.01,
         }
 
 
-def _object_position(owner: np.ndarray, rows: list[dict[str, Any]], ra: np.ndarray, k: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def _object_position(
+    owner: np.ndarray, rows: list[dict[str, Any]], ra: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean measured position of each object's detections (RA averaged about the truth)."""
     m_ra = np.array([r["ra"] for r in rows], dtype=np.float64)
     m_dec = np.array([r["dec"] for r in rows], dtype=np.float64)
     d_ra = (m_ra - ra[owner] + 180.0) % 360.0 - 180.0
     n = np.bincount(owner, minlength=k)
-    return (ra + np.bincount(owner, d_ra, minlength=k) / n) % 360.0, np.bincount(owner, m_dec, minlength=k) / n
+    return (ra + np.bincount(owner, d_ra, minlength=k) / n) % 360.0, np.bincount(
+        owner, m_dec, minlength=k
+    ) / n
 
 
 def _micros(mjd_tai: np.ndarray) -> np.ndarray:
@@ -1195,10 +1510,12 @@ def _micros(mjd_tai: np.ndarray) -> np.ndarray:
 def _split(rows: list[dict[str, Any]], owner: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
     """Split rows grouped by ``owner`` (ascending) into one list per alert."""
     bounds = np.searchsorted(owner, np.arange(k + 1)).tolist()
-    return [rows[bounds[i]:bounds[i + 1]] for i in range(k)]
+    return [rows[bounds[i] : bounds[i + 1]] for i in range(k)]
 
 
-def _alert(spec: _Spec, value: dict[str, Any], now: float, rng: np.random.Generator) -> dict[str, Any]:
+def _alert(
+    spec: _Spec, value: dict[str, Any], now: float, rng: np.random.Generator
+) -> dict[str, Any]:
     """One alert in the schema's shape.
 
     Record and array unions are handed to fastavro as ``(branch, value)`` tuples, its

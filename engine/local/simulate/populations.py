@@ -102,7 +102,9 @@ def _reliability_real(rng: np.random.Generator, k: int) -> Array:
     return 0.3 + 0.7 * rng.beta(6.0, 1.2, k)
 
 
-def _epochs(rng: np.random.Generator, ctx: Context, mult: Array | float) -> tuple[Array, Array, Array]:
+def _epochs(
+    rng: np.random.Generator, ctx: Context, mult: Array | float
+) -> tuple[Array, Array, Array]:
     """The field's earlier visits for each alert: (owner, mjd, band), grouped, time-ordered.
 
     Two observing seasons in the 12-month window: last year's (365 to 245 days ago) and this
@@ -113,16 +115,21 @@ def _epochs(rng: np.random.Generator, ctx: Context, mult: Array | float) -> tupl
     counts = rng.poisson(ctx.rate * mult * 245.0)
     owner = np.repeat(np.arange(ctx.k, dtype=np.int64), counts)
     this_season = rng.random(owner.size) < 125.0 / 245.0
-    days = np.where(this_season, rng.integers(0, 125, owner.size), rng.integers(245, 366, owner.size))
-    ago = np.where(days == 0, rng.uniform(0.02, 0.15, owner.size), days + rng.uniform(-0.15, 0.15, owner.size))
+    days = np.where(
+        this_season, rng.integers(0, 125, owner.size), rng.integers(245, 366, owner.size)
+    )
+    ago = np.where(
+        days == 0, rng.uniform(0.02, 0.15, owner.size), days + rng.uniform(-0.15, 0.15, owner.size)
+    )
     mjd = ctx.now - ago
     order = np.lexsort((mjd, owner))
     band = rng.choice(len(BANDS), size=owner.size, p=BAND_WEIGHTS).astype(np.int8)
     return owner[order], mjd[order], band
 
 
-def _with_extra(base: tuple[Array, Array, Array], owner: Array, mjd: Array, band: Array
-                ) -> tuple[Array, Array, Array, Array]:
+def _with_extra(
+    base: tuple[Array, Array, Array], owner: Array, mjd: Array, band: Array
+) -> tuple[Array, Array, Array, Array]:
     """Merge extra epochs into ``base``; returns (owner, mjd, band, is_extra), re-sorted."""
     o = np.concatenate([base[0], owner])
     m = np.concatenate([base[1], mjd])
@@ -132,8 +139,15 @@ def _with_extra(base: tuple[Array, Array, Array], owner: Array, mjd: Array, band
     return o[order], m[order], b[order], extra[order]
 
 
-def _drw_backwards(rng: np.random.Generator, owner: Array, mjd: Array, now: float,
-                   x_now: Array, tau: Array, sigma: Array) -> Array:
+def _drw_backwards(
+    rng: np.random.Generator,
+    owner: Array,
+    mjd: Array,
+    now: float,
+    x_now: Array,
+    tau: Array,
+    sigma: Array,
+) -> Array:
     """A damped random walk (in magnitudes) at each epoch, conditioned on ``x_now`` today.
 
     The process is time-reversible, so we step from today back into the past, one history
@@ -195,7 +209,9 @@ def supernova(rng: np.random.Generator, ctx: Context) -> Truth:
         host_px=rng.uniform(2.0, 4.5, k),
         extendedness=rng.uniform(0.3, 0.95, k),
         reliability=_reliability_real(rng, k),
-        h_owner=owner, h_mjd=mjd, h_band=band,
+        h_owner=owner,
+        h_mjd=mjd,
+        h_band=band,
         h_diff=scale[owner] * _sn_shape(mjd, band, t_exp[owner], t_peak[owner]),
         h_template=host[owner] * _HOST_SED[band],
         h_force=np.zeros(owner.size, bool),
@@ -230,8 +246,12 @@ def fast_transient(rng: np.random.Generator, ctx: Context) -> Truth:
         host_px=np.where(hosted, rng.uniform(1.8, 3.5, k), 0.0),
         extendedness=rng.uniform(0.0, 0.5, k),
         reliability=_reliability_real(rng, k),
-        h_owner=owner, h_mjd=mjd, h_band=band, h_diff=h,
-        h_template=host[owner] * _HOST_SED[band], h_force=extra,
+        h_owner=owner,
+        h_mjd=mjd,
+        h_band=band,
+        h_diff=h,
+        h_template=host[owner] * _HOST_SED[band],
+        h_force=extra,
     )
 
 
@@ -269,8 +289,12 @@ def flare(rng: np.random.Generator, ctx: Context) -> Truth:
         host_px=np.zeros(k),
         extendedness=rng.uniform(0.0, 0.08, k),
         reliability=_reliability_real(rng, k),
-        h_owner=owner, h_mjd=mjd, h_band=band, h_diff=h,
-        h_template=quiet[owner] * _MDWARF_SED[band], h_force=force,
+        h_owner=owner,
+        h_mjd=mjd,
+        h_band=band,
+        h_diff=h,
+        h_template=quiet[owner] * _MDWARF_SED[band],
+        h_force=force,
         forced_from=np.full(k, start),
     )
 
@@ -281,8 +305,11 @@ _RR_AMP = np.array([1.25, 1.0, 0.8, 0.65, 0.55, 0.5])  # amplitude relative to g
 
 def _rr_wave(phase: Array) -> Array:
     """A skewed RR Lyrae-like pulsation, in magnitudes, peak-to-peak 1, brightest < 0."""
-    w = (np.sin(2 * np.pi * phase) + 0.4 * np.sin(4 * np.pi * phase + 0.6)
-         + 0.2 * np.sin(6 * np.pi * phase + 1.2))
+    w = (
+        np.sin(2 * np.pi * phase)
+        + 0.4 * np.sin(4 * np.pi * phase + 0.6)
+        + 0.2 * np.sin(6 * np.pi * phase + 1.2)
+    )
     return -w / 2.62
 
 
@@ -309,8 +336,11 @@ def periodic(rng: np.random.Generator, ctx: Context) -> Truth:
         host_px=np.zeros(k),
         extendedness=rng.uniform(0.0, 0.1, k),
         reliability=_reliability_real(rng, k),
-        h_owner=owner, h_mjd=mjd, h_band=band,
-        h_diff=f_mean * (np.power(10.0, -0.4 * dm) - 1.0), h_template=f_mean,
+        h_owner=owner,
+        h_mjd=mjd,
+        h_band=band,
+        h_diff=f_mean * (np.power(10.0, -0.4 * dm) - 1.0),
+        h_template=f_mean,
         h_force=np.zeros(owner.size, bool),
         forced_from=np.full(k, ctx.now - HISTORY_DAYS),
         born=ctx.now - rng.uniform(400.0, 1500.0, k),
@@ -321,9 +351,21 @@ _AGN_SED = np.array([1.0, 0.95, 1.0, 1.05, 1.1, 1.15])
 _AGN_VAR = np.array([1.4, 1.2, 1.0, 0.9, 0.8, 0.75])  # bluer when brighter
 
 
-def _stochastic(rng: np.random.Generator, ctx: Context, *, sed: Array, var: Array,
-                tau: Array, sig: Array, x_sigmas: Array, p_bright: float, mult: float,
-                host: Array, host_sed: Array, snr: Array) -> tuple[Array, Array, Array, Array, Array, Array, Array]:
+def _stochastic(
+    rng: np.random.Generator,
+    ctx: Context,
+    *,
+    sed: Array,
+    var: Array,
+    tau: Array,
+    sig: Array,
+    x_sigmas: Array,
+    p_bright: float,
+    mult: float,
+    host: Array,
+    host_sed: Array,
+    snr: Array,
+) -> tuple[Array, Array, Array, Array, Array, Array, Array]:
     """Shared by AGN and ordinary variables: a damped random walk around the template level."""
     k = ctx.k
     x_now = -_sign(rng, k, p_bright) * x_sigmas * sig  # magnitudes; negative = brighter
@@ -345,13 +387,30 @@ def agn(rng: np.random.Generator, ctx: Context) -> Truth:
     k = ctx.k
     host = mag_to_njy(rng.uniform(19.5, 22.5, k))
     diff, tmpl, owner, mjd, band, h_diff, h_tmpl = _stochastic(
-        rng, ctx, sed=_AGN_SED, var=_AGN_VAR, tau=rng.uniform(100.0, 400.0, k),
-        sig=rng.uniform(0.12, 0.3, k), x_sigmas=rng.uniform(1.5, 2.5, k), p_bright=0.7,
-        mult=1.5, host=host, host_sed=_HOST_SED, snr=_snr(rng, k, 0.9, 6.0))
+        rng,
+        ctx,
+        sed=_AGN_SED,
+        var=_AGN_VAR,
+        tau=rng.uniform(100.0, 400.0, k),
+        sig=rng.uniform(0.12, 0.3, k),
+        x_sigmas=rng.uniform(1.5, 2.5, k),
+        p_bright=0.7,
+        mult=1.5,
+        host=host,
+        host_sed=_HOST_SED,
+        snr=_snr(rng, k, 0.9, 6.0),
+    )
     return Truth(
-        diff_now=diff, template_now=tmpl, host_px=rng.uniform(1.8, 3.5, k),
-        extendedness=rng.uniform(0.4, 1.0, k), reliability=_reliability_real(rng, k),
-        h_owner=owner, h_mjd=mjd, h_band=band, h_diff=h_diff, h_template=h_tmpl,
+        diff_now=diff,
+        template_now=tmpl,
+        host_px=rng.uniform(1.8, 3.5, k),
+        extendedness=rng.uniform(0.4, 1.0, k),
+        reliability=_reliability_real(rng, k),
+        h_owner=owner,
+        h_mjd=mjd,
+        h_band=band,
+        h_diff=h_diff,
+        h_template=h_tmpl,
         h_force=np.zeros(owner.size, bool),
         forced_from=np.full(k, ctx.now - HISTORY_DAYS),
         born=ctx.now - rng.uniform(400.0, 1500.0, k),
@@ -374,14 +433,31 @@ def variable(rng: np.random.Generator, ctx: Context) -> Truth:
     var = np.array([1.2, 1.1, 1.0, 0.95, 0.9, 0.9])
     # per-object SED: run the shared model with a flat SED, then colour the fluxes per band
     diff, tmpl, owner, mjd, band, h_diff, h_tmpl = _stochastic(
-        rng, ctx, sed=np.ones(6), var=var, tau=rng.uniform(2.0, 100.0, k),
-        sig=rng.uniform(0.03, 0.15, k), x_sigmas=rng.uniform(1.5, 3.0, k), p_bright=0.5,
-        mult=1.0, host=np.zeros(k), host_sed=np.ones(6), snr=_snr(rng, k, 0.7))
+        rng,
+        ctx,
+        sed=np.ones(6),
+        var=var,
+        tau=rng.uniform(2.0, 100.0, k),
+        sig=rng.uniform(0.03, 0.15, k),
+        x_sigmas=rng.uniform(1.5, 3.0, k),
+        p_bright=0.5,
+        mult=1.0,
+        host=np.zeros(k),
+        host_sed=np.ones(6),
+        snr=_snr(rng, k, 0.7),
+    )
     rel = sed[owner, band] / sed[owner, ctx.band]
     return Truth(
-        diff_now=diff, template_now=tmpl, host_px=np.zeros(k),
-        extendedness=rng.uniform(0.0, 0.15, k), reliability=_reliability_real(rng, k),
-        h_owner=owner, h_mjd=mjd, h_band=band, h_diff=h_diff * rel, h_template=h_tmpl * rel,
+        diff_now=diff,
+        template_now=tmpl,
+        host_px=np.zeros(k),
+        extendedness=rng.uniform(0.0, 0.15, k),
+        reliability=_reliability_real(rng, k),
+        h_owner=owner,
+        h_mjd=mjd,
+        h_band=band,
+        h_diff=h_diff * rel,
+        h_template=h_tmpl * rel,
         h_force=np.zeros(owner.size, bool),
         forced_from=np.full(k, ctx.now - HISTORY_DAYS),
         born=ctx.now - rng.uniform(400.0, 1500.0, k),
@@ -408,9 +484,16 @@ def microlensing(rng: np.random.Generator, ctx: Context) -> Truth:
     a = _paczynski(np.hypot(u0[owner], (mjd - t0[owner]) / t_e[owner]))
     f_base = base[owner] * _ML_SED[band]
     return Truth(
-        diff_now=amp, template_now=base * _ML_SED[ctx.band], host_px=np.zeros(k),
-        extendedness=rng.uniform(0.0, 0.1, k), reliability=_reliability_real(rng, k),
-        h_owner=owner, h_mjd=mjd, h_band=band, h_diff=f_base * (a - 1.0), h_template=f_base,
+        diff_now=amp,
+        template_now=base * _ML_SED[ctx.band],
+        host_px=np.zeros(k),
+        extendedness=rng.uniform(0.0, 0.1, k),
+        reliability=_reliability_real(rng, k),
+        h_owner=owner,
+        h_mjd=mjd,
+        h_band=band,
+        h_diff=f_base * (a - 1.0),
+        h_template=f_base,
         h_force=np.zeros(owner.size, bool),
         forced_from=np.full(k, ctx.now - HISTORY_DAYS),
     )
@@ -419,6 +502,8 @@ def microlensing(rng: np.random.Generator, ctx: Context) -> Truth:
 # --- solar system -----------------------------------------------------------------------
 
 _OBLIQUITY = np.radians(23.4392911)
+
+
 def unit_vector(ra: Array, dec: Array) -> Array:
     """(3, n) unit vectors for equatorial coordinates in degrees."""
     r, d = np.radians(ra), np.radians(dec)
@@ -442,7 +527,9 @@ def galactic(ra: Array, dec: Array) -> tuple[Array, Array]:
     """Galactic longitude and latitude [deg] (astropy's ICRS → Galactic transformation)."""
     from astropy.coordinates import SkyCoord  # slow to import; only the simulator needs it
 
-    gal = SkyCoord(np.asarray(ra, np.float64), np.asarray(dec, np.float64), unit="deg", frame="icrs").galactic
+    gal = SkyCoord(
+        np.asarray(ra, np.float64), np.asarray(dec, np.float64), unit="deg", frame="icrs"
+    ).galactic
     return np.asarray(gal.l.deg, np.float64), np.asarray(gal.b.deg, np.float64)
 
 
@@ -463,8 +550,14 @@ def _designations(rng: np.random.Generator, k: int) -> tuple[list[str], list[str
     half = _LETTERS[rng.integers(0, 24, k)]
     second = _SECOND[rng.integers(0, 25, k)]
     cycle = rng.integers(0, 100, k)
-    unpacked = [f"{y} {h}{s}{c if c else ''}" for y, h, s, c in zip(year.tolist(), half, second, cycle.tolist(), strict=True)]
-    packed = [f"K{y % 100:02d}{h}{c:02d}{s}" for y, h, s, c in zip(year.tolist(), half, second, cycle.tolist(), strict=True)]
+    unpacked = [
+        f"{y} {h}{s}{c if c else ''}"
+        for y, h, s, c in zip(year.tolist(), half, second, cycle.tolist(), strict=True)
+    ]
+    packed = [
+        f"K{y % 100:02d}{h}{c:02d}{s}"
+        for y, h, s, c in zip(year.tolist(), half, second, cycle.tolist(), strict=True)
+    ]
     return unpacked, packed
 
 
@@ -504,49 +597,98 @@ def asteroid(rng: np.random.Generator, ctx: Context) -> Truth:
     unpacked, packed = _designations(rng, k)
     trailed = rng.random(k) < 0.1  # a few slow ones get a spurious trail fit too
     sso: dict[str, Array | list[str]] = {  # designations are strings
-        "eclLambda": lam, "eclBeta": beta, "galLon": glon, "galLat": glat,
-        "elongation": elong, "phaseAngle": phase, "topoRange": delta,
-        "topoRangeRate": rng.normal(0.0, 5.0, k), "helioRange": r,
+        "eclLambda": lam,
+        "eclBeta": beta,
+        "galLon": glon,
+        "galLat": glat,
+        "elongation": elong,
+        "phaseAngle": phase,
+        "topoRange": delta,
+        "topoRangeRate": rng.normal(0.0, 5.0, k),
+        "helioRange": r,
         "helioRangeRate": rng.normal(0.0, 3.0, k),
         "ephRa": ctx.ra - off_ra / 3600.0 / np.cos(np.radians(ctx.dec)),
-        "ephDec": ctx.dec - off_dec / 3600.0, "ephVmag": vmag, "ephRate": rate,
-        "ephRateRa": rate * vdir[0], "ephRateDec": rate * vdir[1],
-        "ephOffset": np.hypot(off_ra, off_dec), "ephOffsetRa": off_ra, "ephOffsetDec": off_dec,
-        "ephOffsetAlongTrack": off_ra, "ephOffsetCrossTrack": off_dec,
-        "helio_x": helio[0], "helio_y": helio[1], "helio_z": helio[2],
-        "helio_vx": helio_v[0], "helio_vy": helio_v[1], "helio_vz": helio_v[2],
+        "ephDec": ctx.dec - off_dec / 3600.0,
+        "ephVmag": vmag,
+        "ephRate": rate,
+        "ephRateRa": rate * vdir[0],
+        "ephRateDec": rate * vdir[1],
+        "ephOffset": np.hypot(off_ra, off_dec),
+        "ephOffsetRa": off_ra,
+        "ephOffsetDec": off_dec,
+        "ephOffsetAlongTrack": off_ra,
+        "ephOffsetCrossTrack": off_dec,
+        "helio_x": helio[0],
+        "helio_y": helio[1],
+        "helio_z": helio[2],
+        "helio_vx": helio_v[0],
+        "helio_vy": helio_v[1],
+        "helio_vz": helio_v[2],
         "helio_vtot": np.linalg.norm(helio_v, axis=0),
-        "topo_x": topo[0], "topo_y": topo[1], "topo_z": topo[2],
-        "topo_vx": topo_v[0], "topo_vy": topo_v[1], "topo_vz": topo_v[2],
+        "topo_x": topo[0],
+        "topo_y": topo[1],
+        "topo_z": topo[2],
+        "topo_vx": topo_v[0],
+        "topo_vy": topo_v[1],
+        "topo_vz": topo_v[2],
         "topo_vtot": np.linalg.norm(topo_v, axis=0),
         "diaDistanceRank": np.ones(k, np.int64),
         # schema 8/9 spellings of the same quantities
-        "eclipticLambda": lam, "eclipticBeta": beta, "galacticL": glon, "galacticB": glat,
-        "heliocentricDist": r, "topocentricDist": delta, "predictedVMagnitude": vmag,
-        "residualRa": off_ra, "residualDec": off_dec,
-        "heliocentricX": helio[0], "heliocentricY": helio[1], "heliocentricZ": helio[2],
-        "heliocentricVX": helio_v[0], "heliocentricVY": helio_v[1], "heliocentricVZ": helio_v[2],
-        "topocentricX": topo[0], "topocentricY": topo[1], "topocentricZ": topo[2],
-        "topocentricVX": topo_v[0], "topocentricVY": topo_v[1], "topocentricVZ": topo_v[2],
+        "eclipticLambda": lam,
+        "eclipticBeta": beta,
+        "galacticL": glon,
+        "galacticB": glat,
+        "heliocentricDist": r,
+        "topocentricDist": delta,
+        "predictedVMagnitude": vmag,
+        "residualRa": off_ra,
+        "residualDec": off_dec,
+        "heliocentricX": helio[0],
+        "heliocentricY": helio[1],
+        "heliocentricZ": helio[2],
+        "heliocentricVX": helio_v[0],
+        "heliocentricVY": helio_v[1],
+        "heliocentricVZ": helio_v[2],
+        "topocentricX": topo[0],
+        "topocentricY": topo[1],
+        "topocentricZ": topo[2],
+        "topocentricVX": topo_v[0],
+        "topocentricVY": topo_v[1],
+        "topocentricVZ": topo_v[2],
         # orbits (mpc_orbits, MPCORB)
-        "a": a_orb, "e": e, "q": a_orb * (1.0 - e), "i": np.abs(rng.normal(0.0, 8.0, k)),
+        "a": a_orb,
+        "e": e,
+        "q": a_orb * (1.0 - e),
+        "i": np.abs(rng.normal(0.0, 8.0, k)),
         "incl": np.abs(rng.normal(0.0, 8.0, k)),
-        "node": rng.uniform(0.0, 360.0, k), "argperi": rng.uniform(0.0, 360.0, k),
-        "peri": rng.uniform(0.0, 360.0, k), "mean_anomaly": rng.uniform(0.0, 360.0, k),
-        "M": rng.uniform(0.0, 360.0, k), "period": period, "mean_motion": 360.0 / period,
-        "h": h_mag, "mpcH": h_mag, "g": np.full(k, 0.15), "epoch_mjd": np.full(k, 61200.0),
-        "epoch": np.full(k, 61200.0), "nopp": rng.integers(1, 15, k),
+        "node": rng.uniform(0.0, 360.0, k),
+        "argperi": rng.uniform(0.0, 360.0, k),
+        "peri": rng.uniform(0.0, 360.0, k),
+        "mean_anomaly": rng.uniform(0.0, 360.0, k),
+        "M": rng.uniform(0.0, 360.0, k),
+        "period": period,
+        "mean_motion": 360.0 / period,
+        "h": h_mag,
+        "mpcH": h_mag,
+        "g": np.full(k, 0.15),
+        "epoch_mjd": np.full(k, 61200.0),
+        "epoch": np.full(k, 61200.0),
+        "nopp": rng.integers(1, 15, k),
         "arc_length_total": rng.uniform(5.0, 9000.0, k),
         "nobs_total": rng.integers(10, 2000, k),
         "earth_moid": np.where(neo, rng.uniform(0.0, 0.3, k), rng.uniform(0.8, 2.5, k)),
-        "designation": unpacked, "unpacked_primary_provisional_designation": unpacked,
-        "packed_primary_provisional_designation": packed, "mpcDesignation": unpacked,
+        "designation": unpacked,
+        "unpacked_primary_provisional_designation": unpacked,
+        "packed_primary_provisional_designation": packed,
+        "mpcDesignation": unpacked,
         "orbit_type_int": np.where(neo, 10, 11),
         "trailed": trailed | neo,
         "trailLength": trail,
     }
     return Truth(
-        diff_now=amp, template_now=np.zeros(k), host_px=np.zeros(k),
+        diff_now=amp,
+        template_now=np.zeros(k),
+        host_px=np.zeros(k),
         extendedness=np.where(neo, rng.uniform(0.5, 1.0, k), rng.uniform(0.0, 0.3, k)),
         reliability=0.6 + 0.4 * rng.beta(8.0, 1.0, k),
         overrides={"trailLength": trail, "glint_trail": np.zeros(k, bool)},
@@ -558,8 +700,13 @@ def asteroid(rng: np.random.Generator, ctx: Context) -> Truth:
 
 #: Kinds of bogus detection and their shares within the bogus population.
 BOGUS_KINDS = {
-    "dipole": 0.30, "cosmic_ray": 0.18, "negative": 0.17, "saturated": 0.10,
-    "bad_pixels": 0.08, "edge": 0.09, "streak": 0.08,
+    "dipole": 0.30,
+    "cosmic_ray": 0.18,
+    "negative": 0.17,
+    "saturated": 0.10,
+    "bad_pixels": 0.08,
+    "edge": 0.09,
+    "streak": 0.08,
 }
 
 
@@ -569,33 +716,44 @@ def bogus(rng: np.random.Generator, ctx: Context) -> Truth:
     names = list(BOGUS_KINDS)
     kind = rng.choice(len(names), size=k, p=np.array(list(BOGUS_KINDS.values())))
     is_ = {n: kind == i for i, n in enumerate(names)}
-    snr = np.where(is_["saturated"] | is_["streak"], _snr(rng, k, 1.2, 6.0), _snr(rng, k, 0.45, 5.2))
+    snr = np.where(
+        is_["saturated"] | is_["streak"], _snr(rng, k, 1.2, 6.0), _snr(rng, k, 0.45, 5.2)
+    )
     sign = np.where(is_["negative"], -1.0, np.where(is_["dipole"], _sign(rng, k, 0.5), 1.0))
     amp = snr * ctx.sigma
-    star = np.where(is_["saturated"], mag_to_njy(rng.uniform(12.5, 15.5, k)),
-                    np.where(is_["dipole"], mag_to_njy(rng.uniform(17.0, 21.5, k)), 0.0))
+    star = np.where(
+        is_["saturated"],
+        mag_to_njy(rng.uniform(12.5, 15.5, k)),
+        np.where(is_["dipole"], mag_to_njy(rng.uniform(17.0, 21.5, k)), 0.0),
+    )
     dip_host = is_["dipole"] & (rng.random(k) < 0.5)
     host_px = np.where(dip_host, rng.uniform(2.0, 3.5, k), 0.0)
-    ext = np.select([is_["cosmic_ray"], is_["streak"], is_["dipole"]],
-                    [np.zeros(k), rng.uniform(0.9, 1.0, k), rng.uniform(0.2, 1.0, k)],
-                    rng.uniform(0.0, 0.7, k))
+    ext = np.select(
+        [is_["cosmic_ray"], is_["streak"], is_["dipole"]],
+        [np.zeros(k), rng.uniform(0.9, 1.0, k), rng.uniform(0.2, 1.0, k)],
+        rng.uniform(0.0, 0.7, k),
+    )
 
     def some(mask: Array, p: float) -> Array:
         return mask & (rng.random(k) < p)
 
     over: dict[str, Array] = {
-        "isDipole": is_["dipole"], "dipoleFitAttempted": is_["dipole"] | some(~is_["dipole"], 0.05),
-        "pixelFlags_cr": is_["cosmic_ray"], "pixelFlags_crCenter": some(is_["cosmic_ray"], 0.7),
+        "isDipole": is_["dipole"],
+        "dipoleFitAttempted": is_["dipole"] | some(~is_["dipole"], 0.05),
+        "pixelFlags_cr": is_["cosmic_ray"],
+        "pixelFlags_crCenter": some(is_["cosmic_ray"], 0.7),
         "pixelFlags_saturated": is_["saturated"],
         "pixelFlags_saturatedCenter": some(is_["saturated"], 0.5),
         "pixelFlags_suspect": some(is_["saturated"], 0.4),
         "pixelFlags_bad": is_["bad_pixels"],
         "pixelFlags_interpolated": is_["bad_pixels"] | some(is_["cosmic_ray"], 0.6),
         "pixelFlags_interpolatedCenter": some(is_["bad_pixels"], 0.5),
-        "pixelFlags_edge": is_["edge"], "psfFlux_flag_edge": is_["edge"],
+        "pixelFlags_edge": is_["edge"],
+        "psfFlux_flag_edge": is_["edge"],
         "apFlux_flag_apertureTruncated": is_["edge"],
         "forced_PsfFlux_flag_edge": some(is_["edge"], 0.5),
-        "pixelFlags_streak": is_["streak"], "pixelFlags_streakCenter": some(is_["streak"], 0.6),
+        "pixelFlags_streak": is_["streak"],
+        "pixelFlags_streakCenter": some(is_["streak"], 0.6),
         "glint_trail": some(is_["streak"], 0.3),
         "dipoleMeanFlux": np.where(is_["dipole"], amp * rng.uniform(2.0, 6.0, k), np.nan),
         "dipoleFluxDiff": np.where(is_["dipole"], sign * amp * rng.uniform(0.3, 1.0, k), np.nan),
@@ -613,10 +771,18 @@ def bogus(rng: np.random.Generator, ctx: Context) -> Truth:
     force = rng.random(owner.size) < 0.08
     h_diff = np.where(force, _sign(rng, owner.size, 0.5) * 6.0 * sky_sigma(band), 0.0)
     return Truth(
-        diff_now=sign * amp, template_now=star, host_px=host_px, extendedness=ext,
+        diff_now=sign * amp,
+        template_now=star,
+        host_px=host_px,
+        extendedness=ext,
         reliability=0.3 * rng.beta(1.3, 3.5, k),
-        h_owner=owner, h_mjd=mjd, h_band=band, h_diff=h_diff, h_template=star[owner],
-        h_force=force, overrides=over,
+        h_owner=owner,
+        h_mjd=mjd,
+        h_band=band,
+        h_diff=h_diff,
+        h_template=star[owner],
+        h_force=force,
+        overrides=over,
     )
 
 
