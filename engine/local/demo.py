@@ -83,6 +83,11 @@ def run_demo(
             server = stack.enter_context(PrivateRedis())
             url = server.url
             print(f"started a private Redis-compatible server at {url} (stopped on exit)")
+        # Said while the server is up: it goes away with the demo.
+        print(
+            f"to follow the stream yourself while the demo runs, in another terminal: "
+            f"REDIS_URL={url} minibroker subscribe --user {DEMO_USER} --no-group --from 0"
+        )
         client = redis.Redis.from_url(url)
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="minibroker-demo-")))
         night = tmp / "night.avro"
@@ -205,7 +210,4 @@ def run_demo(
                 f"\nper visit, last alert received -> matches in Redis: median "
                 f"{1000 * statistics.median(own):.0f} ms, max {1000 * max(own):.0f} ms"
             )
-        print(
-            f"to follow a stream yourself: REDIS_URL={url} minibroker subscribe --user {DEMO_USER} --since 0"
-        )
     return 0
