@@ -140,9 +140,10 @@ class Decoder:
         raw = [view[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
         return batch, raw
 
-    def decode_datums(self, datums: Sequence[bytes | memoryview], where: str) -> pa.RecordBatch:
-        """Decode one datum per element of ``datums``, each where it lies."""
-        items = datums if isinstance(datums, (list, tuple)) else list(datums)
+    def _pointers(self, items: Sequence[bytes | memoryview], where: str) -> tuple[int, _Scratch]:
+        """Pin every item's buffer and put its address and length in the shared scratch arrays
+        (released by the caller with ``_release``); DecodeError names a non-buffer item."""
+        items = items if isinstance(items, (list, tuple)) else list(items)
         n = len(items)
         scratch = _scratch
         scratch.ensure(n)
@@ -152,6 +153,11 @@ class Decoder:
             raise DecodeError(
                 f"{where}: an item is not a contiguous bytes-like object: {exc}"
             ) from exc
+        return n, scratch
+
+    def decode_datums(self, datums: Sequence[bytes | memoryview], where: str) -> pa.RecordBatch:
+        """Decode one datum per element of ``datums``, each where it lies."""
+        n, scratch = self._pointers(datums, where)
         try:
             ctx = self._take(n)
             rc = self._lib.fd_decode_ptrs(ctx, scratch.ptrs, scratch.lens, n)
@@ -168,16 +174,7 @@ class Decoder:
 
         Every body must carry ``schema_id``; otherwise DecodeError names the first that does not.
         """
-        items = bodies if isinstance(bodies, (list, tuple)) else list(bodies)
-        n = len(items)
-        scratch = _scratch
-        scratch.ensure(n)
-        try:
-            self._acquire(items, n, scratch.views, scratch.ptrs, scratch.lens)
-        except (TypeError, BufferError, ValueError) as exc:
-            raise DecodeError(
-                f"{where}: an item is not a contiguous bytes-like object: {exc}"
-            ) from exc
+        n, scratch = self._pointers(bodies, where)
         try:
             why, found = ctypes.c_int64(0), ctypes.c_int64(0)
             bad = self._lib.fd_unframe(
