@@ -318,3 +318,14 @@ def test_a_corrupt_visit_is_skipped_named_and_exits_1(tmp_path, small_night, cap
         err.startswith(f"minibroker: {night}: 1 visit(s) could not be decoded")
         and "Traceback" not in err
     )
+
+
+def test_a_bad_filter_file_is_named_before_any_sample_night_is_made(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """`test` with no --night checks the filter file first: a missing file fails at once, without
+    generating the default sample night."""
+    monkeypatch.setenv("MINIBROKER_CACHE", str(tmp_path / "cache"))
+    assert main(["test", str(tmp_path / "missing.py"), "--no-progress"]) == 1
+    assert "missing.py: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "cache" / "nights").exists()

@@ -41,7 +41,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
     """Carry out ``minibroker test``; returns the exit code (1 when the filter faulted)."""
     from engine.local.localtest import default_night, test_filter
     from engine.local.report import NullCounts, nothing_passed, write_report
+    from sandbox import load_filter
 
+    # The file's problems first: no one should wait for a sample night to learn of a typo.
+    load_filter(args.filter)
     night = args.night or default_night(config, progress=not args.no_progress)
     config = dataclasses.replace(config, isolation=args.isolation)
     # Null counts are cheap, and explain a filter that passes nothing.
