@@ -197,3 +197,26 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
     assert got == expected, (
         f"seed {seed}: {kills} kills; missing {expected - got}, extra {got - expected}"
     )
+
+
+def test_an_unreachable_broker_is_said_once_not_per_retry(caplog) -> None:
+    """A broker that is down gets one clear log line (address, error, what to do) while
+    librdkafka keeps retrying, not a line per connection attempt."""
+    import logging
+    import socket
+
+    from engine.sources.kafka import KafkaSettings, KafkaSource
+
+    with socket.socket() as s:  # a free port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    caplog.set_level(logging.WARNING, logger="engine.sources.kafka")
+    source = KafkaSource(KafkaSettings(f"127.0.0.1:{port}", "t", "g"), lambda letter: None)
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            source.poll(0.2)
+    finally:
+        source.close()
+    lines = [r.getMessage() for r in caplog.records if "kafka_error" in r.getMessage()]
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "retrying" in lines[0]

@@ -31,6 +31,7 @@ or come back here).
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -103,7 +104,9 @@ def consumer_config(bootstrap: str, group: str, **extra: Any) -> dict[str, Any]:
         # the default (64 MB, ~800 alerts) leaves the consumer idle during each visit's work.
         "queued.max.messages.kbytes": 1024 * 1024,
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
-        "log_level": 3,
+        # librdkafka logs a line per failed connection attempt (20 a second to a broker that is
+        # down); the error callback below says it once in a while instead.
+        "log_level": 2,
     }
     conf.update(extra)
     return conf
@@ -198,6 +201,8 @@ class KafkaSource:
         self._dead_letter = dead_letter
         self._clock = clock
         conf = consumer_config(settings.bootstrap, settings.group, **dict(settings.extra))
+        conf.setdefault("error_cb", self._broker_error)
+        self._last_error: tuple[str, float] | None = None
         self._consumer = Consumer(conf)
         self._open: dict[tuple[int, int], VisitMessages] = {}  # (schema id, visit) → batch
         self._handed: list[VisitMessages] = []  # closed, not yet committed
@@ -215,6 +220,24 @@ class KafkaSource:
         )
 
     # -- group membership --------------------------------------------------------------------
+
+    def _broker_error(self, err: Any) -> None:
+        """librdkafka keeps retrying by itself; say what is wrong in one line, at most every 30 s
+        (a broker that is down must not flood the log)."""
+        what, now = str(err.str()), time.monotonic()
+        if self._last_error is None or now - self._last_error[1] >= 30:
+            self._last_error = (what, now)
+            log.warning(
+                json.dumps(
+                    {
+                        "event": "kafka_error",
+                        "bootstrap": self.settings.bootstrap,
+                        "error": what,
+                        "next": "retrying; check the broker address and that it runs",
+                    }
+                )
+            )
+
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         self._assigned |= {p.partition for p in partitions}
         log.info("assigned partitions %s of %s", sorted(self._assigned), self.settings.topic)
