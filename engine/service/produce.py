@@ -39,7 +39,8 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int, timeout_s: float =
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    # log_level 2: a broker that is down is reported once, below, not per connection attempt.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})
     try:
         # Asking for every topic: a metadata request naming one auto-creates it on some brokers
         # (Tansu), with their default partition count instead of ours.
@@ -91,7 +92,9 @@ def produce_night(
             "batch.size": 1_000_000,
             "queue.buffering.max.kbytes": 512 * 1024,
             "message.max.bytes": 8 * 1024 * 1024,
-            "log_level": 3,  # errors only: librdkafka's notices would garble the progress line
+            # Critical only: librdkafka's per-attempt lines would garble the progress line; a
+            # failed delivery is reported by its callback.
+            "log_level": 2,
         }
     )
     errors: list[str] = []
