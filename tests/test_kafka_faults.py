@@ -220,3 +220,22 @@ def test_an_unreachable_broker_is_said_once_not_per_retry(caplog) -> None:
         source.close()
     lines = [r.getMessage() for r in caplog.records if "kafka_error" in r.getMessage()]
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "retrying" in lines[0]
+
+
+def test_produce_to_an_unreachable_broker_is_one_error_line(small_night, capfd) -> None:
+    """`produce` with no broker listening exits 1 with one line naming the address and the fix,
+    and librdkafka writes nothing of its own."""
+    import socket
+
+    from engine.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = main(
+        ["produce", "--night", str(small_night), "--bootstrap", f"127.0.0.1:{port}", "--topic", "t"]
+    )
+    err = capfd.readouterr().err
+    assert code == 1
+    assert f"cannot reach the Kafka broker at 127.0.0.1:{port}" in err and "--bootstrap" in err
+    assert "rdkafka" not in err
