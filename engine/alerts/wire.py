@@ -10,7 +10,7 @@ import struct
 
 from engine.errors import DecodeError
 
-__all__ = ["HEADER_SIZE", "frame", "unframe"]
+__all__ = ["HEADER_SIZE", "frame", "not_framed", "too_short", "unframe"]
 
 _HEADER = struct.Struct(">bI")
 HEADER_SIZE = _HEADER.size
@@ -24,11 +24,22 @@ def frame(datum: bytes | memoryview, schema_id: int) -> bytes:
 def unframe(body: bytes | memoryview, *, where: str = "message") -> tuple[int, memoryview]:
     """Split a Confluent-framed body into ``(schema_id, datum)``; raise DecodeError if malformed."""
     view = memoryview(body)
-    if len(view) < 5:
-        raise DecodeError(f"{where}: {len(view)} bytes is too short for a Confluent wire header")
+    if len(view) < HEADER_SIZE:
+        raise too_short(where, len(view))
     magic, schema_id = _HEADER.unpack_from(view)
     if magic != 0:
-        raise DecodeError(
-            f"{where}: magic byte is {magic}, not 0; this is not a Confluent-framed Avro alert"
-        )
-    return schema_id, view[5:]
+        raise not_framed(where, magic)
+    return schema_id, view[HEADER_SIZE:]
+
+
+def too_short(where: str, size: int) -> DecodeError:
+    """The error for a body of ``size`` bytes, shorter than the wire header (the fast decoder
+    checks headers in C and reports with the same words)."""
+    return DecodeError(f"{where}: {size} bytes is too short for a Confluent wire header")
+
+
+def not_framed(where: str, magic: int) -> DecodeError:
+    """The error for a body whose first byte is ``magic`` instead of 0."""
+    return DecodeError(
+        f"{where}: magic byte is {magic}, not 0; this is not a Confluent-framed Avro alert"
+    )

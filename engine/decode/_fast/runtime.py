@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from engine.alerts import wire
 from engine.errors import DecodeError
 
 from .emit import Col, Layout
@@ -158,14 +159,7 @@ class Decoder:
     def decode_datums(self, datums: Sequence[bytes | memoryview], where: str) -> pa.RecordBatch:
         """Decode one datum per element of ``datums``, each where it lies."""
         n, scratch = self._pointers(datums, where)
-        try:
-            ctx = self._take(n)
-            rc = self._lib.fd_decode_ptrs(ctx, scratch.ptrs, scratch.lens, n)
-        finally:
-            self._release(scratch.views, n)
-        if rc != 0:
-            self._fail(ctx, where, block=False)
-        return self._assemble(ctx)
+        return self._decode_pinned(n, scratch, where)
 
     def decode_framed(
         self, bodies: Sequence[bytes | memoryview], schema_id: int, where: str
@@ -175,22 +169,24 @@ class Decoder:
         Every body must carry ``schema_id``; otherwise DecodeError names the first that does not.
         """
         n, scratch = self._pointers(bodies, where)
+        why, found = ctypes.c_int64(0), ctypes.c_int64(0)
+        bad = self._lib.fd_unframe(
+            scratch.ptrs, scratch.lens, n, schema_id, ctypes.byref(why), ctypes.byref(found)
+        )
+        if bad >= 0:
+            self._release(scratch.views, n)
+            at = f"{where} {bad}"
+            if why.value == 1:
+                raise wire.too_short(at, scratch.lens[bad])
+            if why.value == 2:
+                raise wire.not_framed(at, found.value)
+            raise DecodeError(f"{at}: schema id {found.value} differs from the batch's {schema_id}")
+        return self._decode_pinned(n, scratch, where)
+
+    def _decode_pinned(self, n: int, scratch: _Scratch, where: str) -> pa.RecordBatch:
+        """Decode the ``n`` items ``_pointers`` pinned (datums, or bodies whose header the C
+        side skips), release them, and assemble the batch."""
         try:
-            why, found = ctypes.c_int64(0), ctypes.c_int64(0)
-            bad = self._lib.fd_unframe(
-                scratch.ptrs, scratch.lens, n, schema_id, ctypes.byref(why), ctypes.byref(found)
-            )
-            if bad >= 0:
-                raise DecodeError(
-                    f"{where} {bad}: "
-                    + (
-                        f"{scratch.lens[bad]} bytes is too short for a Confluent wire header"
-                        if why.value == 1
-                        else f"magic byte is {found.value}, not 0; this is not a Confluent-framed Avro alert"
-                        if why.value == 2
-                        else f"schema id {found.value} differs from the batch's {schema_id}"
-                    )
-                )
             ctx = self._take(n)
             rc = self._lib.fd_decode_ptrs(ctx, scratch.ptrs, scratch.lens, n)
         finally:
