@@ -34,6 +34,7 @@ vtp_allow_private          ``MINIBROKER_VTP_PRIVATE``     false: VTP receivers m
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import tomllib
 from collections.abc import Mapping
@@ -43,7 +44,7 @@ from typing import Any
 
 from engine.errors import ConfigError
 
-__all__ = ["ENV_VARIABLES", "MAX_CAP", "Config", "load_config"]
+__all__ = ["ENV_VARIABLES", "MAX_CAP", "Config", "load_config", "parse_utc"]
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 MAX_CAP = 100  # the most matches per visit an admin may allow one filter (`admin set-cap`)
@@ -211,3 +212,17 @@ def load_config(
         if value is not None:
             values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
     return replace(Config(), **values)
+
+
+def parse_utc(text: str, flag: str, expected: str) -> float:
+    """A time a user gave (ISO 8601; a time without a zone is UTC) → Unix seconds.
+
+    Raises :class:`ConfigError` ``"<flag> '<text>': give <expected>"`` when it is not one.
+    """
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: give {expected}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()

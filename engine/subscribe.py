@@ -18,12 +18,12 @@ they come out with ``alert`` set to the packet (Confluent-framed Avro), or to ``
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import redis
 
+from engine.config import parse_utc
 from engine.errors import ConfigError
 from engine.registry import keys
 
@@ -38,15 +38,10 @@ def start_id(since: str | None) -> str:
         return "$" if since in (None, "now") else since
     if "-" in since and since.split("-")[0].isdigit() and len(since.split("-")) == 2:
         return since
-    try:
-        when = dt.datetime.fromisoformat(since)
-    except ValueError:
-        raise ConfigError(
-            f"--from {since!r}: give 'now', '0' (everything kept), a stream id or a time like 2026-11-25T03:00"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return f"{int(when.timestamp() * 1000)}-0"
+    seconds = parse_utc(
+        since, "--from", "'now', '0' (everything kept), a stream id or a time like 2026-11-25T03:00"
+    )
+    return f"{int(seconds * 1000)}-0"
 
 
 def _refused(user: str, exc: redis.RedisError) -> ConfigError:

@@ -207,3 +207,22 @@ def test_a_corrupt_visit_is_skipped_and_named_the_rest_is_published(
     after = matches()
     assert visits[1] in {int(f[b"visit"]) for f in after}
     assert len({f[b"diaSourceId"] for f in after}) == len(after)
+
+
+def test_times_users_give_are_utc_and_bad_ones_say_what_to_give() -> None:
+    """`subscribe --from` and `replay --from/--to` read ISO times as UTC (one parser), and a bad
+    time names the flag and what it takes."""
+    from engine.cli.replay import parse_time
+    from engine.errors import ConfigError
+    from engine.subscribe import start_id
+
+    assert start_id("2026-11-25T03:00") == "1795575600000-0"
+    assert start_id("2026-11-25T04:00+01:00") == "1795575600000-0"
+    assert parse_time("2026-11-25T03:00", "--from") == 1795575600.0
+    assert parse_time("1795575600.5", "--to") == 1795575600.5
+    with pytest.raises(
+        ConfigError, match=r"--from 'yesterday': give 'now', '0' \(everything kept\)"
+    ):
+        start_id("yesterday")
+    with pytest.raises(ConfigError, match=r"--to 'soon': give a UTC time .* or Unix seconds"):
+        parse_time("soon", "--to")

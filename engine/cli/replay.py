@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 from pathlib import Path
 
 from engine.cli._common import connect_redis
 from engine.cli.serve import add_kafka_args
-from engine.config import Config
-from engine.errors import ConfigError
+from engine.config import Config, parse_utc
 
 __all__ = ["add_parser", "run"]
 
@@ -40,16 +38,7 @@ def parse_time(text: str, flag: str) -> float:
     try:
         return float(text)
     except ValueError:
-        pass
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(
-            f"{flag} {text!r}: give a UTC time like 2026-11-25T03:00 or Unix seconds"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.timestamp()
+        return parse_utc(text, flag, "a UTC time like 2026-11-25T03:00 or Unix seconds")
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
