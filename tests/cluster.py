@@ -5,21 +5,15 @@ with ``--cluster-enabled yes``, joined with ``valkey-cli``/``redis-cli --cluster
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from engine.local.ports import free_port
 from engine.local.redis_server import find_server_binary
 
 __all__ = ["PrivateCluster"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _cli(server: str) -> str:
@@ -52,7 +46,7 @@ class PrivateCluster:
     def start(self) -> PrivateCluster:
         """Start the nodes, join them, wait until every node says ``cluster_state:ok``."""
         for i in range(self.nodes):
-            port, bus = _free_port(), _free_port()
+            port, bus = free_port(), free_port()
             here = Path(self._dir.name) / str(i)
             here.mkdir()
             self._procs.append(

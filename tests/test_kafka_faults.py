@@ -203,13 +203,11 @@ def test_an_unreachable_broker_is_said_once_not_per_retry(caplog) -> None:
     """A broker that is down gets one clear log line (address, error, what to do) while
     librdkafka keeps retrying, not a line per connection attempt."""
     import logging
-    import socket
 
+    from engine.local.ports import free_port
     from engine.sources.kafka import KafkaSettings, KafkaSource
 
-    with socket.socket() as s:  # a free port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens on it
     caplog.set_level(logging.WARNING, logger="engine.sources.kafka")
     source = KafkaSource(KafkaSettings(f"127.0.0.1:{port}", "t", "g"), lambda letter: None)
     try:
@@ -225,13 +223,10 @@ def test_an_unreachable_broker_is_said_once_not_per_retry(caplog) -> None:
 def test_produce_to_an_unreachable_broker_is_one_error_line(small_night, capfd) -> None:
     """`produce` with no broker listening exits 1 with one line naming the address and the fix,
     and librdkafka writes nothing of its own."""
-    import socket
-
     from engine.cli import main
+    from engine.local.ports import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     code = main(
         ["produce", "--night", str(small_night), "--bootstrap", f"127.0.0.1:{port}", "--topic", "t"]
     )

@@ -4,7 +4,6 @@ user streams, compared with a clean offline run of the same night and filters.""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -23,6 +22,7 @@ from kafka_fixtures import (
 )
 
 from engine.alerts.wire import frame
+from engine.local.ports import free_port
 from engine.service.produce import produce_night
 from engine.service.serve import DEADLETTER_STREAM, ServeSettings, serve
 from engine.service.visitindex import lookup
@@ -71,7 +71,7 @@ def test_serve_delivers_what_an_offline_run_delivers(
     produced = produce_night(
         small_night, kafka_bootstrap, kafka_names.topic, partitions=PARTITIONS, progress=False
     )
-    port, scraped = _free_port(), []
+    port, scraped = free_port(), []
     done = threading.Event()
     scraper = threading.Thread(target=_scrape, args=(port, scraped, done))
     scraper.start()
@@ -94,12 +94,6 @@ def test_serve_delivers_what_an_offline_run_delivers(
     spans = lookup(redis_client, kafka_names.topic, 0)
     assert [s.visit for s in spans] == produced.visits
     assert all(len(s.offsets) == PARTITIONS for s in spans)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _scrape(port: int, out: list[str], done: threading.Event) -> None:

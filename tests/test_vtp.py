@@ -15,6 +15,7 @@ from matches import delete_user_keys, publish_packets
 from engine.cli import main as cli_main
 from engine.errors import ConfigError, DeliveryError
 from engine.formats.voevent import VOEventSettings, ivorn
+from engine.local.ports import free_port
 from engine.sinks import vtp
 from engine.sinks.streams import stream_key
 
@@ -57,12 +58,6 @@ def _received(broker: CometBroker) -> list[str]:
 def _last(client, user: str) -> str:  # type: ignore[no-untyped-def]
     """The id of the user's last stream entry (the visit marker after the matches)."""
     return client.xrevrange(stream_key(user), count=1)[0][0].decode()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_comet_receives_exactly_the_users_matches(redis_client, two_users, comet) -> None:
@@ -129,7 +124,7 @@ def test_an_unreachable_broker_is_retried_until_it_answers(
     """While nothing listens at the receiver the position stays put; once Comet starts there,
     every pending match arrives."""
     user, mine, _, _ = two_users
-    port = _free_port()
+    port = free_port()
     receiver = vtp.Receiver("127.0.0.1", port)
     vtp.add_receiver(redis_client, user, receiver, since="0")
     stop = threading.Event()

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from engine.errors import ServerError
+from engine.local.ports import free_port
 
 __all__ = ["PrivateKafka", "find_broker_binary"]
 
@@ -35,12 +36,6 @@ def find_broker_binary() -> str:
             f"the Tansu broker binary is unusable here ({exc}); "
             "give --bootstrap HOST:PORT of a Kafka broker you run"
         ) from None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PrivateKafka:
@@ -69,7 +64,7 @@ class PrivateKafka:
         self._dir = tempfile.TemporaryDirectory(prefix="minibroker-tansu-")
         log = Path(self._dir.name) / "tansu.log"
         for _attempt in range(3):  # a free port can be taken between probe and bind
-            self.port = _free_port()
+            self.port = free_port()
             url = f"tcp://127.0.0.1:{self.port}"
             with open(log, "wb") as out:
                 self._proc = subprocess.Popen(

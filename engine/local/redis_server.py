@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from engine.errors import ServerError
+from engine.local.ports import free_port
 
 __all__ = ["PrivateRedis", "find_server_binary"]
 
@@ -40,12 +40,6 @@ def find_server_binary() -> str:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class PrivateRedis:
     """Start a throwaway server on a free loopback port; ``url`` to connect. A context manager."""
 
@@ -65,7 +59,7 @@ class PrivateRedis:
         """Start the server and wait until it answers PING."""
         self._dir = tempfile.TemporaryDirectory(prefix="minibroker-redis-")
         for _attempt in range(3):  # a free port can be taken between probe and bind
-            self.port = _free_port()
+            self.port = free_port()
             log = Path(self._dir.name) / "server.log"
             self._proc = subprocess.Popen(
                 [
