@@ -26,7 +26,32 @@ from sandbox.view.columns import (
     _store_owned,
 )
 
-__all__ = ["ColumnStore"]
+__all__ = ["SHIPPABLE_OPS", "ColumnStore"]
+
+# Lightcurve results (memo keys, each the name of the method that computes it) that the trusted
+# side can compute once per visit and hand to every worker whose filters use them.
+SHIPPABLE_OPS = frozenset(
+    {
+        "count",
+        "max",
+        "min",
+        "sum",
+        "mean",
+        "std",
+        "median",
+        "n_distinct",
+        "any",
+        "all",
+        "first",
+        "last",
+        "rate",
+        "slope",
+        "times",
+    }
+)
+# Time-ordered results: they read the list's midpointMjdTai too.
+TIMED_OPS = frozenset({"first", "last", "rate", "slope", "times"})
+_MAX_LEARNED = 64  # recipes one visit's store records
 
 
 class _ListInfo:
@@ -51,6 +76,9 @@ class _ListInfo:
 
     def time_sorted(self) -> bool:
         return self._store.time_sorted(self._prefix)
+
+    def learn(self, recipe: list[Any], key: Any, value: Any) -> None:
+        self._store.learn_derived(recipe, key, value)
 
 
 # --- from Arrow to columns (trusted side) ---------------------------------------------------
@@ -150,6 +178,11 @@ class ColumnStore:
         self._aux: dict[str, Any] = {}  # null masks and offsets for the per-alert view
         self._shapes: dict[str, tuple[_Segments, np.ndarray | None]] = {}  # per list column
         self.paths, self.groups, self.kinds = _schema_info(batch.schema)
+        # What this visit's filters derived that the trusted side could compute once for every
+        # worker next time (recipes, see sandbox.digest), in the order first computed.
+        self.learned: list[list[Any]] = []
+        self._learned_keys: set[str] = set()
+        self._recipe_of: dict[int, tuple[Column, list[Any]]] = {}  # id(column) → its recipe
 
     def __len__(self) -> int:
         return self.batch.num_rows
@@ -159,7 +192,43 @@ class ColumnStore:
         col = self._cache.get(path)
         if col is None:
             col = self._cache[path] = self._convert(path)
+            self._note(col, ["col", path])
         return col
+
+    def _note(self, col: Column | ListColumn, recipe: list[Any], learn: bool = True) -> None:
+        if isinstance(col, ListColumn):
+            col._recipe = recipe
+        else:
+            self._recipe_of[id(col)] = (col, recipe)
+        if learn:
+            self._learn(recipe)
+
+    def _learn(self, recipe: list[Any]) -> None:
+        key = repr(recipe)
+        if key not in self._learned_keys and len(self.learned) < _MAX_LEARNED:
+            self._learned_keys.add(key)
+            self.learned.append(recipe)
+
+    def recipe_of(self, col: Any) -> list[Any] | None:
+        """How the trusted side computes ``col`` again, if it is one of this store's columns."""
+        hit = self._recipe_of.get(id(col))
+        return hit[1] if hit is not None and hit[0] is col else None
+
+    def learn_derived(self, recipe: list[Any], key: Any, value: Any) -> None:
+        """A lightcurve of this store (``recipe``) memoized ``value`` under ``key``: learn how
+        to compute it again, when it is one of the results the trusted side can hand over."""
+        if isinstance(key, tuple) and len(key) == 2 and key[0] == "in_band":
+            band = key[1] if isinstance(key[1], str) else self.recipe_of(key[1])
+            if band is None:
+                return
+            derived = [recipe, "in_band", band]
+        elif isinstance(key, str) and key in SHIPPABLE_OPS:
+            derived = [recipe, key]
+        else:
+            return
+        if isinstance(value, ListColumn):
+            value._recipe = derived
+        self._learn(derived)
 
     def _convert(self, path: str) -> Column | ListColumn:
         parts = path.split(".")
@@ -201,6 +270,7 @@ class ColumnStore:
         col = self._cache.get(key)
         if col is None:
             col = self._cache[key] = self._history(name)
+            self._note(col, ["history", name])
         assert isinstance(col, ListColumn)
         return col
 

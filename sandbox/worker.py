@@ -34,7 +34,9 @@ from sandbox.errors import FilterRejected
 from sandbox.pool.protocol import (
     FRAME,
     JOB_HEADER,
+    MAX_DERIVED,
     MAX_JOB,
+    MAX_LEARNED,
     MAX_MESSAGE,
     RESULT,
     RETIRE,
@@ -55,20 +57,21 @@ def _recv_exact(sock: socket.socket, n: int, first: bytes = b"") -> bytes:
     return bytes(buf)
 
 
-def _receive_job(sock: socket.socket) -> tuple[dict[str, Any], int]:
-    # Only the header is read with the descriptor, so a read never runs into the next job.
-    data, fds, _flags, _addr = socket.recv_fds(sock, JOB_HEADER.size, 1)
+def _receive_job(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """The next job and its descriptors: the batch's, then the shared results'."""
+    # Only the header is read with the descriptors, so a read never runs into the next job.
+    data, fds, _flags, _addr = socket.recv_fds(sock, JOB_HEADER.size, 1 + MAX_DERIVED)
     if not data:
         raise EOFError("engine closed the channel")
-    if len(fds) != 1:
-        for fd in fds:
-            os.close(fd)
+    if not fds:
         raise EOFError("malformed job")
     header = _recv_exact(sock, JOB_HEADER.size, data)
     (length,) = JOB_HEADER.unpack(header)
     if length > MAX_JOB:
+        for fd in fds:
+            os.close(fd)
         raise EOFError("job too large")
-    return json.loads(_recv_exact(sock, length)), fds[0]
+    return json.loads(_recv_exact(sock, length)), fds
 
 
 def _fault_message(exc: BaseException) -> str:
@@ -116,7 +119,7 @@ def _serve(sock: socket.socket) -> None:
     compiled: dict[str, CompiledFilter] = {}
     hello: bytes | None = None
     while True:
-        job, batch_fd = _receive_job(sock)
+        job, fds = _receive_job(sock)
         if hello is None:
             try:
                 setup = job["setup"]
@@ -124,14 +127,15 @@ def _serve(sock: socket.socket) -> None:
                     limits.Limits(**setup["limits"]), seccomp=setup.get("seccomp", True)
                 )
             except BaseException:
-                os.close(batch_fd)
+                for fd in fds:
+                    os.close(fd)
                 raise
             hello = json.dumps(applied).encode()
             ready = hello
         else:
             ready = b""
         out = _Out(sock)
-        retire = _visit(out, job, batch_fd, statm, compiled, ready)
+        retire = _visit(out, job, fds, statm, compiled, ready)
         out.frame(Kind.DONE, 0, RETIRE if retire else b"")
         out.flush()
 
@@ -162,7 +166,7 @@ class _Out:
 def _visit(
     out: _Out,
     job: dict[str, Any],
-    batch_fd: int,
+    fds: list[int],
     statm: int,
     compiled: dict[str, Any],
     ready: bytes,
@@ -170,14 +174,19 @@ def _visit(
     """One visit: map, run, release. True when the batch could not be released (retire)."""
     import pyarrow as pa
 
-    # Arrays built from the mapping point into a read-only mapping of a sealed memfd: a write
+    # Arrays built from the mappings point into read-only mappings of sealed memfds: a write
     # through any path faults in this process only.
+    maps = []
     try:
-        mm = mmap.mmap(batch_fd, 0, access=mmap.ACCESS_READ)
-    finally:
-        os.close(batch_fd)
-    buf = pa.py_buffer(mm)
-    _run_visit(out, job, buf, statm, compiled, ready)
+        for fd in fds:
+            maps.append(mmap.mmap(fd, 0, access=mmap.ACCESS_READ))
+            os.close(fd)  # a mapping keeps its own copy: never hold both for every descriptor
+    except BaseException:
+        for fd in fds[len(maps) :]:
+            os.close(fd)
+        raise
+    buf = pa.py_buffer(maps[0])
+    _run_visit(out, job, buf, maps[1:], statm, compiled, ready)
     # Every object built from the batch lived in _run_visit's frame (the store, the columns,
     # the filters' namespaces), but some are in reference cycles (a filter's globals and its
     # functions; the store and its lightcurve columns), which only the collector frees. They
@@ -188,7 +197,8 @@ def _visit(
         if collect is not None:
             collect()
         try:
-            mm.close()
+            for mm in maps:
+                mm.close()
             return False
         except BufferError:
             pass
@@ -196,7 +206,13 @@ def _visit(
 
 
 def _run_visit(
-    out: _Out, job: dict[str, Any], buf: Any, statm: int, compiled: dict[str, Any], ready: bytes
+    out: _Out,
+    job: dict[str, Any],
+    buf: Any,
+    derived: list[mmap.mmap],
+    statm: int,
+    compiled: dict[str, Any],
+    ready: bytes,
 ) -> None:
     import numpy as np
     import pyarrow as pa
@@ -209,8 +225,13 @@ def _run_visit(
 
     store = ColumnStore(pa.ipc.open_file(buf).get_batch(0))
     n = len(store)
+    _install(store, job.get("digest") or [], derived)
     limits.rearm(job["cpu_s"], job["memory_mb"], limits.vm_size_from(statm))
-    out.frame(Kind.READY, 0, ready)
+    # A quiet job (nothing to compile) gets results only: the pool times each filter from the
+    # previous result, so each result is sent before the next filter starts.
+    quiet = job.get("quiet") is True
+    if not quiet:
+        out.frame(Kind.READY, 0, ready)
 
     keep: dict[str, Any] = {}
     share = job.get("share_s")  # this user's evaluation time left this visit (None: no limit)
@@ -238,7 +259,8 @@ def _run_visit(
                 continue
         cf = compiled[key]  # KeyError: the pool broke its own protocol; exit, it sees EOF
         keep[key] = cf
-        out.frame(Kind.COMPILED, index)
+        if not quiet:
+            out.frame(Kind.COMPILED, index)
         out.flush()
         started = time.monotonic()
         try:
@@ -264,6 +286,30 @@ def _run_visit(
     # The pool keeps the same account: what this visit ran is what stays compiled.
     compiled.clear()
     compiled.update(keep)
+    if store.learned:
+        report = store.learned[:]
+        while report and len(json.dumps(report)) > MAX_LEARNED:
+            report.pop()
+        out.frame(Kind.LEARNED, 0, json.dumps(report).encode())
+
+
+def _install(store: Any, entries: list[Any], maps: list[mmap.mmap]) -> None:
+    """Put the results the pool derived once for everyone into this visit's store; one that
+    does not fit is skipped (the filters then compute it themselves)."""
+    import numpy as np
+
+    from sandbox.digest import install
+
+    for recipe, index, layout in entries:
+        try:
+            mm = maps[index]
+            arrays = {
+                name: np.frombuffer(mm, np.dtype(dtype), count, offset)
+                for name, dtype, count, offset in layout
+            }
+            install(store, recipe, arrays)
+        except Exception:  # noqa: BLE001, S112 - computing it here is the fallback
+            continue
 
 
 # --- zygote -----------------------------------------------------------------------------------
@@ -296,6 +342,7 @@ def zygote_main(ctrl_fd: int, workdir: str) -> None:
     import pyarrow.ipc  # noqa: F401
 
     import sandbox.compile  # noqa: F401
+    import sandbox.digest  # noqa: F401
     import sandbox.helpers  # noqa: F401
     import sandbox.namespace  # noqa: F401
     import sandbox.run  # noqa: F401

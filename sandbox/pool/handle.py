@@ -69,7 +69,11 @@ class WorkerHandle:
     buf: bytearray = field(default_factory=bytearray)
     failure: str | None = None
     retire: bool = False
-    cpu: int = -1  # the core it is pinned to for this visit
+    cpu: int = -1  # the core it is pinned to (across visits)
+    cpu_used: float = 0.0  # its CPU seconds when it was last stopped
+    quiet: bool = False  # this visit's job compiles nothing: no READY or COMPILED frames
+    heard: bool = False  # a frame of this visit has arrived
+    learned: bool = False  # its LEARNED report of this visit has arrived
     batch_bytes: int = 0  # size of the batch it maps this visit
     share_capped: bool = False  # the running filter's deadline is its user's share, not the budget
 

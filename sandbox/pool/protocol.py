@@ -17,6 +17,12 @@ Wire format (everything is plain bytes; nothing is ever unpickled):
   the pool's deadlines do not wait for travel together (READY with the first COMPILED, the last
   RESULT with DONE). A filter not started because its user's share of the visit is used up
   gets a RESULT with status OVER_SHARE. The job carries ``share_s``, that share's remainder.
+  A job may carry more descriptors after the batch's: results derived once for everyone
+  (:mod:`sandbox.digest`), listed in its ``digest`` as ``[recipe, descriptor, layout]``; after
+  the visit the worker may send one LEARNED frame (JSON: the recipes it derived itself) just
+  before DONE.
+  A job marked ``quiet`` (a live worker, nothing to compile) gets no READY and no COMPILED:
+  only the RESULTs, each sent before the next filter starts, the last with DONE.
   The pool checks every length, index and status before use, and treats anything else as a
   fault.
 """
@@ -31,7 +37,9 @@ from sandbox.errors import FaultReason
 __all__ = [
     "FRAME",
     "JOB_HEADER",
+    "MAX_DERIVED",
     "MAX_JOB",
+    "MAX_LEARNED",
     "MAX_MESSAGE",
     "RESULT",
     "RETIRE",
@@ -52,6 +60,7 @@ class Kind(IntEnum):
     COMPILED = 2  # the current filter is compiled; its run starts now
     RESULT = 3  # the current filter's result (a mask or a fault message)
     DONE = 4  # the visit's batch is released (payload RETIRE: it could not be)
+    LEARNED = 5  # before DONE: JSON list of recipes its filters derived (sandbox.digest)
 
 
 class Status(IntEnum):
@@ -73,4 +82,6 @@ STATUS_REASON = {
 }
 MAX_MESSAGE = 2000  # characters of a fault message that reach the owner
 MAX_JOB = 64 * 2**20
+MAX_DERIVED = 48  # shared results (descriptors) a job carries besides the batch
+MAX_LEARNED = 8 * 1024  # bytes of a LEARNED report
 RETIRE = b"R"

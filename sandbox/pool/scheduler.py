@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from sandbox.compile import CompiledFilter
+from sandbox.digest import Digest
 from sandbox.errors import FaultReason, FilterFault
 from sandbox.keys import FilterKey, display_name
 from sandbox.pool import protocol as wire
@@ -41,6 +42,8 @@ log = logging.getLogger("sandbox.pool")
 # The engine measures a filter's time from outside (IPC included), so it allows the worker's own
 # account of a user's share this much slack before it kills.
 _SHARE_GRACE_S = 0.05
+# What a quiet job's first filter is allowed beyond its budget: the worker maps the batch first.
+_MAP_S = 0.1
 
 
 def _enough_descriptors(workers: int) -> None:
@@ -60,6 +63,37 @@ def _enough_descriptors(workers: int) -> None:
                 new,
                 workers,
             )
+
+
+class _Queue:
+    """The users still to run this visit, in order, each with the core its worker is pinned to
+    (-1: none yet). A free core takes the first of the next few users whose worker is pinned
+    there or who has none, else the next user: re-pinning a worker is a system call that, on a
+    virtual machine, costs more than a small filter (~0.6 ms measured), so it happens only when
+    the cores' shares come out uneven. The order is kept otherwise (eviction relies on it)."""
+
+    _LOOKAHEAD = 8
+
+    def __init__(self) -> None:
+        self._q: deque[tuple[str, list[int], int]] = deque()
+
+    def push(self, user: str, items: list[int], cpu: int = -1, *, front: bool = False) -> None:
+        if front:
+            self._q.appendleft((user, items, -1))
+        else:
+            self._q.append((user, items, cpu))
+
+    def pop(self, cpu: int) -> tuple[str, list[int]]:
+        for k in range(min(self._LOOKAHEAD, len(self._q))):
+            if self._q[k][2] in (cpu, -1):
+                user, items, _cpu = self._q[k]
+                del self._q[k]
+                return user, items
+        user, items, _cpu = self._q.popleft()
+        return user, items
+
+    def __bool__(self) -> bool:
+        return bool(self._q)
 
 
 class WorkerPool:
@@ -148,6 +182,9 @@ class WorkerPool:
             int, tuple[CompiledFilter, frozenset[str]]
         ] = {}  # id → (filter, its columns)
         self._batch_of: dict[str, tuple[int, int]] = {}  # user → (memfd, size) of this visit
+        self._paths_of: dict[str, frozenset[str]] = {}  # user → columns they may read, this visit
+        self._available: frozenset[str] = frozenset()  # every column path of this visit's batch
+        self._digest = Digest()
         _enough_descriptors(self.max_idle_workers + self.workers)
         self._uids = UidPool()
         self._workdir = Workdir()
@@ -179,6 +216,7 @@ class WorkerPool:
         """
         self._suspensions.clear(key)
         self._reads = {}
+        self._digest.forget(FilterKey.parse(key).owner)
         rest = [(k, c) for k, c in self.filters if k != key]
         if compiled is None:
             self.filters = rest
@@ -234,15 +272,23 @@ class WorkerPool:
         self._share_left = {user: math.inf if budget is None else budget for user in by_user}
         shared: dict[frozenset[str], tuple[int, int]] = {}  # columns → (memfd, its size)
         try:
-            for user, paths in self._columns_of(batch, by_user).items():
+            self._paths_of = self._columns_of(batch, by_user)
+            self._available = leaf_paths(batch.schema)
+            self._digest.start(batch)
+            for user, paths in self._paths_of.items():
                 if paths not in shared:
                     fd = share_batch(project(batch, paths))
                     shared[paths] = (fd, os.fstat(fd).st_size)
                 self._batch_of[user] = shared[paths]
             if by_user:
-                self._run(n, deque(by_user.items()), results, infra)
+                queue = _Queue()
+                for user, items in by_user.items():
+                    idle = self._idle.get(user)
+                    queue.push(user, items, -1 if idle is None else idle.cpu)
+                self._run(n, queue, results, infra)
         finally:
             self._batch_of.clear()
+            self._digest.finish()
             for fd, _size in shared.values():
                 os.close(fd)
         out = [r for r in results if r is not None]
@@ -306,7 +352,7 @@ class WorkerPool:
     def _run(
         self,
         n: int,
-        queue: deque[tuple[str, list[int]]],
+        queue: _Queue,
         results: list[Outcome | None],
         infra: set[int],
     ) -> None:
@@ -315,7 +361,9 @@ class WorkerPool:
         try:
             while queue or active:
                 while queue and len(active) < self.workers:
-                    user, items = queue.popleft()
+                    taken = {x.cpu for x in active}
+                    cpu = next((c for c in self._cpus if c not in taken), -1)
+                    user, items = queue.pop(cpu)
                     if self._share_left[user] <= 0:
                         for i in items:
                             results[i] = Outcome(
@@ -326,7 +374,7 @@ class WorkerPool:
                             )
                         continue
                     w = self._dispatch(user, items, n)
-                    self._pin(w, active)
+                    self._pin(w, cpu)
                     active.append(w)
                     sel.register(w.sock, selectors.EVENT_READ, w)
                 if not active:
@@ -344,7 +392,7 @@ class WorkerPool:
                         sel.unregister(w.sock)
                         active.remove(w)
                         if w.pos < len(w.items):
-                            queue.appendleft((w.user, w.items[w.pos :]))
+                            queue.push(w.user, w.items[w.pos :], front=True)
                         self._release(w)
                     elif w.failure is not None or now >= w.deadline:
                         sel.unregister(w.sock)
@@ -393,51 +441,68 @@ class WorkerPool:
                 w.sent.add(key)
                 entries.append([i, key, display_name(key, compiled.filename), compiled.source])
         share = self._share_left[user]
+        # A live worker with nothing to compile answers with its results only: each frame
+        # wakes the engine, and on a virtual machine a wake-up across cores costs ~50 µs.
+        w.quiet, w.heard, w.learned = not w.fresh and not w.sent, False, False
         job: dict[str, object] = {
             "filters": entries,
             "cpu_s": cpu,
             "memory_mb": self.memory_mb,
             "share_s": None if math.isinf(share) else share,
+            "quiet": w.quiet,
         }
         if w.fresh:
             job["setup"] = {
                 "limits": {
                     "memory_mb": self.memory_mb,
                     "cpu_s": math.ceil(w.cpu_limit),
-                    "nofile": 16,
+                    "nofile": 16 + wire.MAX_DERIVED,  # a job's descriptors arrive together
                     "reserve_mb": w.reserve // _MB + self.memory_mb,
                     "uid": w.uid,
                     "root": self._workdir.root,
                 }
             }
+        derived_fds, derived = self._digest.entries(user)
+        job["digest"] = derived[: wire.MAX_DERIVED]
+        del derived_fds[wire.MAX_DERIVED :]
         body = json.dumps(job).encode()
         try:
-            socket.send_fds(w.sock, [wire.JOB_HEADER.pack(len(body)) + body[: 1 << 15]], [batch_fd])
+            socket.send_fds(
+                w.sock,
+                [wire.JOB_HEADER.pack(len(body)) + body[: 1 << 15]],
+                [batch_fd, *derived_fds],
+            )
             w.sock.sendall(body[1 << 15 :])
         except OSError as exc:
             w.failure = f"could not hand the job to the worker ({exc})"
         w.sock.setblocking(False)
+        if w.quiet:
+            self._start_filter(w, time.monotonic(), _MAP_S)
         return w
 
-    def _pin(self, w: WorkerHandle, active: list[WorkerHandle]) -> None:
-        """Run ``w`` on a core no other running worker has.
+    def _start_filter(self, w: WorkerHandle, now: float, extra: float = 0.0) -> None:
+        """The current filter starts now, under its budget capped by its user's remaining
+        share (the worker keeps the same account and does not start a filter beyond it; this
+        deadline is the backstop)."""
+        share = self._share_left[w.user] + _SHARE_GRACE_S
+        w.share_capped = share < self.budget_s
+        w.phase, w.started = Phase.RUNNING, now
+        w.deadline = now + min(self.budget_s, share) + extra
+
+    def _pin(self, w: WorkerHandle, cpu: int) -> None:
+        """Run ``w`` on core ``cpu``, which no other running worker has (see :class:`_Queue`).
 
         Left alone, the scheduler tends to wake a worker on the core of the engine that woke
         it, so the two running workers often share one core while the other idles (measured:
-        ~170 ms instead of ~135 ms for 100 one-filter users). Pinning needs no privilege over
-        our own children beyond what we have (root, or the same user); without it we go on
-        unpinned.
+        ~170 ms instead of ~135 ms for 100 one-filter users). A worker stays pinned across
+        visits. Pinning needs no privilege over our own children beyond what we have (root,
+        or the same user); without it we go on unpinned.
         """
-        if not self._cpus:
-            return
-        taken = {x.cpu for x in active}
-        if w.cpu >= 0 and w.cpu not in taken:
-            return  # still pinned there from an earlier visit
-        w.cpu = next((c for c in self._cpus if c not in taken), -1)
-        if w.cpu < 0:
+        if cpu < 0 or w.cpu == cpu:
             return
         try:
-            os.sched_setaffinity(w.pid, {w.cpu})
+            os.sched_setaffinity(w.pid, {cpu})
+            w.cpu = cpu
         except OSError as exc:  # gone already (it fails on its own), or not permitted
             if exc.errno == errno.EPERM:
                 self._cpus = []
@@ -455,8 +520,8 @@ class WorkerPool:
         if pending is not None:  # it wrote while idle, or its channel closed: it is not ours
             log.warning("sandbox worker for %s is retired: its channel is not quiet", w.user)
             return False
-        stat = w.stat()
-        if stat is None or stat[0] + cpu > w.cpu_limit - 1 or size > w.reserve:
+        # Its CPU time is what it was when it was stopped (read then, see _park).
+        if w.cpu_used + cpu > w.cpu_limit - 1 or size > w.reserve:
             return False
         return w.signal(signal.SIGCONT)
 
@@ -496,6 +561,8 @@ class WorkerPool:
         w.fresh = False
         w.compiled = {k: c for k, c in w.job.items() if w.compiled.get(k) is c}
         usage = w.usage()
+        if usage is not None:
+            w.cpu_used = usage[0]
         reason = None
         if w.retire:
             reason = "it could not release the batch"
@@ -539,7 +606,7 @@ class WorkerPool:
             w.failure = "died"
             return
         w.buf += chunk
-        limit = wire.RESULT.size + 4 * wire.MAX_MESSAGE + (n + 7) // 8 + 4096
+        limit = max(wire.RESULT.size + 4 * wire.MAX_MESSAGE + (n + 7) // 8 + 4096, wire.MAX_LEARNED)
         while (
             w.failure is None
             and w.phase not in (Phase.IDLE, Phase.SPLIT)
@@ -568,8 +635,9 @@ class WorkerPool:
     ) -> None:
         # Everything here comes from a process running untrusted code: check it all.
         now = time.monotonic()
+        w.heard = True
         current = w.items[w.pos] if w.pos < len(w.items) else None
-        if kind == Kind.READY and w.phase == Phase.STARTING:
+        if kind == Kind.READY and w.phase == Phase.STARTING and not w.quiet:
             if w.fresh:
                 # No user code has run in it yet: what it says about its limits is trustworthy.
                 try:
@@ -587,6 +655,7 @@ class WorkerPool:
             w.phase, w.deadline = Phase.COMPILING, now + self.compile_s
         elif (
             kind == Kind.COMPILED
+            and not w.quiet
             and w.phase == Phase.COMPILING
             and index == current
             and not payload
@@ -594,11 +663,7 @@ class WorkerPool:
             key, compiled = self.filters[index]
             if key in w.sent:
                 w.compiled[key] = compiled
-            # The user's remaining share caps the budget; the worker keeps the same account and
-            # does not start a filter beyond it, this deadline is the backstop.
-            share = self._share_left[w.user] + _SHARE_GRACE_S
-            w.share_capped = share < self.budget_s
-            w.phase, w.started, w.deadline = Phase.RUNNING, now, now + min(self.budget_s, share)
+            self._start_filter(w, now)
         elif (
             kind == Kind.RESULT and w.phase in (Phase.COMPILING, Phase.RUNNING) and index == current
         ):
@@ -615,8 +680,15 @@ class WorkerPool:
                 w.phase = Phase.SPLIT
             elif w.pos == len(w.items):
                 w.phase, w.deadline = Phase.CLOSING, now + max(1.0, self.compile_s)
+            elif w.quiet:
+                self._start_filter(w, now)
             else:
                 w.phase, w.deadline = Phase.COMPILING, now + self.compile_s
+        elif kind == Kind.LEARNED and w.phase == Phase.CLOSING and not w.learned:
+            w.learned = True
+            self._digest.learn(
+                w.user, payload, self._paths_of.get(w.user, frozenset()), self._available
+            )
         elif kind == Kind.DONE and w.phase == Phase.CLOSING and payload in (b"", wire.RETIRE):
             w.phase, w.retire = Phase.IDLE, payload == wire.RETIRE
         else:
@@ -661,11 +733,12 @@ class WorkerPool:
         now: float,
         results: list[Outcome | None],
         infra: set[int],
-        queue: deque[tuple[str, list[int]]],
+        queue: _Queue,
     ) -> None:
         """Kill ``w``; fault the filter it was on; queue the user's remaining filters."""
         w.signal(signal.SIGKILL)
-        if w.phase == Phase.STARTING and not w.fresh:
+        unheard = w.quiet and not w.heard and w.failure is not None
+        if (w.phase == Phase.STARTING or unheard) and not w.fresh:
             # A live worker that failed to take a new visit (say, it died while stopped):
             # nothing of this visit ran; a fresh worker takes it.
             log.warning(
@@ -673,7 +746,7 @@ class WorkerPool:
                 w.user,
                 w.failure or "timed out",
             )
-            queue.appendleft((w.user, w.items))
+            queue.push(w.user, w.items, front=True)
             return
         if w.phase == Phase.STARTING:
             # Not any filter's doing (no user code has run yet): report, but do not count.
@@ -727,4 +800,4 @@ class WorkerPool:
         results[index] = Outcome(key, None, seconds, fault)
         rest = w.items[w.pos + 1 :]
         if rest:
-            queue.appendleft((w.user, rest))  # a fresh worker; the faulty filter is not in it
+            queue.push(w.user, rest, front=True)  # a fresh worker; the faulty filter is not in it

@@ -348,7 +348,7 @@ class ListColumn:
     rates) uses the ``midpointMjdTai`` of the same list, so it is right whatever the order.
     """
 
-    __slots__ = ("_off", "_items", "_lm", "_info", "_memo", "_seg")
+    __slots__ = ("_off", "_items", "_lm", "_info", "_memo", "_seg", "_recipe")
     _public = frozenset(
         {
             "isnull",
@@ -395,11 +395,16 @@ class ListColumn:
         # from the store's cache, so a hundred filters asking for history("psfFlux").max()
         # compute it once. Safe to share: every result is an immutable, read-only column.
         self._memo: dict[Any, Any] = {}
+        # How the trusted side can compute this list again (sandbox.digest): set on the store's
+        # lists and what is derived from them; None for every other list.
+        self._recipe: list[Any] | None = None
 
     def _memoized(self, key: Any, compute: Callable[[], Any]) -> Any:
         hit = self._memo.get(key)
         if hit is None:
             hit = self._memo[key] = compute()
+            if self._recipe is not None and self._info is not None:
+                self._info.learn(self._recipe, key, hit)
         return hit
 
     def __len__(self) -> int:
@@ -443,6 +448,8 @@ class ListColumn:
         hit = self._memo.get(key)
         if hit is None or hit[0] is not band:
             hit = self._memo[key] = (band, self.where(self._sibling("band") == band))
+            if self._recipe is not None and self._info is not None:
+                self._info.learn(self._recipe, ("in_band", band), hit[1])
         return hit[1]
 
     def times(self) -> ListColumn:

@@ -1,0 +1,317 @@
+"""Derived columns of a visit, computed once on the trusted side and handed to every worker.
+
+In one process, a hundred filters asking for ``alerts.history("psfFlux").max()`` compute it once:
+the column store memoizes it. Each user's worker has its own store, so without help a thousand
+users would compute it a thousand times, and on a visit of 10,000 alerts the lightcurve work
+(concatenating histories, reductions, band selections) is most of what a typical filter costs.
+
+So a worker's store records a **recipe** for each lightcurve result its filters derived (a small
+JSON list, see below), and sends them to the pool after the visit. From the next visit on the pool
+computes each recipe once, on its own store over the visit batch (trusted code over trusted data:
+the same methods the worker would run), writes each result into a sealed memfd of its own, and
+hands every user's worker the results of that user's recipes, which its store installs in place
+of computing them. The answers are the same objects the worker would have built.
+
+Recipes::
+
+    ["col", path]                  the store column (a lightcurve field, or any column)
+    ["history", name]              the store's history(name)
+    [L, op]                        op in SHIPPABLE_OPS on lightcurve recipe L
+    [L, "in_band", "r"]            L.in_band("r")
+    [L, "in_band", ["col", path]]  L.in_band(that store column)
+
+What a worker reports is untrusted: the pool keeps a recipe only if it parses, if every column
+it reads (its lightcurve's times and bands included) is one the user's filters may read anyway,
+and within a number per user; a recipe that fails to compute is dropped for good. A user's
+recipes are forgotten when their filters change.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import mmap
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from sandbox.store import SHIPPABLE_OPS, TIMED_OPS, ColumnStore, _ListInfo
+from sandbox.view.columns import BANDS, Column, ListColumn, _Segments, _store_owned
+
+__all__ = ["Digest", "install"]
+
+MAX_RECIPES = 64  # per user
+MAX_REPORT = 16 * 1024  # bytes of one worker's report
+_ALIGN = 64
+
+
+def _base(recipe: Any) -> tuple[str, list[str]] | None:
+    """The lightcurve a list recipe stands on: its prefix and the columns that hold it."""
+    if not isinstance(recipe, list) or not recipe:
+        return None
+    if len(recipe) == 2 and recipe[0] == "history" and isinstance(recipe[1], str):
+        return "history", [f"diaSource.{recipe[1]}", f"prvDiaSources.{recipe[1]}"]
+    if len(recipe) == 2 and recipe[0] == "col" and isinstance(recipe[1], str):
+        return recipe[1].rsplit(".", 1)[0], [recipe[1]]
+    return None
+
+
+def needs(recipe: Any, depth: int = 0) -> tuple[str, set[str]] | None:
+    """``(kind, columns)`` of a well-formed recipe: ``"list"`` or ``"column"``, and every column
+    path computing it reads; None when it is not a recipe."""
+    if depth > 4 or not isinstance(recipe, list) or not 2 <= len(recipe) <= 3:
+        return None
+    if recipe[0] == "col" and len(recipe) == 2 and isinstance(recipe[1], str):
+        return "path", {recipe[1]}
+    if recipe[0] == "history" and len(recipe) == 2 and isinstance(recipe[1], str):
+        return "list", {f"diaSource.{recipe[1]}", f"prvDiaSources.{recipe[1]}"}
+    inner = needs(recipe[0], depth + 1)
+    if inner is None or inner[0] == "column":
+        return None
+    root = recipe[0]
+    while isinstance(root, list) and root and isinstance(root[0], list):
+        root = root[0]
+    base = _base(root)
+    if base is None:
+        return None
+    prefix = base[0]
+
+    def sibling(name: str) -> set[str]:
+        if prefix == "history":
+            return {f"diaSource.{name}", f"prvDiaSources.{name}"}
+        return {f"{prefix}.{name}"}
+
+    paths = set(inner[1])
+    if len(recipe) == 2 and recipe[1] in SHIPPABLE_OPS:
+        if recipe[1] in TIMED_OPS:
+            paths |= sibling("midpointMjdTai")
+        return ("list" if recipe[1] == "times" else "column"), paths
+    if len(recipe) == 3 and recipe[1] == "in_band":
+        band = recipe[2]
+        if isinstance(band, str) and band in BANDS:
+            return "list", paths | sibling("band")
+        other = needs(band, depth + 1)
+        if other is not None and other[0] == "path" and band[0] == "col":
+            return "list", paths | sibling("band") | other[1]
+    return None
+
+
+def _resolve(store: ColumnStore, recipe: list[Any]) -> Any:
+    """The value of ``recipe`` in ``store``, through the store's own methods (so memoized)."""
+    if recipe[0] == "col":
+        return store.get(recipe[1])
+    if recipe[0] == "history":
+        return store.history(recipe[1])
+    parent = _resolve(store, recipe[0])
+    if not isinstance(parent, ListColumn):
+        raise TypeError("not a lightcurve")
+    if recipe[1] == "in_band":
+        band = recipe[2] if isinstance(recipe[2], str) else _resolve(store, recipe[2])
+        return parent.in_band(band)
+    return getattr(parent, recipe[1])()
+
+
+def _ancestors(recipe: list[Any]) -> list[list[Any]]:
+    """``recipe``'s lightcurve ancestors and band columns, outermost last, then itself."""
+    out: list[list[Any]] = []
+    if isinstance(recipe[0], list):
+        out += _ancestors(recipe[0])
+        if len(recipe) == 3 and isinstance(recipe[2], list):
+            out += _ancestors(recipe[2])
+    out.append(recipe)
+    return out
+
+
+def _arrays(value: Any, parent: Any) -> dict[str, np.ndarray] | None:
+    """The arrays that rebuild ``value`` in a worker; None when it is not worth handing over."""
+    if isinstance(value, Column):
+        out = {"v": value._v}
+        if value._m is not None:
+            out["m"] = value._m
+        return out
+    if isinstance(value, ListColumn):
+        if isinstance(parent, ListColumn) and value._items._v is parent._items._v:
+            # A band selection: the same points, another null mask.
+            return {"m": value._items._m if value._items._m is not None else np.zeros(0, bool)}
+        out = {"off": value._off, "v": value._items._v}
+        if value._items._m is not None:
+            out["m"] = value._items._m
+        if value._lm is not None:
+            out["lm"] = value._lm
+        return out
+    return None
+
+
+def _share(arrays: dict[str, np.ndarray]) -> tuple[int, list[list[Any]]]:
+    """Write ``arrays`` into a sealed memfd; its read-only descriptor and their layout."""
+    layout: list[list[Any]] = []
+    starts: list[int] = []
+    pos = 0
+    for name, a in arrays.items():
+        layout.append([name, a.dtype.str, len(a), pos])
+        starts.append(pos)
+        pos += -(-a.nbytes // _ALIGN) * _ALIGN
+    fd = os.memfd_create("minibroker-derived", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, max(pos, 1))
+        if pos:
+            with mmap.mmap(fd, pos) as mm:
+                for at, a in zip(starts, arrays.values(), strict=True):
+                    mm[at : at + a.nbytes] = np.ascontiguousarray(a).tobytes()
+        seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC), layout
+    finally:
+        os.close(fd)
+
+
+class Digest:
+    """The pool's side: each user's recipes, and per visit their results in shared memory."""
+
+    def __init__(self) -> None:
+        self._recipes: dict[str, dict[str, list[Any]]] = {}  # user → {key: recipe}
+        self._bad: set[str] = set()  # recipes that failed to compute
+        self._store: ColumnStore | None = None
+        self._shared: dict[str, tuple[int, list[list[Any]]] | None] = {}  # key → (fd, layout)
+
+    def learn(
+        self, user: str, report: bytes, readable: frozenset[str], available: frozenset[str]
+    ) -> None:
+        """Keep the recipes of a worker's report that ``user``'s filters could compute from
+        the columns ``readable`` (of the batch's columns ``available``); ignore anything else
+        (the report is untrusted)."""
+        if len(report) > MAX_REPORT:
+            return
+        try:
+            recipes = json.loads(report)
+        except ValueError:
+            return
+        if not isinstance(recipes, list):
+            return
+        mine = self._recipes.setdefault(user, {})
+        for recipe in recipes:
+            if len(mine) >= MAX_RECIPES:
+                break
+            need = needs(recipe)
+            # Every column it reads must be readable; one the batch lacks altogether (a
+            # history without previous sources) reads nothing, here as in the worker.
+            if need is None or not all(p in readable or p not in available for p in need[1]):
+                continue
+            key = json.dumps(recipe)
+            if key not in self._bad:
+                mine[key] = recipe
+
+    def forget(self, user: str) -> None:
+        """Drop ``user``'s recipes (their filters changed)."""
+        self._recipes.pop(user, None)
+
+    def recipes(self, user: str) -> list[list[Any]]:
+        """``user``'s recipes (for tests and the curious)."""
+        return list(self._recipes.get(user, {}).values())
+
+    def start(self, batch: pa.RecordBatch) -> None:
+        """A new visit: results are computed on demand, once each."""
+        self.finish()
+        self._store = ColumnStore(batch)
+
+    def finish(self) -> None:
+        """Release this visit's shared memory."""
+        for entry in self._shared.values():
+            if entry is not None:
+                os.close(entry[0])
+        self._shared.clear()
+        self._store = None
+
+    def entries(self, user: str) -> tuple[list[int], list[list[Any]]]:
+        """Descriptors and job entries (``[recipe, descriptor index, layout]``, parents before
+        children) of ``user``'s recipes this visit."""
+        fds: list[int] = []
+        out: list[list[Any]] = []
+        seen: set[str] = set()
+        for recipe in self._ordered(self._recipes.get(user, {}).values()):
+            key = json.dumps(recipe)
+            if key in seen:
+                continue
+            seen.add(key)
+            shared = self._result(key, recipe)
+            if shared is None:
+                continue
+            fds.append(shared[0])
+            out.append([recipe, len(fds) - 1, shared[1]])
+        return fds, out
+
+    def _ordered(self, recipes: Iterable[list[Any]]) -> list[list[Any]]:
+        out: list[list[Any]] = []
+        for recipe in recipes:
+            out += _ancestors(recipe)
+        return out
+
+    def _result(self, key: str, recipe: list[Any]) -> tuple[int, list[list[Any]]] | None:
+        if key in self._shared:
+            return self._shared[key]
+        shared = None
+        if self._store is not None and key not in self._bad:
+            try:
+                value = _resolve(self._store, recipe)
+                parent = (
+                    None if recipe[0] in ("col", "history") else _resolve(self._store, recipe[0])
+                )
+                arrays = _arrays(value, parent)
+                if arrays is not None and recipe[0] == "col" and isinstance(value, Column):
+                    arrays = None  # a plain column: the worker converts it as cheaply itself
+                if arrays is not None:
+                    shared = _share(arrays)
+            except Exception:  # noqa: BLE001 - a recipe that cannot be computed is dropped
+                self._bad.add(key)
+                for mine in self._recipes.values():
+                    mine.pop(key, None)
+        self._shared[key] = shared
+        return shared
+
+
+def install(store: ColumnStore, recipe: list[Any], arrays: dict[str, np.ndarray]) -> None:
+    """Put a result handed over by the pool into a worker's ``store``, where the store's own
+    methods find it (trusted side, in the worker, before any filter runs)."""
+    if recipe[0] in ("col", "history"):
+        base = _base(recipe)
+        assert base is not None
+        prefix, _paths = base
+        off = arrays["off"]
+        if recipe[0] == "history":
+            seg = store._aux.get("digest.history")
+            if seg is None:
+                seg = store._aux["digest.history"] = _Segments(off)
+            lm = None
+        else:
+            shape = store._shapes.get(prefix)
+            if shape is None:
+                lm = arrays.get("lm")
+                shape = store._shapes[prefix] = (_Segments(off), lm)
+            seg, lm = shape
+        items = _store_owned(Column(arrays["v"], arrays.get("m")))
+        col = ListColumn(seg.off, items, lm, _ListInfo(store, prefix), seg)
+        key = recipe[1] if recipe[0] == "col" else f"history.{recipe[1]}"
+        store._cache[key] = col
+        store._note(col, recipe, learn=False)
+        return
+    parent = _resolve(store, recipe[0])
+    assert isinstance(parent, ListColumn)
+    if recipe[1] == "in_band":
+        mask = arrays["m"]
+        selected = parent._with(Column(parent._items._v, mask if len(mask) else None))
+        selected._recipe = recipe
+        if isinstance(recipe[2], str):
+            parent._memo[("in_band", recipe[2])] = selected
+        else:
+            band = _resolve(store, recipe[2])
+            parent._memo[("in_band", id(band))] = (band, selected)
+        return
+    if recipe[1] == "times":
+        times = parent._with(Column(arrays["v"], arrays.get("m")))
+        times._recipe = recipe
+        parent._memo["times"] = times
+        return
+    parent._memo[recipe[1]] = Column(arrays["v"], arrays.get("m"))
