@@ -136,6 +136,7 @@ def unshare(flags: int) -> bool:
 
 
 _SYS_CLONE = 56  # x86_64
+_PR_SET_NO_NEW_PRIVS = 38
 _SIGCHLD = 17
 
 
@@ -233,7 +234,7 @@ def harden(limits: Limits, *, seccomp: bool = True) -> dict[str, bool]:
     runs. Address space mapped later (a worker's visit batches) must fit in
     ``limits.reserve_mb``: the soft limit allows ``memory_mb`` beyond what is mapped now, the
     hard limit ``reserve_mb`` more. Returns which layers took effect, for the pool's report:
-    ``rlimits``, ``chroot``, ``uid`` (its own, or ``nobody``), ``seccomp``.
+    ``rlimits``, ``chroot``, ``uid`` (its own, or ``nobody``), ``no_new_privs``, ``seccomp``.
     """
     applied: dict[str, bool] = {}
     if seccomp:
@@ -268,6 +269,9 @@ def harden(limits: Limits, *, seccomp: bool = True) -> dict[str, bool]:
         os._exit(1)
     # After setuid: RLIMIT_NPROC is not enforced for root, and the new uid cannot raise it.
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+    # Never gain privileges through execve (a setuid program), seccomp or not: without root
+    # there is no chroot, and without libseccomp no filter, to stop the attempt otherwise.
+    applied["no_new_privs"] = _libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
     applied["seccomp"] = _seccomp.install() if seccomp else False
     return applied
 

@@ -94,6 +94,7 @@ def pool_outcomes(visit: pa.RecordBatch, outside: Outside) -> list[dict]:
             "rlimits": True,
             "chroot": True,
             "uid": True,
+            "no_new_privs": True,
             "seccomp": True,
         }
     return runs
