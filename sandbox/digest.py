@@ -19,6 +19,7 @@ Recipes::
     [L, op]                        op in SHIPPABLE_OPS on lightcurve recipe L
     [L, "in_band", "r"]            L.in_band("r")
     [L, "in_band", ["col", path]]  L.in_band(that store column)
+    ["sky", "galactic", C1, C2]    galactic (l, b) of two store columns (also "ecliptic")
 
 What a worker reports is untrusted: the pool keeps a recipe only if it parses, if every column
 it reads (its lightcurve's times and bands included) is one the user's filters may read anyway,
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from sandbox.helpers import SKY_TRANSFORMS
 from sandbox.store import SHIPPABLE_OPS, TIMED_OPS, ColumnStore, _ListInfo
 from sandbox.view.columns import BANDS, Column, ListColumn, _Segments, _store_owned
 
@@ -62,12 +64,19 @@ def _base(recipe: Any) -> tuple[str, list[str]] | None:
 def needs(recipe: Any, depth: int = 0) -> tuple[str, set[str]] | None:
     """``(kind, columns)`` of a well-formed recipe: ``"list"`` or ``"column"``, and every column
     path computing it reads; None when it is not a recipe."""
-    if depth > 4 or not isinstance(recipe, list) or not 2 <= len(recipe) <= 3:
+    if depth > 4 or not isinstance(recipe, list) or not 2 <= len(recipe) <= 4:
         return None
     if recipe[0] == "col" and len(recipe) == 2 and isinstance(recipe[1], str):
         return "path", {recipe[1]}
     if recipe[0] == "history" and len(recipe) == 2 and isinstance(recipe[1], str):
         return "list", {f"diaSource.{recipe[1]}", f"prvDiaSources.{recipe[1]}"}
+    if recipe[0] == "sky" and len(recipe) == 4 and recipe[1] in SKY_TRANSFORMS:
+        cols = [needs(c, depth + 1) for c in recipe[2:]]
+        if all(c is not None and c[0] == "path" for c in cols):
+            return "sky", {p for c in cols if c is not None for p in c[1]}
+        return None
+    if not 2 <= len(recipe) <= 3:
+        return None
     inner = needs(recipe[0], depth + 1)
     if inner is None or inner[0] == "column":
         return None
@@ -105,6 +114,8 @@ def _resolve(store: ColumnStore, recipe: list[Any]) -> Any:
         return store.get(recipe[1])
     if recipe[0] == "history":
         return store.history(recipe[1])
+    if recipe[0] == "sky":
+        return SKY_TRANSFORMS[recipe[1]](*(_resolve(store, c) for c in recipe[2:]))
     parent = _resolve(store, recipe[0])
     if not isinstance(parent, ListColumn):
         raise TypeError("not a lightcurve")
@@ -127,6 +138,11 @@ def _ancestors(recipe: list[Any]) -> list[list[Any]]:
 
 def _arrays(value: Any, parent: Any) -> dict[str, np.ndarray] | None:
     """The arrays that rebuild ``value`` in a worker; None when it is not worth handing over."""
+    if isinstance(value, tuple):  # a sky transform: two columns
+        out: dict[str, np.ndarray] = {}
+        for k, col in enumerate(value):
+            out |= {f"{k}{name}": a for name, a in (_arrays(col, None) or {}).items()}
+        return out
     if isinstance(value, Column):
         out = {"v": value._v}
         if value._m is not None:
@@ -174,6 +190,7 @@ class Digest:
     def __init__(self) -> None:
         self._recipes: dict[str, dict[str, list[Any]]] = {}  # user → {key: recipe}
         self._bad: set[str] = set()  # recipes that failed to compute
+        self._plans: dict[str, list[tuple[str, list[Any]]]] = {}  # user → what to hand over
         self._store: ColumnStore | None = None
         self._shared: dict[str, tuple[int, list[list[Any]]] | None] = {}  # key → (fd, layout)
 
@@ -203,10 +220,12 @@ class Digest:
             key = json.dumps(recipe)
             if key not in self._bad:
                 mine[key] = recipe
+                self._plans.pop(user, None)
 
     def forget(self, user: str) -> None:
         """Drop ``user``'s recipes (their filters changed)."""
         self._recipes.pop(user, None)
+        self._plans.pop(user, None)
 
     def recipes(self, user: str) -> list[list[Any]]:
         """``user``'s recipes (for tests and the curious)."""
@@ -228,26 +247,25 @@ class Digest:
     def entries(self, user: str) -> tuple[list[int], list[list[Any]]]:
         """Descriptors and job entries (``[recipe, descriptor index, layout]``, parents before
         children) of ``user``'s recipes this visit."""
+        plan = self._plans.get(user)
+        if plan is None:
+            plan = self._plans[user] = self._plan(self._recipes.get(user, {}).values())
         fds: list[int] = []
         out: list[list[Any]] = []
-        seen: set[str] = set()
-        for recipe in self._ordered(self._recipes.get(user, {}).values()):
-            key = json.dumps(recipe)
-            if key in seen:
-                continue
-            seen.add(key)
+        for key, recipe in plan:
             shared = self._result(key, recipe)
-            if shared is None:
-                continue
-            fds.append(shared[0])
-            out.append([recipe, len(fds) - 1, shared[1]])
+            if shared is not None:
+                fds.append(shared[0])
+                out.append([recipe, len(fds) - 1, shared[1]])
         return fds, out
 
-    def _ordered(self, recipes: Iterable[list[Any]]) -> list[list[Any]]:
-        out: list[list[Any]] = []
+    def _plan(self, recipes: Iterable[list[Any]]) -> list[tuple[str, list[Any]]]:
+        """Each recipe with its ancestors first, once each, with its key."""
+        out: dict[str, list[Any]] = {}
         for recipe in recipes:
-            out += _ancestors(recipe)
-        return out
+            for step in _ancestors(recipe):
+                out.setdefault(json.dumps(step), step)
+        return list(out.items())
 
     def _result(self, key: str, recipe: list[Any]) -> tuple[int, list[list[Any]]] | None:
         if key in self._shared:
@@ -256,18 +274,22 @@ class Digest:
         if self._store is not None and key not in self._bad:
             try:
                 value = _resolve(self._store, recipe)
-                parent = (
-                    None if recipe[0] in ("col", "history") else _resolve(self._store, recipe[0])
-                )
+                parent = _resolve(self._store, recipe[0]) if isinstance(recipe[0], list) else None
                 arrays = _arrays(value, parent)
-                if arrays is not None and recipe[0] == "col" and isinstance(value, Column):
-                    arrays = None  # a plain column: the worker converts it as cheaply itself
+                if (
+                    recipe[0] == "col"
+                    and isinstance(value, Column)
+                    and value._m is None
+                    and value._v.dtype.kind in "iuf"
+                ):
+                    arrays = None  # numbers without nulls: the worker's view costs nothing
                 if arrays is not None:
                     shared = _share(arrays)
             except Exception:  # noqa: BLE001 - a recipe that cannot be computed is dropped
                 self._bad.add(key)
                 for mine in self._recipes.values():
                     mine.pop(key, None)
+                self._plans.clear()
         self._shared[key] = shared
         return shared
 
@@ -275,6 +297,11 @@ class Digest:
 def install(store: ColumnStore, recipe: list[Any], arrays: dict[str, np.ndarray]) -> None:
     """Put a result handed over by the pool into a worker's ``store``, where the store's own
     methods find it (trusted side, in the worker, before any filter runs)."""
+    if recipe[0] == "col" and "off" not in arrays:
+        col = _store_owned(Column(arrays["v"], arrays.get("m")))
+        store._cache[recipe[1]] = col
+        store._note(col, recipe, learn=False)
+        return
     if recipe[0] in ("col", "history"):
         base = _base(recipe)
         assert base is not None
@@ -292,10 +319,18 @@ def install(store: ColumnStore, recipe: list[Any], arrays: dict[str, np.ndarray]
                 shape = store._shapes[prefix] = (_Segments(off), lm)
             seg, lm = shape
         items = _store_owned(Column(arrays["v"], arrays.get("m")))
-        col = ListColumn(seg.off, items, lm, _ListInfo(store, prefix), seg)
+        lc = ListColumn(seg.off, items, lm, _ListInfo(store, prefix), seg)
         key = recipe[1] if recipe[0] == "col" else f"history.{recipe[1]}"
-        store._cache[key] = col
-        store._note(col, recipe, learn=False)
+        store._cache[key] = lc
+        store._note(lc, recipe, learn=False)
+        return
+    if recipe[0] == "sky":
+        cols = [_resolve(store, c) for c in recipe[2:]]
+        memo = cols[0]._memo
+        memo[(recipe[1], *(id(c) for c in cols[1:]))] = (
+            tuple(cols[1:]),
+            tuple(Column(arrays[f"{k}v"], arrays.get(f"{k}m")) for k in range(2)),
+        )
         return
     parent = _resolve(store, recipe[0])
     assert isinstance(parent, ListColumn)

@@ -88,6 +88,12 @@ def _per_visit(key: str, cols: tuple[Any, ...], compute: Callable[[], Any]) -> A
         return hit[1]
     result = compute()
     memo[mkey] = (cols[1:], result)
+    if key in SKY_TRANSFORMS:
+        # The trusted side can compute this once for every worker (sandbox.digest).
+        recipes = [memo_of(c).get("recipe") for c in cols]  # type: ignore[union-attr]
+        learn = memo.get("learn")
+        if learn is not None and all(recipes):
+            learn(["sky", key, *recipes])
     return result
 
 
@@ -749,6 +755,14 @@ def _ecliptic_impl(ra: Any, dec: Any) -> tuple[Column, Column]:
     lat = np.arcsin(np.clip(np.sin(d) * ce - np.cos(d) * se * np.sin(a), -1.0, 1.0))
     lon = np.arctan2(np.sin(a) * ce + np.tan(d) * se, np.cos(a))
     return Column(np.degrees(lon) % 360.0, mask), Column(np.degrees(lat), mask)
+
+
+# Two-column sky transforms of the store's own columns, by their per-visit key: computed once
+# per visit on the trusted side and handed to workers (sandbox.digest).
+SKY_TRANSFORMS: dict[str, Callable[[Any, Any], tuple[Column, Column]]] = {
+    "galactic": _galactic,
+    "ecliptic": _ecliptic,
+}
 
 
 @_numbers_too(2)

@@ -192,7 +192,9 @@ class ColumnStore:
         col = self._cache.get(path)
         if col is None:
             col = self._cache[path] = self._convert(path)
-            self._note(col, ["col", path])
+            # Numbers without nulls are views of the batch: nothing to hand over.
+            plain = isinstance(col, Column) and col._m is None and col._v.dtype.kind in "iuf"
+            self._note(col, ["col", path], learn=not plain)
         return col
 
     def _note(self, col: Column | ListColumn, recipe: list[Any], learn: bool = True) -> None:
@@ -200,6 +202,9 @@ class ColumnStore:
             col._recipe = recipe
         else:
             self._recipe_of[id(col)] = (col, recipe)
+            # For the helpers' per-visit results on this column (sandbox.helpers._per_visit).
+            col._memo["recipe"] = recipe
+            col._memo["learn"] = self._learn
         if learn:
             self._learn(recipe)
 
