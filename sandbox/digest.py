@@ -33,6 +33,7 @@ import fcntl
 import json
 import mmap
 import os
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -185,9 +186,11 @@ def _share(arrays: dict[str, np.ndarray]) -> tuple[int, list[list[Any]]]:
 
 
 class Digest:
-    """The pool's side: each user's recipes, and per visit their results in shared memory."""
+    """The pool's side: each user's recipes, and per visit their results in shared memory,
+    computed in at most ``budget_s`` of the engine's time."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget_s: float = 0.25) -> None:
+        self.budget_s = budget_s
         self._recipes: dict[str, dict[str, list[Any]]] = {}  # user → {key: recipe}
         self._bad: set[str] = set()  # recipes that failed to compute
         self._plans: dict[str, list[tuple[str, list[Any]]]] = {}  # user → what to hand over
@@ -232,9 +235,27 @@ class Digest:
         return list(self._recipes.get(user, {}).values())
 
     def start(self, batch: pa.RecordBatch) -> None:
-        """A new visit: results are computed on demand, once each."""
+        """A new visit: compute its results, those most users use first, within the time
+        budget (what a worker reports is untrusted: whatever it asks for, the engine spends
+        at most ``budget_s`` per visit on everyone's results; the rest, workers compute
+        themselves, on their users' own time)."""
         self.finish()
         self._store = ColumnStore(batch)
+        users: dict[str, int] = {}
+        recipes: dict[str, list[Any]] = {}
+        for user in self._recipes:
+            plan = self._plans.get(user)
+            if plan is None:
+                plan = self._plans[user] = self._plan(self._recipes[user].values())
+            for key, recipe in plan:
+                users[key] = users.get(key, 0) + 1
+                recipes[key] = recipe
+        started = time.monotonic()
+        for key in sorted(users, key=users.__getitem__, reverse=True):
+            if time.monotonic() - started > self.budget_s:
+                break
+            self._result(key, recipes[key])
+        self._store = None  # nothing more is computed this visit
 
     def finish(self) -> None:
         """Release this visit's shared memory."""

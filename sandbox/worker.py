@@ -123,6 +123,8 @@ def _serve(sock: socket.socket) -> None:
         if hello is None:
             try:
                 setup = job["setup"]
+                if isinstance(setup.get("core"), int):
+                    os.sched_setaffinity(0, {setup["core"]})
                 applied = limits.harden(
                     limits.Limits(**setup["limits"]), seccomp=setup.get("seccomp", True)
                 )

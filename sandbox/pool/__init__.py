@@ -16,6 +16,12 @@ the engine process:
   column set as Arrow IPC into a sealed memfd whose descriptor travels over the worker's
   socket; workers map those pages read-only and build a fresh column store; every filter run
   gets fresh globals. Masks come back as packed bits; nothing is unpickled.
+- What a hundred filters of one process would share (lightcurve histories, reductions, band
+  selections, sky transforms, converted columns), a thousand workers would each compute
+  again: so each worker reports what its filters derived, and from the next visit on the pool
+  computes each such result once, on the trusted side, and hands it over in sealed shared
+  memory with the batch, only to users whose filters may read every column it comes from
+  (:mod:`sandbox.digest`).
 - Each worker is hardened once, before it compiles anything (:mod:`sandbox.limits`): memory,
   CPU, file and process limits, an empty chroot, a uid no other live worker has
   (:mod:`sandbox.pool.uids`), the seccomp allow-list (:mod:`sandbox.seccomp`). The hard limits
@@ -40,7 +46,8 @@ hostile input.
 Modules: :mod:`~sandbox.pool.scheduler` (the visit loop, :class:`WorkerPool`),
 :mod:`~sandbox.pool.zygote` (starting the clean parent), :mod:`~sandbox.pool.handle` (the
 engine's record of one worker and its :class:`~sandbox.pool.handle.Phase`),
-:mod:`~sandbox.pool.shm` (the visit batch in sealed shared memory),
+:mod:`~sandbox.pool.shm` (the visit batch in sealed shared memory), :mod:`sandbox.digest`
+(results derived once for every worker),
 :mod:`~sandbox.pool.protocol` (the wire), :mod:`~sandbox.pool.suspension` (faults and
 suspension), :mod:`~sandbox.pool.uids` (a uid per live worker),
 :mod:`~sandbox.pool.workdir` (the working directory, and removing dead engines' ones) and

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections import deque
 from pathlib import Path
 
 from sandbox.errors import PoolError
@@ -69,6 +70,7 @@ class Zygote:
     """The clean parent of all workers (see :mod:`sandbox.worker`)."""
 
     def __init__(self, workdir: str, timeout_s: float = 60.0):
+        self._asked: deque[socket.socket] = deque()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         code = (
             f"from sandbox.worker import zygote_main; zygote_main({theirs.fileno()}, {workdir!r})"
@@ -101,18 +103,36 @@ class Zygote:
         if warning:
             log.warning("%s", warning)  # one line, once per zygote
 
-    def fork(self) -> tuple[socket.socket, int, int]:
-        """A new worker: our end of its channel, its pid (as this process sees it; 0 when it
-        could not be started) and a pidfd to signal it (-1 then)."""
+    def request(self) -> None:
+        """Ask for a worker now, to be taken by a later :meth:`fork` (answers come in order):
+        the zygote forks (~4 ms) while the engine goes on."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             socket.send_fds(self.sock, [b"F"], [theirs.fileno()])
-            data, fds, _flags, _addr = socket.recv_fds(self.sock, 16, 1)
         except OSError as exc:
             ours.close()
             raise PoolError(f"the sandbox zygote stopped answering ({exc})") from None
         finally:
             theirs.close()
+        self._asked.append(ours)
+
+    @property
+    def asked(self) -> int:
+        """Workers requested and not yet taken."""
+        return len(self._asked)
+
+    def fork(self) -> tuple[socket.socket, int, int]:
+        """A new worker (the oldest requested one, else a fresh request): our end of its
+        channel, its pid (as this process sees it; 0 when it could not be started) and a pidfd
+        to signal it (-1 then)."""
+        if not self._asked:
+            self.request()
+        ours = self._asked.popleft()
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, 16, 1)
+        except OSError as exc:
+            ours.close()
+            raise PoolError(f"the sandbox zygote stopped answering ({exc})") from None
         if len(data) == 4 and not fds and data == bytes(4):
             return ours, 0, -1  # it could not fork one; the channel is closed: a failed start
         if len(data) != 4 or len(fds) != 1:
@@ -128,6 +148,8 @@ class Zygote:
         return self.proc.poll() is None
 
     def close(self) -> None:
+        while self._asked:  # requested, never taken: they see EOF before any job, and exit
+            self._asked.popleft().close()
         self.sock.close()
         try:
             self.proc.wait(timeout=5)

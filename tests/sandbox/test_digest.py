@@ -219,3 +219,34 @@ def test_results_installed_in_a_store_equal_computing_them(visit: pa.RecordBatch
         del seeded
     finally:
         digest.finish()
+
+
+def test_the_engine_spends_at_most_its_budget_on_reported_recipes(visit: pa.RecordBatch) -> None:
+    """However many recipes workers report, the engine computes results for at most its time
+    budget per visit, the most used first; the rest are kept for later visits (the workers
+    compute them meanwhile, on their users' own time)."""
+    digest, available = _digest_over(visit)
+    flux = ["col", f"{PRV}.psfFlux"]
+    everyone = _report(flux, [flux, "max"])
+    for user in ("a", "b", "c"):
+        digest.learn(user, everyone, available, available)
+    digest.learn(
+        "greedy",
+        _report(*[[flux, op] for op in ("median", "n_distinct", "std")]),
+        available,
+        available,
+    )
+    digest.budget_s = 0.0
+    digest.start(visit)
+    try:
+        handed = [e[0] for e in digest.entries("greedy")[1]]
+        assert handed in ([], [flux])  # at most the most used result, computed first
+    finally:
+        digest.finish()
+    assert len(digest.recipes("greedy")) == 3
+    digest.budget_s = 10.0
+    digest.start(visit)
+    try:
+        assert len(digest.entries("greedy")[1]) == 4
+    finally:
+        digest.finish()
