@@ -17,7 +17,9 @@ retention_s                ``MINIBROKER_RETENTION_S``     604800 (7 days): strea
 suspend_after_faults       ``MINIBROKER_SUSPEND_AFTER``   3 faulty visits among the last ``suspend_window``
 suspend_window             ``MINIBROKER_FAULT_WINDOW``    5 visits (one rule: the pool and the registry)
 isolation                  ``MINIBROKER_ISOLATION``       ``pool`` (worker processes) or ``inprocess``
-workers                    ``MINIBROKER_WORKERS``         2 worker processes running at once
+workers                    ``MINIBROKER_WORKERS``         2 worker processes running at once (one per core;
+                                                          two per core is faster with many users,
+                                                          but budgets then count shared time)
 idle_workers               ``MINIBROKER_IDLE_WORKERS``    256 users' workers kept between visits
 max_filters_per_user       ``MINIBROKER_MAX_FILTERS``     20 active filters run per user per visit
 user_budget_s              ``MINIBROKER_USER_BUDGET_S``   2.0 s of evaluation per user per visit (never below budget_s)
