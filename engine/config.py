@@ -20,7 +20,8 @@ isolation                  ``MINIBROKER_ISOLATION``       ``pool`` (worker proce
 workers                    ``MINIBROKER_WORKERS``         2 worker processes running at once (one per core;
                                                           two per core is faster with many users,
                                                           but budgets then count shared time)
-idle_workers               ``MINIBROKER_IDLE_WORKERS``    256 users' workers kept between visits
+idle_workers               ``MINIBROKER_IDLE_WORKERS``    1024 users' workers kept between visits (stopped;
+                                                          ~6 MB of private memory each, measured)
 max_filters_per_user       ``MINIBROKER_MAX_FILTERS``     20 active filters run per user per visit
 user_budget_s              ``MINIBROKER_USER_BUDGET_S``   2.0 s of evaluation per user per visit (never below budget_s)
 idle_worker_rss_mb         ``MINIBROKER_IDLE_RSS_MB``     256 MB resident: an idle worker above is retired
@@ -64,8 +65,9 @@ class Config:
     suspend_after_faults: int = 3
     isolation: str = "pool"
     workers: int = 2
-    # Each idle worker costs ~6 MB; one per active user avoids a fork per user per visit.
-    idle_workers: int = 256
+    # Each idle worker costs ~6 MB of private memory (1,000 measured: 5.6 GB); one per active
+    # user avoids a fork per user per visit, so the default covers a thousand users.
+    idle_workers: int = 1024
     # Fair shares (sandbox.shares): one user's many or slow filters must not slow everyone; a
     # filter over its owner's share gets an "over-share" fault, other users never notice.
     max_filters_per_user: int = 20

@@ -199,7 +199,9 @@ def scaling(
     runner.run(batch)
     out = {f"inprocess_{users}_filters_ms": median_ms(runner.run)}
     t0 = time.perf_counter()
-    with WorkerPool(pairs, budget_s=2.0, max_idle_workers=users) as pool:
+    # The service's default number of idle workers: it must keep every user's worker here.
+    idle = Config().idle_workers
+    with WorkerPool(pairs, budget_s=2.0, max_idle_workers=idle) as pool:
         pool.warm(project_schema(schema.arrow, columns))
         out[f"pool_{users}_users_start_ms"] = round(1000 * (time.perf_counter() - t0), 1)
         t0 = time.perf_counter()

@@ -190,6 +190,7 @@ class WorkerPool:
         self._available: frozenset[str] = frozenset()  # every column path of this visit's batch
         self._digest = Digest()
         self._to_fork = 0  # users of this visit still without a worker (forks to ask ahead)
+        self._told_idle = False  # warned that idle_workers is below the number of users
         _enough_descriptors(self.max_idle_workers + self.workers)
         self._uids = UidPool()
         self._workdir = Workdir()
@@ -285,6 +286,16 @@ class WorkerPool:
                     fd = share_batch(project(batch, paths))
                     shared[paths] = (fd, os.fstat(fd).st_size)
                 self._batch_of[user] = shared[paths]
+            if len(by_user) > self.max_idle_workers and not self._told_idle:
+                self._told_idle = True
+                log.warning(
+                    "%d users but only %d idle workers kept between visits: %d users' workers "
+                    "start afresh on every visit (~10 ms each); raise idle_workers (each idle "
+                    "worker holds ~6 MB)",
+                    len(by_user),
+                    self.max_idle_workers,
+                    len(by_user) - self.max_idle_workers,
+                )
             if by_user:
                 self._to_fork = sum(user not in self._idle for user in by_user)
                 queue = _Queue()

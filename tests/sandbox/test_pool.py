@@ -374,3 +374,18 @@ def test_safe_compile_many_rejects_each_bad_file_and_compiles_the_rest() -> None
     assert isinstance(b, FilterRejected) and isinstance(c, FilterRejected)
     slow = safe_compile_many(files[:2], timeout_s=0.001)
     assert all(isinstance(r, FilterRejected) and "took longer" in str(r) for r in slow)
+
+
+def test_more_users_than_idle_workers_is_said_once(
+    visit: pa.RecordBatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Users beyond max_idle_workers get a fresh worker every visit: the operator is told,
+    once, and what to change."""
+    with (
+        caplog.at_level("WARNING", logger="sandbox.pool"),
+        WorkerPool(_honest(), max_idle_workers=1) as pool,
+    ):
+        for _ in range(2):
+            assert all(o.fault is None for o in pool.run(visit))
+    said = [r.getMessage() for r in caplog.records if "idle workers kept" in r.getMessage()]
+    assert len(said) == 1 and "3 users but only 1" in said[0] and "raise idle_workers" in said[0]
