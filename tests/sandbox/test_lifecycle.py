@@ -13,6 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from procfs import all_stopped
+from procfs import children as _children
+from procfs import state as _state
 
 from sandbox.pool.workdir import PREFIX, Workdir, remove_stale
 
@@ -33,23 +36,6 @@ time.sleep(600)
 """
 
 
-def _state(pid: int) -> str | None:
-    """The process's state letter, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
-
-
 @pytest.mark.skipif(os.getuid() != 0, reason="the PID-namespace guarantee needs root")
 def test_sigkill_of_the_engine_takes_stopped_workers_with_it() -> None:
     """SIGKILL the engine while its workers are stopped between visits: none is left running,
@@ -64,12 +50,7 @@ def test_sigkill_of_the_engine_takes_stopped_workers_with_it() -> None:
         assert info["pidns"]
         zygotes = _children(info["launcher"])
         workers = info["workers"]
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not all(_state(w) == "T" for w in workers):
-            time.sleep(0.02)  # SIGSTOP takes effect asynchronously
-        assert len(workers) == 3 and all(_state(w) == "T" for w in workers), (
-            "workers are stopped when idle"
-        )
+        assert len(workers) == 3 and all_stopped(workers), "workers are stopped when idle"
         engine.send_signal(signal.SIGKILL)
         engine.wait()
         left = [info["launcher"], *zygotes, *workers]

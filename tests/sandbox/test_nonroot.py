@@ -30,6 +30,9 @@ from typing import Any
 
 import pytest
 from alertdata import packet_files
+from procfs import all_stopped
+from procfs import children as _children
+from procfs import state as _state
 
 from sandbox import seccomp
 from sandbox.pool.protocol import MAX_DERIVED
@@ -183,23 +186,6 @@ def nobody(small_night: Path) -> Iterator[Nobody]:
         yield user
     finally:
         shutil.rmtree(home, ignore_errors=True)
-
-
-def _state(pid: int) -> str | None:
-    """The process's state letter, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
 
 
 def _running(pids: list[int], timeout_s: float) -> list[tuple[int, str | None]]:
@@ -382,12 +368,7 @@ def test_sigkill_of_a_non_root_engine_takes_stopped_workers_with_it(nobody: Nobo
         assert not info["pidns"]  # the guarantee under test is the parent-death signals
         workers = info["workers"]
         assert sorted(_children(info["zygote"])) == sorted(workers)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not all(_state(w) == "T" for w in workers):
-            time.sleep(0.02)  # SIGSTOP takes effect asynchronously
-        assert len(workers) == 3 and all(_state(w) == "T" for w in workers), (
-            "workers are stopped when idle"
-        )
+        assert len(workers) == 3 and all_stopped(workers), "workers are stopped when idle"
         engine.send_signal(signal.SIGKILL)
         engine.wait()
         left = _running([info["zygote"], *workers], timeout_s=5)

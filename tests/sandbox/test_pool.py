@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from attack_suite import HONEST
+from procfs import children as _children
 
 from sandbox import FilterRejected, InProcessRunner, compile_filter
 from sandbox.pool import WorkerPool, safe_compile, safe_compile_many, share_batch
@@ -234,14 +235,6 @@ def test_update_recompiles_in_the_live_worker(
         pool.update("u/f", None)
         assert pool._idle == {} and pool.run(visit) == []
     assert _state(pid, "gone") in ("gone", "Z")  # killed (a zombie until the zygote reaps it)
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
 
 
 def _worker_pids(pool: WorkerPool) -> list[int]:
