@@ -326,6 +326,8 @@ def test_edge_values_equal_reference(records: list[dict], which: int) -> None:
     assert_batches_equal(batch, decode_reference(datums, EDGE, cols))
 
 
+# Whole alerts are large: hypothesis says so when it builds their repr (only shown on failure).
+@pytest.mark.filterwarnings("ignore:Generating overly large repr")
 @settings(
     max_examples=15,
     deadline=None,
