@@ -24,6 +24,7 @@ from sandbox.view.columns import (
     _readonly,
     _Segments,
     _store_owned,
+    memo_of,
 )
 
 __all__ = ["SHIPPABLE_OPS", "ColumnStore"]
@@ -182,7 +183,6 @@ class ColumnStore:
         # worker next time (recipes, see sandbox.digest), in the order first computed.
         self.learned: list[list[Any]] = []
         self._learned_keys: set[str] = set()
-        self._recipe_of: dict[int, tuple[Column, list[Any]]] = {}  # id(column) → its recipe
 
     def __len__(self) -> int:
         return self.batch.num_rows
@@ -201,8 +201,8 @@ class ColumnStore:
         if isinstance(col, ListColumn):
             col._recipe = recipe
         else:
-            self._recipe_of[id(col)] = (col, recipe)
-            # For the helpers' per-visit results on this column (sandbox.helpers._per_visit).
+            # Read back by recipe_of and by the helpers' per-visit results on this column
+            # (sandbox.helpers._per_visit); a column's memo lives exactly as long as the store.
             col._memo["recipe"] = recipe
             col._memo["learn"] = self._learn
         if learn:
@@ -216,8 +216,8 @@ class ColumnStore:
 
     def recipe_of(self, col: Any) -> list[Any] | None:
         """How the trusted side computes ``col`` again, if it is one of this store's columns."""
-        hit = self._recipe_of.get(id(col))
-        return hit[1] if hit is not None and hit[0] is col else None
+        memo = memo_of(col)
+        return None if memo is None else memo.get("recipe")
 
     def learn_derived(self, recipe: list[Any], key: Any, value: Any) -> None:
         """A lightcurve of this store (``recipe``) memoized ``value`` under ``key``: learn how

@@ -518,7 +518,7 @@ class WorkerPool:
         w.deadline = now + min(self.budget_s, share) + extra
 
     def _pin(self, w: WorkerHandle, cpu: int) -> None:
-        """Run ``w`` on core ``cpu``, which no other running worker has (see :class:`_Queue`).
+        """Run ``w`` on core ``cpu``, the least busy one (see :class:`_Queue`).
 
         Left alone, the scheduler tends to wake a worker on the core of the engine that woke
         it, so the two running workers often share one core while the other idles (measured:
