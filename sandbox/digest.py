@@ -47,24 +47,24 @@ from sandbox.view.columns import BANDS, Column, ListColumn, _Segments, _store_ow
 __all__ = ["Digest", "install"]
 
 MAX_RECIPES = 64  # per user
-MAX_REPORT = 16 * 1024  # bytes of one worker's report
 _ALIGN = 64
 
 
-def _base(recipe: Any) -> tuple[str, list[str]] | None:
-    """The lightcurve a list recipe stands on: its prefix and the columns that hold it."""
-    if not isinstance(recipe, list) or not recipe:
+def _prefix(recipe: Any) -> str | None:
+    """The lightcurve a store-list recipe stands on: ``history`` or the list column's prefix."""
+    if not isinstance(recipe, list) or len(recipe) != 2 or not isinstance(recipe[1], str):
         return None
-    if len(recipe) == 2 and recipe[0] == "history" and isinstance(recipe[1], str):
-        return "history", [f"diaSource.{recipe[1]}", f"prvDiaSources.{recipe[1]}"]
-    if len(recipe) == 2 and recipe[0] == "col" and isinstance(recipe[1], str):
-        return recipe[1].rsplit(".", 1)[0], [recipe[1]]
+    if recipe[0] == "history":
+        return "history"
+    if recipe[0] == "col":
+        return recipe[1].rsplit(".", 1)[0]
     return None
 
 
 def needs(recipe: Any, depth: int = 0) -> tuple[str, set[str]] | None:
-    """``(kind, columns)`` of a well-formed recipe: ``"list"`` or ``"column"``, and every column
-    path computing it reads; None when it is not a recipe."""
+    """``(kind, columns)`` of a well-formed recipe, and every column path computing it reads;
+    None when it is not a recipe. Kinds: ``"path"`` (a store column, list or not), ``"list"``
+    (a lightcurve), ``"column"`` (a per-alert result), ``"sky"`` (two per-alert columns)."""
     if depth > 4 or not isinstance(recipe, list) or not 2 <= len(recipe) <= 4:
         return None
     if recipe[0] == "col" and len(recipe) == 2 and isinstance(recipe[1], str):
@@ -84,10 +84,9 @@ def needs(recipe: Any, depth: int = 0) -> tuple[str, set[str]] | None:
     root = recipe[0]
     while isinstance(root, list) and root and isinstance(root[0], list):
         root = root[0]
-    base = _base(root)
-    if base is None:
+    prefix = _prefix(root)
+    if prefix is None:
         return None
-    prefix = base[0]
 
     def sibling(name: str) -> set[str]:
         if prefix == "history":
@@ -200,11 +199,9 @@ class Digest:
     def learn(
         self, user: str, report: bytes, readable: frozenset[str], available: frozenset[str]
     ) -> None:
-        """Keep the recipes of a worker's report that ``user``'s filters could compute from
-        the columns ``readable`` (of the batch's columns ``available``); ignore anything else
-        (the report is untrusted)."""
-        if len(report) > MAX_REPORT:
-            return
+        """Keep the recipes of a worker's report (JSON, its size bounded by the wire) that
+        ``user``'s filters could compute from the columns ``readable`` (of the batch's columns
+        ``available``); ignore anything else (the report is untrusted)."""
         try:
             recipes = json.loads(report)
         except ValueError:
@@ -216,9 +213,13 @@ class Digest:
             if len(mine) >= MAX_RECIPES:
                 break
             need = needs(recipe)
-            # Every column it reads must be readable; one the batch lacks altogether (a
-            # history without previous sources) reads nothing, here as in the worker.
-            if need is None or not all(p in readable or p not in available for p in need[1]):
+            # Every column it reads must be readable; previous sources the batch lacks
+            # altogether (a history of the current source alone) read nothing, here as in
+            # the worker.
+            if need is None or not all(
+                p in readable or (p.startswith("prvDiaSources.") and p not in available)
+                for p in need[1]
+            ):
                 continue
             key = json.dumps(recipe)
             if key not in self._bad:
@@ -324,9 +325,8 @@ def install(store: ColumnStore, recipe: list[Any], arrays: dict[str, np.ndarray]
         store._note(col, recipe, learn=False)
         return
     if recipe[0] in ("col", "history"):
-        base = _base(recipe)
-        assert base is not None
-        prefix, _paths = base
+        prefix = _prefix(recipe)
+        assert prefix is not None
         off = arrays["off"]
         if recipe[0] == "history":
             seg = store._aux.get("digest.history")
