@@ -7,7 +7,8 @@ namespace :mod:`sandbox.namespace` builds for each run.
 The trusted machinery: :mod:`sandbox.policy` and :mod:`sandbox.compile` (what a filter may say,
 and compiling it), :mod:`sandbox.store` (Arrow batch → the read-only view),
 :mod:`sandbox.run` (running filters in this process), :mod:`sandbox.pool` (the engine's side of
-the worker processes), :mod:`sandbox.worker` (the workers' side), :mod:`sandbox.limits` and
+the worker processes), :mod:`sandbox.digest` (results derived once and handed to every
+worker), :mod:`sandbox.worker` (the workers' side), :mod:`sandbox.limits` and
 :mod:`sandbox.seccomp` (uids, namespaces, resource limits, the syscall allow-list),
 :mod:`sandbox.shares` (each user's fair share of a visit), :mod:`sandbox.text` (escaping what
 filters say), :mod:`sandbox.keys` and :mod:`sandbox.errors`.
