@@ -41,12 +41,14 @@ import numpy as np
 import pyarrow as pa
 
 from sandbox.helpers import SKY_TRANSFORMS
-from sandbox.store import SHIPPABLE_OPS, TIMED_OPS, ColumnStore, _ListInfo
+from sandbox.store import SHIPPABLE_OPS, ColumnStore, _ListInfo
 from sandbox.view.columns import BANDS, Column, ListColumn, _Segments, _store_owned
 
 __all__ = ["Digest", "install"]
 
 MAX_RECIPES = 64  # per user
+# Time-ordered results: they read the lightcurve's midpointMjdTai too.
+TIMED_OPS = frozenset({"first", "last", "rate", "slope", "times"})
 _ALIGN = 64
 
 

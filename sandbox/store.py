@@ -50,8 +50,6 @@ SHIPPABLE_OPS = frozenset(
         "times",
     }
 )
-# Time-ordered results: they read the list's midpointMjdTai too.
-TIMED_OPS = frozenset({"first", "last", "rate", "slope", "times"})
 _MAX_LEARNED = 64  # recipes one visit's store records
 
 

@@ -187,7 +187,7 @@ class WorkerPool:
         ] = {}  # id → (filter, its columns)
         self._batch_of: dict[str, tuple[int, int]] = {}  # user → (memfd, size) of this visit
         self._paths_of: dict[str, frozenset[str]] = {}  # user → columns they may read, this visit
-        self._available: frozenset[str] = frozenset()  # every column path of this visit's batch
+        self._available: frozenset[str] = frozenset()  # every column path of the visits' schema
         self._digest = Digest()
         self._to_fork = 0  # users of this visit still without a worker (forks to ask ahead)
         self._told_idle = False  # warned that idle_workers is below the number of users
@@ -279,7 +279,6 @@ class WorkerPool:
         shared: dict[frozenset[str], tuple[int, int]] = {}  # columns → (memfd, its size)
         try:
             self._paths_of = self._columns_of(batch, by_user)
-            self._available = leaf_paths(batch.schema)
             self._digest.start(batch)
             for user, paths in self._paths_of.items():
                 if paths not in shared:
@@ -348,7 +347,7 @@ class WorkerPool:
         schema and filter set (visits share one schema)."""
         if self._reads_schema is None or not self._reads_schema.equals(batch.schema):
             self._reads_schema, self._reads = batch.schema, {}
-        leaves: frozenset[str] | None = None
+            self._available = leaf_paths(batch.schema)
         out = {}
         for user, items in by_user.items():
             paths: set[str] = set()
@@ -356,11 +355,10 @@ class WorkerPool:
                 compiled = self.filters[i][1]
                 reads = self._reads.get(id(compiled))
                 if reads is None or reads[0] is not compiled:
-                    leaves = leaves or leaf_paths(batch.schema)
-                    got = compiled.reads(leaves)
+                    got = compiled.reads(self._available)
                     reads = self._reads[id(compiled)] = (
                         compiled,
-                        leaves if got is None else frozenset(got),
+                        self._available if got is None else frozenset(got),
                     )
                 paths |= reads[1]
             out[user] = frozenset(paths)
