@@ -382,3 +382,21 @@ def test_more_users_than_idle_workers_is_said_once(
             assert all(o.fault is None for o in pool.run(visit))
     said = [r.getMessage() for r in caplog.records if "idle workers kept" in r.getMessage()]
     assert len(said) == 1 and "3 users but only 1" in said[0] and "raise idle_workers" in said[0]
+
+
+def test_a_worker_asked_ahead_and_never_taken_goes_with_the_pool(visit: pa.RecordBatch) -> None:
+    """The zygote forks the next new user's worker ahead of time; one that no user took exits
+    when the pool closes (before any job, so it never ran anything)."""
+    pool = WorkerPool(_honest()[:1])
+    try:
+        assert all(o.fault is None for o in pool.run(visit))
+        live = set(_worker_pids(pool))
+        pool._zygote.request()  # type: ignore[union-attr]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not set(_worker_pids(pool)) - live:
+            time.sleep(0.02)
+        spare = set(_worker_pids(pool)) - live
+        assert len(spare) == 1
+    finally:
+        pool.close()
+    assert all(_state(pid, "gone") in ("gone", "Z") for pid in spare | live)
