@@ -75,26 +75,16 @@ def test_a_restarted_subscriber_continues_where_it_stopped(published) -> None:
     assert again == everything
 
 
+def _subscribe(url: str, *args: str) -> int:
+    """``minibroker subscribe`` as ``url``'s user, until the stream is idle."""
+    return main(["subscribe", "--redis-url", url, *args, "--exit-when-idle"])
+
+
 def test_filter_option_and_files(published, tmp_path, capsys) -> None:
     """--filter keeps one filter's entries; --out writes one JSON or Avro file per match with
     the full alert read back from its stored packet."""
     user, url = published
-    assert (
-        main(
-            [
-                "subscribe",
-                "--redis-url",
-                url,
-                "--no-group",
-                "--from",
-                "0",
-                "--filter",
-                "b",
-                "--exit-when-idle",
-            ]
-        )
-        == 0
-    )
+    assert _subscribe(url, "--no-group", "--from", "0", "--filter", "b") == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [e["kind"] for e in lines] == ["match"] * 5 + ["visit"]
     assert all(e["filter"] == "b" for e in lines[:5])
@@ -102,22 +92,7 @@ def test_filter_option_and_files(published, tmp_path, capsys) -> None:
     for fmt in ("json", "avro", "voevent"):
         out = tmp_path / fmt
         assert (
-            main(
-                [
-                    "subscribe",
-                    "--redis-url",
-                    url,
-                    "--group",
-                    fmt,
-                    "--filter",
-                    "b",
-                    "--format",
-                    fmt,
-                    "--out",
-                    str(out),
-                    "--exit-when-idle",
-                ]
-            )
+            _subscribe(url, "--group", fmt, "--filter", "b", "--format", fmt, "--out", str(out))
             == 0
         )
         files = sorted(out.iterdir())
@@ -141,24 +116,7 @@ def test_voevent_on_standard_output(published, capsys) -> None:
     from lxml import etree
 
     user, url = published
-    assert (
-        main(
-            [
-                "subscribe",
-                "--redis-url",
-                url,
-                "--no-group",
-                "--from",
-                "0",
-                "--filter",
-                "b",
-                "--format",
-                "voevent",
-                "--exit-when-idle",
-            ]
-        )
-        == 0
-    )
+    assert _subscribe(url, "--no-group", "--from", "0", "--filter", "b", "--format", "voevent") == 0
     captured = capsys.readouterr()
     packets = [p for p in captured.out.split("<?xml") if p.strip()]
     assert len(packets) == 5
@@ -179,20 +137,7 @@ def test_clear_messages_for_no_stream_and_no_permission(published, redis_url, ca
     try:
         assert main(["subscribe", "--redis-url", new_url]) == 1
         assert "has no stream yet" in capsys.readouterr().err
-        assert (
-            main(
-                [
-                    "subscribe",
-                    "--redis-url",
-                    new_url,
-                    "--user",
-                    user,
-                    "--no-group",
-                    "--exit-when-idle",
-                ]
-            )
-            == 1
-        )
+        assert _subscribe(new_url, "--user", user, "--no-group") == 1
         err = capsys.readouterr().err
         assert "refused" in err and keys.stream_key(user) in err and "Traceback" not in err
     finally:
