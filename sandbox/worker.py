@@ -10,7 +10,8 @@ shared with another user). A worker closes everything it inherited, hardens itse
 one visit after another: it receives the visit batch's descriptor, maps it read-only, builds a
 fresh column store, gives the visit its own soft CPU and memory limits
 (:func:`sandbox.limits.rearm`), runs the user's filters one at a time (each with fresh
-globals), reports each as it finishes, unmaps the batch and waits. Filters are compiled once and
+globals), reports each as it finishes, says it is done, and only then unmaps the batch (while
+the pool parks it) and waits. Filters are compiled once and
 kept; the pool sends a filter's source again only when it changed.
 
 The wire format is :mod:`sandbox.pool.protocol`.
@@ -118,6 +119,7 @@ def _serve(sock: socket.socket) -> None:
     warnings.simplefilter("ignore")  # warnings would try to read source files; nobody sees them
     compiled: dict[str, CompiledFilter] = {}
     hello: bytes | None = None
+    released = True
     while True:
         job, fds = _receive_job(sock)
         if hello is None:
@@ -137,9 +139,15 @@ def _serve(sock: socket.socket) -> None:
         else:
             ready = b""
         out = _Out(sock)
-        retire = _visit(out, job, fds, statm, compiled, ready)
-        out.frame(Kind.DONE, 0, RETIRE if retire else b"")
+        maps = _map(fds)
+        _run_visit(out, job, maps, statm, compiled, ready)
+        out.frame(Kind.DONE, 0, b"" if released else RETIRE)
         out.flush()
+        # Released after DONE, while the pool parks us and starts the next worker on this
+        # core (~0.1 ms saved from every visit's critical path); if the pool stops us first,
+        # this finishes when we resume, before the next job is read. A batch that cannot be
+        # released is reported with the next visit's DONE, which retires us.
+        released = _release(maps)
 
 
 class _Out:
@@ -165,19 +173,10 @@ class _Out:
             self.pending.clear()
 
 
-def _visit(
-    out: _Out,
-    job: dict[str, Any],
-    fds: list[int],
-    statm: int,
-    compiled: dict[str, Any],
-    ready: bytes,
-) -> bool:
-    """One visit: map, run, release. True when the batch could not be released (retire)."""
-    import pyarrow as pa
-
-    # Arrays built from the mappings point into read-only mappings of sealed memfds: a write
-    # through any path faults in this process only.
+def _map(fds: list[int]) -> list[mmap.mmap]:
+    """Map a job's descriptors read-only and close them. Arrays built from the mappings point
+    into read-only mappings of sealed memfds: a write through any path faults in this process
+    only."""
     maps = []
     try:
         for fd in fds:
@@ -187,37 +186,39 @@ def _visit(
         for fd in fds[len(maps) :]:
             os.close(fd)
         raise
-    buf = pa.py_buffer(maps[0])
-    _run_visit(out, job, buf, maps[1:], statm, compiled, ready)
-    # Every object built from the batch lived in _run_visit's frame (the store, the columns,
-    # the filters' namespaces), but some are in reference cycles (a filter's globals and its
-    # functions; the store and its lightcurve columns), which only the collector frees. They
-    # are young: collecting the young generations costs ~0.1 ms; a full collection is the
-    # fallback, and a worker that still holds the batch is retired.
-    del buf
+    return maps
+
+
+def _release(maps: list[mmap.mmap]) -> bool:
+    """Unmap a visit's batch; False when something still holds it (the worker then retires).
+
+    Every object built from the batch lived in _run_visit's frame (the store, the columns,
+    the filters' namespaces), but some are in reference cycles (a filter's globals and its
+    functions; the store and its lightcurve columns), which only the collector frees. They
+    are young: collecting the young generations costs ~0.1 ms; a full collection is the
+    fallback.
+    """
     for collect in (lambda: gc.collect(1), gc.collect, None):
         if collect is not None:
             collect()
         try:
             for mm in maps:
                 mm.close()
-            return False
+            return True
         except BufferError:
             pass
-    return True
+    return False
 
 
 def _run_visit(
     out: _Out,
     job: dict[str, Any],
-    buf: Any,
-    derived: list[mmap.mmap],
+    maps: list[mmap.mmap],
     statm: int,
     compiled: dict[str, Any],
     ready: bytes,
 ) -> None:
     import numpy as np
-    import pyarrow as pa
 
     from sandbox import limits
     from sandbox.compile import compile_filter
@@ -225,9 +226,9 @@ def _run_visit(
     from sandbox.run import describe, run_filter
     from sandbox.store import ColumnStore
 
-    store = ColumnStore(pa.ipc.open_file(buf).get_batch(0))
+    store = ColumnStore(_read_batch(maps[0]))
     n = len(store)
-    _install(store, job.get("digest") or [], derived)
+    _install(store, job.get("digest") or [], maps[1:])
     limits.rearm(job["cpu_s"], job["memory_mb"], limits.vm_size_from(statm))
     # A quiet job (nothing to compile) gets results only: the pool times each filter from the
     # previous result, so each result is sent before the next filter starts.
@@ -293,6 +294,29 @@ def _run_visit(
         while report and len(json.dumps(report)) > MAX_LEARNED:
             report.pop()
         out.frame(Kind.LEARNED, 0, json.dumps(report).encode())
+
+
+# The schema of the last batch read, by its IPC message: visits share one schema, and parsing
+# it (nested lightcurve structs) was the largest part of reading a batch in a worker whose caches
+# went cold among a thousand others.
+_schema: tuple[bytes, Any] | None = None
+
+
+def _read_batch(mm: mmap.mmap) -> Any:
+    """The record batch of an Arrow IPC file (the pool writes one batch), its schema reused
+    from the previous visit when the schema message is the same bytes."""
+    import pyarrow as pa
+
+    global _schema
+    if mm[:6] != b"ARROW1":
+        raise ValueError("the visit batch is not an Arrow IPC file")
+    # After the file's 8-byte magic comes an IPC stream: the schema message, then the batch.
+    messages = pa.ipc.MessageReader.open_stream(pa.py_buffer(mm)[8:])
+    head = messages.read_next_message()
+    meta = head.metadata.to_pybytes()  # a copy: nothing may keep the mapping after the visit
+    if _schema is None or _schema[0] != meta:
+        _schema = (meta, pa.ipc.read_schema(head))
+    return pa.ipc.read_record_batch(messages.read_next_message(), _schema[1])
 
 
 def _install(store: Any, entries: list[Any], maps: list[mmap.mmap]) -> None:

@@ -21,7 +21,7 @@ class Phase(Enum):
     STARTING = "starting"  # forked or resumed; the batch is being mapped
     COMPILING = "compiling"  # compiling (or looking up) the current filter
     RUNNING = "running"  # running the current filter under its budget
-    CLOSING = "closing"  # every result is in; releasing the batch
+    CLOSING = "closing"  # every result is in; its LEARNED report and DONE are due
     IDLE = "idle"  # the visit is done
     SPLIT = "split"  # out of memory: it goes, the rest of its visit continues elsewhere
 

@@ -13,7 +13,8 @@ Wire format (everything is plain bytes; nothing is ever unpickled):
   ``READY`` once the batch is mapped (on the first visit, JSON: which limits took effect),
   per filter ``COMPILED`` and then ``RESULT``: :data:`RESULT` (status, message length) + UTF-8
   message + for ``OK`` exactly ``ceil(n / 8)`` bytes of ``np.packbits(mask)``; and ``DONE``
-  when the visit's batch is released (payload ``b"R"``: it could not be; retire me). Frames
+  after the last (payload ``b"R"``: the previous visit's batch, which a worker unmaps after
+  its DONE, could not be released; retire me). Frames
   the pool's deadlines do not wait for travel together (READY with the first COMPILED, the last
   RESULT with DONE). A filter not started because its user's share of the visit is used up
   gets a RESULT with status OVER_SHARE. The job carries ``share_s``, that share's remainder.
@@ -59,7 +60,7 @@ class Kind(IntEnum):
     READY = 1  # the batch is mapped (first visit: JSON of the limits that took effect)
     COMPILED = 2  # the current filter is compiled; its run starts now
     RESULT = 3  # the current filter's result (a mask or a fault message)
-    DONE = 4  # the visit's batch is released (payload RETIRE: it could not be)
+    DONE = 4  # the visit is over (payload RETIRE: the previous batch could not be released)
     LEARNED = 5  # before DONE: JSON list of recipes its filters derived (sandbox.digest)
 
 
