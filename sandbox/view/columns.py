@@ -40,6 +40,16 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _trusted_column(values: np.ndarray, mask: np.ndarray | None) -> Column:
+    """A column from arrays the trusted side built as a column's own (``mask`` None or with a
+    null, as :class:`Column` keeps it): unlike the constructor, no scan of the mask, which for
+    a lightcurve handed to a worker is hundreds of kilobytes read for nothing."""
+    col = Column.__new__(Column)
+    col._v = _readonly(values)
+    col._m = None if mask is None else _readonly(mask)
+    return col
+
+
 def _store_owned(col: Column) -> Column:
     """Mark a column the store hands out to every filter of the visit: it gets a memo of
     derived results (helpers' outputs keyed by helper and, for two-column helpers, the other
@@ -847,6 +857,22 @@ class _Segments:
         self.dense = len(self.starts) == len(self.lengths)  # no empty list
         self.total = int(off[-1]) if len(off) else 0
         self._ids: np.ndarray | None = None
+
+    @classmethod
+    def given(
+        cls, off: np.ndarray, lengths: np.ndarray, nonempty: np.ndarray, starts: np.ndarray
+    ) -> _Segments:
+        """The segments of ``off`` from index arrays the trusted side computed already (handed
+        to a worker with a lightcurve: computing them again touches ~0.3 MB per lightcurve)."""
+        seg = cls.__new__(cls)
+        seg.off = _readonly(off)
+        seg.lengths = _readonly(lengths)
+        seg.nonempty = _readonly(nonempty)
+        seg.starts = _readonly(starts)
+        seg.dense = len(starts) == len(lengths)
+        seg.total = int(off[-1]) if len(off) else 0
+        seg._ids = None
+        return seg
 
     def ids(self) -> np.ndarray:
         """Which list each point belongs to."""

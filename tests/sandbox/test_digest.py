@@ -221,6 +221,32 @@ def test_results_installed_in_a_store_equal_computing_them(visit: pa.RecordBatch
         digest.finish()
 
 
+def test_users_deriving_the_same_results_share_one_encoding_per_visit(
+    visit: pa.RecordBatch,
+) -> None:
+    """The job text the pool sends is the entries, at most ``limit`` of them, with their
+    descriptors; two users with the same recipes get equal answers, computed once."""
+    from sandbox.run import run_filter
+
+    compiled = compile_filter(LIGHTCURVE, "lc.py")
+    own = ColumnStore(visit)
+    run_filter(compiled, own)
+    digest, available = _digest_over(visit)
+    for user in ("u", "v"):
+        digest.learn(user, json.dumps(own.learned).encode(), available, available)
+    digest.start(visit)
+    try:
+        fds, entries = digest.entries("u")
+        assert digest.encoded("u", 99) == (fds, json.dumps(entries))
+        assert digest.encoded("v", 99) == (fds, json.dumps(entries))
+        assert len(digest._encoded) == 1
+        few_fds, few = digest.encoded("u", 2)
+        assert few == json.dumps(entries[:2]) and few_fds == fds[:2]
+    finally:
+        digest.finish()
+    assert digest._encoded == {}  # descriptors and layouts are one visit's
+
+
 def test_the_engine_spends_at_most_its_budget_on_reported_recipes(visit: pa.RecordBatch) -> None:
     """However many recipes workers report, the engine computes results for at most its time
     budget per visit, the most used first; the rest are kept for later visits (the workers
