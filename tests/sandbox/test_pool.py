@@ -400,3 +400,18 @@ def test_a_worker_asked_ahead_and_never_taken_goes_with_the_pool(visit: pa.Recor
     finally:
         pool.close()
     assert all(_state(pid, "gone") in ("gone", "Z") for pid in spare | live)
+
+
+def test_a_free_core_takes_its_own_users_first_and_steals_only_when_out() -> None:
+    """Users run on the core their worker is pinned to, in queue order with the users who
+    have no worker yet; a core that runs out takes the busiest core's last user (one re-pin)."""
+    from sandbox.pool.scheduler import _Queue
+
+    q = _Queue()
+    for user, cpu in [("a", 0), ("b", 1), ("new", -1), ("c", 0), ("d", 1), ("e", 1)]:
+        q.push(user, [0], cpu)
+    q.push("retry", [0], front=True)
+    order = [q.pop(0)[0] for _ in range(4)]
+    assert order == ["retry", "a", "new", "c"]
+    assert q.pop(0)[0] == "e"  # core 0 is out of users: the last of core 1's
+    assert [q.pop(1)[0] for _ in range(2)] == ["b", "d"] and not q
