@@ -296,9 +296,9 @@ def _run_visit(
         out.frame(Kind.LEARNED, 0, json.dumps(report).encode())
 
 
-# The schema of the last batch read, by its IPC message: visits share one schema, and parsing
-# it (nested lightcurve structs) was the largest part of reading a batch in a worker whose caches
-# went cold among a thousand others.
+# The schema of the last batch read, by its IPC message: visits share one schema, and parsing it
+# again (nested lightcurve structs) cost ~20-30 us of a worker whose caches went cold among a
+# thousand others.
 _schema: tuple[bytes, Any] | None = None
 
 
