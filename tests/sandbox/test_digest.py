@@ -216,6 +216,13 @@ def test_results_installed_in_a_store_equal_computing_them(visit: pa.RecordBatch
         _install(seeded, [*entries, [["col", f"{PRV}.psfFlux"], 99, []]], maps)
         np.testing.assert_array_equal(run_filter(compiled, seeded), want)
         assert seeded.learned == []  # everything it derived was handed over
+        # The segment index arrays came with the lightcurves, equal to computing them.
+        for prefix, (seg, _lm) in seeded._shapes.items():
+            fresh = own._shapes[prefix][0]
+            for name in ("off", "lengths", "nonempty", "starts"):
+                np.testing.assert_array_equal(getattr(seg, name), getattr(fresh, name))
+            assert (seg.dense, seg.total) == (fresh.dense, fresh.total)
+        assert seeded._shapes
         del seeded
     finally:
         digest.finish()

@@ -415,3 +415,22 @@ def test_a_free_core_takes_its_own_users_first_and_steals_only_when_out() -> Non
     assert order == ["retry", "a", "new", "c"]
     assert q.pop(0)[0] == "e"  # core 0 is out of users: the last of core 1's
     assert [q.pop(1)[0] for _ in range(2)] == ["b", "d"] and not q
+
+
+def test_a_worker_reports_a_batch_it_cannot_release() -> None:
+    """A worker unmaps a visit's batch after its DONE; while anything still holds the mapping
+    it cannot, says so (the next DONE carries RETIRE) and keeps the mapping rather than fault."""
+    import mmap
+
+    from sandbox.worker import _release
+
+    fd = os.memfd_create("test-batch")
+    os.ftruncate(fd, 4096)
+    held = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    free = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    os.close(fd)
+    view = memoryview(held)  # a filter's column still pointing into the batch
+    assert _release([free]) is True and free.closed
+    assert _release([held]) is False and not held.closed
+    view.release()
+    assert _release([held]) is True
