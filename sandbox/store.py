@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +24,7 @@ from sandbox.view.columns import (
     _readonly,
     _Segments,
     _store_owned,
+    _trusted_column,
     memo_of,
 )
 
@@ -149,21 +150,34 @@ def _strings(arr: pa.Array) -> np.ndarray:
     return np.take(words, enc.indices.to_numpy()) if len(words) else np.zeros(n, dtype="<U1")
 
 
-_SCHEMAS: list[tuple[pa.Schema, frozenset[str], frozenset[str], Mapping[str, str]]] = []
+_SCHEMAS: list[tuple[pa.Schema, _SchemaInfo]] = []
 
 
-def _schema_info(schema: pa.Schema) -> tuple[frozenset[str], frozenset[str], Mapping[str, str]]:
-    """Leaf paths, groups and kinds of a schema; the last few schemas' are kept (visits share
-    one). The kinds come read-only, so every store can share them."""
-    for known, paths, groups, kinds in _SCHEMAS:
+class _SchemaInfo(NamedTuple):
+    """What a store needs to know of its batch's schema, worked out once per schema."""
+
+    paths: frozenset[str]  # leaf paths
+    groups: frozenset[str]  # their parents
+    kinds: Mapping[str, str]  # every path: struct, list, leaf or binary (read-only)
+    # Numeric leaves reached through structs only, by their field indices: a column of one
+    # with no nulls on the way is a zero-copy view, built without the general conversion's
+    # type tests (each a Python call; in a worker whose caches went cold, they added up).
+    plain: Mapping[str, tuple[int, ...]]
+
+
+def _schema_info(schema: pa.Schema) -> _SchemaInfo:
+    """The :class:`_SchemaInfo` of ``schema``; the last few schemas' are kept (visits share
+    one)."""
+    for known, info in _SCHEMAS:
         if known is schema or known.equals(schema):
-            return paths, groups, kinds
+            return info
     kinds = MappingProxyType(_kinds(schema))
     paths = frozenset(p for p, kind in kinds.items() if kind == "leaf")
     groups = frozenset(p.rsplit(".", 1)[0] for p in paths if "." in p)
-    _SCHEMAS.insert(0, (schema, paths, groups, kinds))
+    info = _SchemaInfo(paths, groups, kinds, MappingProxyType(_plain(schema)))
+    _SCHEMAS.insert(0, (schema, info))
     del _SCHEMAS[4:]
-    return paths, groups, kinds
+    return info
 
 
 class ColumnStore:
@@ -176,7 +190,7 @@ class ColumnStore:
         self._sorted: dict[str, bool] = {}
         self._aux: dict[str, Any] = {}  # null masks and offsets for the per-alert view
         self._shapes: dict[str, tuple[_Segments, np.ndarray | None]] = {}  # per list column
-        self.paths, self.groups, self.kinds = _schema_info(batch.schema)
+        self.paths, self.groups, self.kinds, self._plain = _schema_info(batch.schema)
         # What this visit's filters derived that the trusted side could compute once for every
         # worker next time (recipes, see sandbox.digest), in the order first computed.
         self.learned: list[list[Any]] = []
@@ -234,10 +248,20 @@ class ColumnStore:
         self._learn(derived)
 
     def _convert(self, path: str) -> Column | ListColumn:
+        where = self._plain.get(path)
+        if where is not None:
+            arr: pa.Array = self.batch.column(where[0])
+            for index in where[1:]:
+                if arr.null_count:
+                    break
+                arr = arr.field(index)
+            else:
+                if not arr.null_count:
+                    return _store_owned(_trusted_column(arr.to_numpy(), None))
         parts = path.split(".")
         if parts[0] not in self.batch.schema.names:
             raise KeyError(path)
-        arr: pa.Array = self.batch.column(parts[0])
+        arr = self.batch.column(parts[0])
         parent_null: np.ndarray | None = None
         for i, name in enumerate(parts[1:], start=1):
             if pa.types.is_list(arr.type):
@@ -436,6 +460,23 @@ def _offsets(arr: pa.ListArray) -> np.ndarray:
 def _mask_or(arr: pa.Array, parent: np.ndarray | None) -> np.ndarray | None:
     m = np.asarray(arr.is_null()) if arr.null_count else None
     return _or_masks(m, parent)
+
+
+def _plain(schema: pa.Schema) -> dict[str, tuple[int, ...]]:
+    """Integer and floating-point leaves reached through structs only, with the field index at
+    each level (see :class:`_SchemaInfo`)."""
+    out: dict[str, tuple[int, ...]] = {}
+
+    def walk(prefix: str, typ: pa.DataType, where: tuple[int, ...]) -> None:
+        if pa.types.is_struct(typ):
+            for i, f in enumerate(typ):
+                walk(f"{prefix}.{f.name}", f.type, (*where, i))
+        elif pa.types.is_integer(typ) or pa.types.is_floating(typ):
+            out[prefix] = where
+
+    for i, f in enumerate(schema):
+        walk(f.name, f.type, (i,))
+    return out
 
 
 def _kinds(schema: pa.Schema) -> dict[str, str]:

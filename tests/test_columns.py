@@ -316,3 +316,26 @@ def test_lightcurve_arithmetic_covers_every_column_operator() -> None:
     assert (lc**2).sum().tolist() == [13.0, 0.0, 25.0]
     assert (lc // 2).max().tolist() == [1.0, None, 2.0]
     assert (lc % 2).min().tolist() == [0.0, None, 1.0]
+
+
+def test_plain_numbers_take_the_zero_copy_path_with_the_same_result(v11_packets) -> None:
+    """Integer and float leaves without nulls on their way are read as zero-copy views, without
+    the general conversion; what a filter gets is the same, sliced batches and struct-level
+    nulls (which take the general path) included."""
+    batch = decode_messages(v11_packets).batch
+    struct_null = pa.array([i % 3 == 0 for i in range(batch.num_rows)])
+    ds = batch.column("diaSource")
+    holed = pa.StructArray.from_arrays(ds.flatten(), fields=list(ds.type), mask=struct_null)
+    with_holes = batch.set_column(batch.schema.get_field_index("diaSource"), "diaSource", holed)
+    for visit in (batch, batch.slice(1), with_holes):
+        fast = ColumnStore(visit)
+        general = ColumnStore(visit)
+        general._plain = {}
+        assert fast._plain
+        for path in fast._plain:
+            got, want = fast.get(path), general.get(path)
+            assert got.dtype == want.dtype and not got._v.flags.writeable
+            np.testing.assert_array_equal(got._v, want._v)
+            assert (got._m is None) == (want._m is None)
+            if got._m is not None:
+                np.testing.assert_array_equal(got._m, want._m)
