@@ -76,6 +76,8 @@ class WorkerHandle:
     learned: bool = False  # its LEARNED report of this visit has arrived
     batch_bytes: int = 0  # size of the batch it maps this visit
     share_capped: bool = False  # the running filter's deadline is its user's share, not the budget
+    active: bool = False  # running this visit (its channel's data is read, not a fault)
+    noisy: bool = False  # wrote, or closed its channel, while idle: never to be resumed
 
     def signal(self, sig: int) -> bool:
         if self.pidfd < 0:

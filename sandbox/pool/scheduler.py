@@ -9,7 +9,7 @@ import logging
 import math
 import os
 import resource
-import selectors
+import select
 import signal
 import socket
 import time
@@ -198,6 +198,8 @@ class WorkerPool:
         _enough_descriptors(self.max_idle_workers + self.workers)
         self._uids = UidPool()
         self._workdir = Workdir()
+        self._epoll = select.epoll()
+        self._watched: dict[int, WorkerHandle] = {}  # channel → live worker (see _hear)
         self._zygote: Zygote | None = Zygote(self._workdir.path)
 
     # --- public surface -------------------------------------------------------------------
@@ -323,6 +325,8 @@ class WorkerPool:
             pidfd = self._idle.popitem()[1].release()
             if pidfd >= 0:
                 os.close(pidfd)
+        self._watched.clear()
+        self._epoll.close()
         if self._zygote is not None:
             self._zygote.close()
             self._zygote = None
@@ -375,8 +379,8 @@ class WorkerPool:
         results: list[Outcome | None],
         infra: set[int],
     ) -> None:
-        sel = selectors.DefaultSelector()
         active: list[WorkerHandle] = []
+        self._hear(0.0, n, results)  # what idle workers did since the last visit
         try:
             while queue or active:
                 while queue and len(active) < self.workers:
@@ -398,26 +402,22 @@ class WorkerPool:
                     w = self._dispatch(user, items, n, cpu)
                     self._pin(w, cpu)
                     active.append(w)
-                    sel.register(w.sock, selectors.EVENT_READ, w)
+                    w.active = True
                 if not active:
                     continue  # what was queued needed no worker (its user's share was used up)
-                timeout = max(0.0, min(w.deadline for w in active) - time.monotonic())
-                for key, _events in sel.select(timeout):
-                    self._read(key.data, n, results)
+                self._hear(max(0.0, min(w.deadline for w in active) - time.monotonic()), n, results)
                 now = time.monotonic()
                 for w in list(active):
                     if w.phase == Phase.IDLE and w.failure is None:
-                        sel.unregister(w.sock)
                         active.remove(w)
+                        w.active = False
                         self._park(w)
                     elif w.phase == Phase.SPLIT:
-                        sel.unregister(w.sock)
                         active.remove(w)
                         if w.pos < len(w.items):
                             queue.push(w.user, w.items[w.pos :], front=True)
                         self._release(w)
                     elif w.failure is not None or now >= w.deadline:
-                        sel.unregister(w.sock)
                         active.remove(w)
                         if w.phase in (Phase.CLOSING, Phase.IDLE):
                             # Every result is in; it just did not finish the visit cleanly.
@@ -432,7 +432,34 @@ class WorkerPool:
         finally:
             for w in active:
                 self._release(w)
-            sel.close()
+
+    def _hear(self, timeout: float, n: int, results: list[Outcome | None]) -> None:
+        """Read what running workers sent, waiting up to ``timeout`` seconds for anything.
+
+        Every live worker's channel stays in one epoll set from its fork to its release (two
+        system calls per worker per visit fewer than adding and removing it). An idle worker
+        must be silent: one that wrote, or whose channel closed, is marked and dropped from the
+        set, and its user's next visit goes to a fresh worker (see _reusable).
+        """
+        for fd, _events in self._epoll.poll(timeout):
+            w = self._watched.get(fd)
+            if w is None:
+                continue
+            if w.active:
+                self._read(w, n, results)
+            else:
+                w.noisy = True
+                self._unwatch(w)
+
+    def _watch(self, w: WorkerHandle) -> None:
+        self._epoll.register(w.sock.fileno(), select.EPOLLIN)
+        self._watched[w.sock.fileno()] = w
+
+    def _unwatch(self, w: WorkerHandle) -> None:
+        fd = w.sock.fileno()
+        if fd >= 0 and self._watched.get(fd) is w:
+            del self._watched[fd]
+            self._epoll.unregister(fd)
 
     def _dispatch(self, user: str, items: list[int], n: int, core: int) -> WorkerHandle:
         """Hand this visit to the user's live worker, or to a fresh one; never to another
@@ -541,13 +568,7 @@ class WorkerPool:
     def _reusable(self, w: WorkerHandle, cpu: int, size: int) -> bool:
         """Whether an idle (stopped) worker can take this visit: silent while idle, and within
         its CPU and address-space budgets."""
-        try:
-            pending = w.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            pending = None
-        except OSError:
-            pending = b""
-        if pending is not None:  # it wrote while idle, or its channel closed: it is not ours
+        if w.noisy:  # it wrote while idle, or its channel closed (see _hear): it is not ours
             log.warning("sandbox worker for %s is retired: its channel is not quiet", w.user)
             return False
         # Its CPU time is what it was when it was stopped (read then, see _park).
@@ -558,6 +579,7 @@ class WorkerPool:
         return display_name(key, compiled.filename)
 
     def _release(self, w: WorkerHandle) -> None:
+        self._unwatch(w)
         self._uids.give_back(w.uid, w.release())
 
     def _fork(self, user: str, cpu: int, size: int) -> WorkerHandle:
@@ -575,7 +597,7 @@ class WorkerPool:
         except OSError:
             statfd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # gone already: stat() fails
         reserve = max(_MIN_RESERVE_MB * _MB, 2 * size)
-        return WorkerHandle(
+        w = WorkerHandle(
             user,
             sock,
             pid,
@@ -585,6 +607,8 @@ class WorkerPool:
             cpu_limit=cpu + _LIFETIME_CPU_S,
             reserve=reserve,
         )
+        self._watch(w)
+        return w
 
     def _park(self, w: WorkerHandle) -> None:
         """After a clean visit: stop the worker until its user's next visit, or retire it."""
@@ -741,7 +765,7 @@ class WorkerPool:
         if status == Status.OK:
             if len(bits) != (n + 7) // 8 or mlen:
                 return None
-            mask = np.unpackbits(np.frombuffer(bits, np.uint8), count=n).astype(bool)
+            mask = np.unpackbits(np.frombuffer(bits, np.uint8), count=n).view(bool)  # 0s and 1s
             return Outcome(key, mask, seconds)
         if status == Status.OVER_SHARE and not bits:
             return Outcome(key, None, 0.0, self.shares.out_of_time(self._label(index), w.user))
