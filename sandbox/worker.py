@@ -19,6 +19,7 @@ The wire format is :mod:`sandbox.pool.protocol`.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import mmap
@@ -380,6 +381,12 @@ def zygote_main(ctrl_fd: int, workdir: str) -> None:
     # skip them, instead of touching (and so copying, ~2 µs a page) all the zygote's memory.
     gc.collect()
     gc.freeze()
+    # Workers (forked from here) never preempt the engine when it wakes one: a woken worker
+    # waits for the engine to block instead of stalling it, on its serial path, for the
+    # worker's whole visit (~0.1 ms per user on average at 1,000 users; ~3 % of a visit).
+    # They cannot change it back: scheduling calls are not in their syscall allow-list.
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     os.chdir(workdir)
     pidns = limits.unshare(limits.CLONE_NEWPID | limits.CLONE_NEWNET | limits.CLONE_NEWIPC)
     if pidns:

@@ -95,7 +95,8 @@ def test_one_worker_per_user_reused_across_visits_never_across_users(
 
 def test_idle_workers_are_stopped_and_limited_per_visit(visit: pa.RecordBatch) -> None:
     """Between visits a worker is stopped (no user code runs); its soft CPU and address-space
-    limits are this visit's allowance, below the hard backstops fixed for its life."""
+    limits are this visit's allowance, below the hard backstops fixed for its life. It is
+    scheduled as a batch task, so waking it never preempts the engine."""
     with WorkerPool(
         _honest()[:1], budget_s=0.5, compile_s=1.0, startup_s=2.0, memory_mb=512
     ) as pool:
@@ -103,6 +104,7 @@ def test_idle_workers_are_stopped_and_limited_per_visit(visit: pa.RecordBatch) -
         pool.run(visit)
         (pid,) = _pids(pool).values()
         assert _state(pid) == "T"
+        assert os.sched_getscheduler(pid) == os.SCHED_BATCH  # never preempts the engine
         with open(f"/proc/{pid}/limits") as f:
             rows = {line[:26].strip(): line[26:].split() for line in f}
     cpu_soft, cpu_hard = (int(x) for x in rows["Max cpu time"][:2])
