@@ -34,7 +34,9 @@ the engine process:
   notice. After ``max_faults`` faults among its last ``fault_window`` visits a filter is
   suspended until it is replaced (:meth:`WorkerPool.update`). Each user's filters get a fair
   share of every visit (:mod:`sandbox.shares`).
-- At most ``workers`` workers run at once, at most ``max_idle_workers`` wait between visits
+- At most ``workers`` workers run at once, each pinned to a core and scheduled as a batch
+  task (``SCHED_BATCH``: waking one never preempts the engine, whose loop is the visit's
+  serial part), at most ``max_idle_workers`` wait between visits
   (least recently used go first), and a worker is retired after ``max_visits_per_worker``
   visits, when its memory creeps or stays resident above ``max_idle_rss_mb``, or its CPU time
   nears its lifetime limit.
