@@ -36,7 +36,10 @@ the engine process:
   share of every visit (:mod:`sandbox.shares`).
 - At most ``workers`` workers run at once, each pinned to a core and scheduled as a batch
   task (``SCHED_BATCH``: waking one never preempts the engine, whose loop is the visit's
-  serial part), at most ``max_idle_workers`` wait between visits
+  serial part), plus ``shared_workers`` more for quick users, two to a core at most and only
+  among quick users (whose filters ran in under a tenth of their budget on their last visit),
+  so that the cores need not wait for the engine between workers; at most
+  ``max_idle_workers`` wait between visits
   (least recently used go first), and a worker is retired after ``max_visits_per_worker``
   visits, when its memory creeps or stays resident above ``max_idle_rss_mb``, or its CPU time
   nears its lifetime limit.

@@ -436,3 +436,52 @@ def test_a_worker_reports_a_batch_it_cannot_release() -> None:
     assert _release([held]) is False and not held.closed
     view.release()
     assert _release([held]) is True
+
+
+def test_a_third_worker_shares_a_core_only_among_quick_users() -> None:
+    """Each core first gets a worker of its own; one more may start only beside a quick user
+    and only for a quick user (or on a core where nobody runs)."""
+    from types import SimpleNamespace
+
+    from sandbox.pool.scheduler import WorkerPool, _Queue
+
+    pool = SimpleNamespace(_cpus=[0, 1], workers=2, shared_workers=1, _quick={"q1", "q2", "q3"})
+
+    def running(*pairs: tuple[str, int]) -> list[SimpleNamespace]:
+        return [SimpleNamespace(user=u, cpu=c) for u, c in pairs]
+
+    def nxt(queued: list[tuple[str, int]], active: list[SimpleNamespace]):  # type: ignore[no-untyped-def]
+        q = _Queue()
+        for user, cpu in queued:
+            q.push(user, [0], cpu)
+        return WorkerPool._next(pool, q, active)  # type: ignore[arg-type]
+
+    # Beside a quick user, a quick user of that core; never a slow one.
+    assert nxt([("q2", 0)], running(("q1", 0), ("slow", 1))) == ("q2", [0], 0)
+    assert nxt([("slow2", 0)], running(("q1", 0), ("slow", 1))) is None
+    # Never beside a slow user, even for a quick one.
+    assert nxt([("q2", 1)], running(("q1", 0), ("slow", 1))) is None
+    # A core nobody runs on takes anyone; three running is the most.
+    assert nxt([("slow2", 1)], running(("q1", 0), ("q2", 0))) == ("slow2", [0], 1)
+    assert nxt([("q3", 1)], running(("q1", 0), ("q2", 0), ("slow", 1))) is None
+    # With fewer lanes than cores (one at a time), nobody shares.
+    pool.workers = 1
+    assert nxt([("q2", 0)], running(("q1", 1))) is None
+
+
+def test_quick_users_are_those_whose_filters_ran_well_within_budget(
+    visit: pa.RecordBatch,
+) -> None:
+    """A user is quick after a visit whose filters all ran without a fault in under a tenth
+    of the budget; a fault, or a new version of a filter, takes that away."""
+    filters = [
+        ("a/loop", compile_filter(LOOP, "loop.py")),
+        ("b/snr", compile_filter(HONEST["snr"], "snr.py")),
+    ]
+    with WorkerPool(filters, budget_s=0.5) as pool:
+        pool.run(visit)
+        assert pool._quick == {"b"}
+        pool.update("b/snr", compile_filter(HONEST["snr"], "snr.py"))
+        assert pool._quick == set()
+        pool.run(visit)
+        assert pool._quick == {"b"}
