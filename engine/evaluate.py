@@ -57,6 +57,7 @@ class Evaluator:
                 pairs,
                 budget_s=config.budget_s,
                 workers=config.workers,
+                shared_workers=config.shared_workers,
                 max_idle_workers=config.idle_workers,
                 shares=shares,
                 max_faults=config.suspend_after_faults,

@@ -153,8 +153,9 @@ def test_worker_pool_delivers_what_in_process_does(
     """The service's isolated worker pool publishes exactly the in-process matches and faults."""
     fs = discover(filter_dir)
     schema, _ = night_info(small_night)
-    config = load_config(env={}, isolation="pool")
+    config = load_config(env={"MINIBROKER_SHARED_WORKERS": "0"}, isolation="pool")
     with Evaluator(fs.active, config) as ev:
+        assert ev.runner.shared_workers == 0  # type: ignore[union-attr]  # the setting reaches it
         report = run_visits(
             read_night(small_night), schema, fs.active, ev, Publisher(redis_client, config)
         )
@@ -226,3 +227,13 @@ def test_times_users_give_are_utc_and_bad_ones_say_what_to_give() -> None:
         start_id("yesterday")
     with pytest.raises(ConfigError, match=r"--to 'soon': give a UTC time .* or Unix seconds"):
         parse_time("soon", "--to")
+
+
+def test_shared_workers_is_a_setting_and_refuses_negative_counts() -> None:
+    """``shared_workers`` (``MINIBROKER_SHARED_WORKERS``) defaults to one; below zero it is
+    refused with a line that names the setting."""
+    from engine.errors import ConfigError
+
+    assert load_config(env={}).shared_workers == 1
+    with pytest.raises(ConfigError, match=r"shared_workers must be 0 or more, got -1"):
+        load_config(env={"MINIBROKER_SHARED_WORKERS": "-1"})
