@@ -464,6 +464,8 @@ class WorkerPool:
         enough: up to ``workers`` for anyone, each on the least busy core; then, when every
         core has a lane of its own, up to ``shared_workers`` more: anyone on a core with
         nobody running, a quick user beside one quick user (see the class parameters)."""
+        if len(active) >= self.workers + self.shared_workers:
+            return None  # the common case while a visit runs: checked before any counting
         load = {c: 0 for c in self._cpus}
         for x in active:
             if x.cpu in load:
@@ -471,11 +473,7 @@ class WorkerPool:
         if len(active) < self.workers:
             cpu = min(load, key=load.__getitem__) if load else -1
             return (*queue.pop(cpu), cpu)
-        if (
-            not load
-            or self.workers < len(load)
-            or len(active) >= self.workers + self.shared_workers
-        ):
+        if not load or self.workers < len(load):
             return None
         for cpu in sorted(load, key=load.__getitem__):
             if load[cpu] == 0:
