@@ -345,7 +345,7 @@ class Digest:
 
 def _segments(arrays: dict[str, np.ndarray]) -> _Segments:
     if "len" in arrays:
-        return _Segments.given(arrays["off"], arrays["len"], arrays["ne"], arrays["st"])
+        return _Segments(arrays["off"], (arrays["len"], arrays["ne"], arrays["st"]))
     return _Segments(arrays["off"])
 
 
